@@ -1,0 +1,47 @@
+"""AWS clients and the translation of their failures into the project's errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from totes_ingest.errors import LakeError, LakeUnavailable
+
+# Standard retry mode already backs off on throttling; Step Functions retries on top.
+_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
+
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+     "ServiceUnavailable", "503", "500"}
+)
+
+
+def s3_client() -> Any:
+    return boto3.client("s3", config=_CLIENT_CONFIG)
+
+
+def secrets_client() -> Any:
+    return boto3.client("secretsmanager", config=_CLIENT_CONFIG)
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+@contextmanager
+def lake_errors(action: str, *, table: str | None = None, window: str | None = None) -> Iterator[None]:
+    """Re-raise S3 failures inside the block as LakeUnavailable (transient) or LakeError."""
+    try:
+        yield
+    except ClientError as e:
+        code = error_code(e)
+        kind = LakeUnavailable if code in _TRANSIENT_CODES else LakeError
+        raise kind(f"S3 {action} failed: {code}", table=table, window=window) from e
+    except BotoCoreError as e:
+        raise LakeUnavailable(f"S3 {action} failed: {type(e).__name__}", table=table,
+                              window=window) from e

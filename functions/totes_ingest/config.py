@@ -1,0 +1,57 @@
+"""Configuration names and defaults: the one place the environment is read from.
+
+Required settings fail loudly at use (``os.environ[...]``); optional ones have
+documented defaults here, never fake values.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+INGEST_BUCKET: Final = "INGEST_BUCKET"
+DB_SECRET_NAME: Final = "DB_SECRET_NAME"
+# libpq-style: "require" (default: always encrypted), "verify-full" (encrypted, and the
+# server certificate checked against the system CAs), "disable" (local runs only).
+DB_SSL_MODE: Final = "DB_SSL_MODE"
+# Seconds subtracted from the database clock when this role cannot see other sessions'
+# transactions in pg_stat_activity (see window.commit_safe_end_time).
+END_TIME_FALLBACK_LAG_SECONDS: Final = "END_TIME_FALLBACK_LAG_SECONDS"
+# Rows per Parquet row group: the unit of streaming and so the bound on memory.
+ROW_GROUP_ROWS: Final = "ROW_GROUP_ROWS"
+STATEMENT_TIMEOUT_MS: Final = "STATEMENT_TIMEOUT_MS"
+
+DEFAULT_SSL_MODE: Final = "require"
+DEFAULT_FALLBACK_LAG_SECONDS: Final = 300.0
+DEFAULT_ROW_GROUP_ROWS: Final = 131_072
+DEFAULT_STATEMENT_TIMEOUT_MS: Final = 600_000
+
+STAGING_PREFIX: Final = "_staging/"
+CLAIMS_PREFIX: Final = "_claims/"
+
+
+def ingest_bucket() -> str:
+    return os.environ[INGEST_BUCKET]
+
+
+def db_secret_name() -> str:
+    return os.environ[DB_SECRET_NAME]
+
+
+def ssl_mode() -> str:
+    mode = os.environ.get(DB_SSL_MODE, DEFAULT_SSL_MODE)
+    if mode not in ("require", "verify-full", "disable"):
+        raise ValueError(f"{DB_SSL_MODE} must be require, verify-full or disable, not {mode!r}")
+    return mode
+
+
+def fallback_lag_seconds() -> float:
+    return float(os.environ.get(END_TIME_FALLBACK_LAG_SECONDS, DEFAULT_FALLBACK_LAG_SECONDS))
+
+
+def row_group_rows() -> int:
+    return int(os.environ.get(ROW_GROUP_ROWS, DEFAULT_ROW_GROUP_ROWS))
+
+
+def statement_timeout_ms() -> int:
+    return int(os.environ.get(STATEMENT_TIMEOUT_MS, DEFAULT_STATEMENT_TIMEOUT_MS))

@@ -1,0 +1,136 @@
+"""Connecting to ToteSys with credentials from AWS Secrets Manager."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import Any
+
+import pg8000.native
+from botocore.exceptions import BotoCoreError, ClientError
+
+from totes_ingest import config
+from totes_ingest.aws import error_code, secrets_client
+from totes_ingest.errors import SecretError, SourceError, SourceUnavailable
+
+APPLICATION_NAME = "totes-ingest"
+
+# Each connection setting and the secret keys that may carry it: ours first, then the
+# keys of an RDS-managed secret.
+_KEYS: dict[str, tuple[str, ...]] = {
+    "user": ("user", "username"),
+    "password": ("password",),
+    "database": ("database", "dbname"),
+}
+_OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
+    "host": ("host",),
+    "port": ("port",),
+    "unix_sock": ("unix_sock",),
+}
+# SQLSTATE classes worth a retry: connection exceptions, insufficient resources,
+# operator intervention (admin shutdown, crash recovery).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57P")
+
+
+def db_connections_get_secret(client: Any, secret_name: str) -> dict[str, Any]:
+    """Return the JSON object stored in ``secret_name``.
+
+    Errors name the secret and what is wrong with it, never its contents.
+    """
+    try:
+        response = client.get_secret_value(SecretId=secret_name)
+    except ClientError as e:
+        raise SecretError(f"cannot read secret {secret_name!r}: {error_code(e)}") from e
+    except BotoCoreError as e:
+        raise SourceUnavailable(f"cannot reach Secrets Manager: {type(e).__name__}") from e
+    try:
+        secret = json.loads(response["SecretString"])
+    except (KeyError, TypeError, ValueError):
+        raise SecretError(f"secret {secret_name!r} is not a JSON object") from None
+    if not isinstance(secret, dict):
+        raise SecretError(f"secret {secret_name!r} is not a JSON object")
+    return secret
+
+
+def connection_settings(secret: dict[str, Any], secret_name: str = "secret") -> dict[str, Any]:
+    """pg8000 keyword arguments from a secret; names missing keys, never values."""
+    settings: dict[str, Any] = {}
+    missing: list[str] = []
+    for setting, keys in _KEYS.items():
+        value = next((secret[k] for k in keys if secret.get(k) not in (None, "")), None)
+        if value is None:
+            missing.append("/".join(keys))
+        else:
+            settings[setting] = str(value)
+    for setting, keys in _OPTIONAL_KEYS.items():
+        value = next((secret[k] for k in keys if secret.get(k) not in (None, "")), None)
+        if value is not None:
+            settings[setting] = value
+    if "host" not in settings and "unix_sock" not in settings:
+        missing.append("host")
+    if missing:
+        raise SecretError(f"{secret_name!r} lacks required keys: {', '.join(missing)}")
+    if "port" in settings:
+        try:
+            settings["port"] = int(settings["port"])
+        except (TypeError, ValueError):
+            raise SecretError(f"{secret_name!r} has a non-numeric port") from None
+    return settings
+
+
+def ssl_context(mode: str) -> ssl.SSLContext | None:
+    """libpq-style modes: ``disable``, ``require`` (encrypted), ``verify-full``."""
+    if mode == "disable":
+        return None
+    context = ssl.create_default_context()
+    if mode == "require":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def open_connection(settings: dict[str, Any], ssl_mode: str = "disable") -> pg8000.native.Connection:
+    """Connect with explicit settings; failures become SourceUnavailable or SourceError."""
+    kwargs = dict(settings)
+    if "unix_sock" not in kwargs:
+        kwargs["ssl_context"] = ssl_context(ssl_mode)
+    try:
+        conn = pg8000.native.Connection(application_name=APPLICATION_NAME, timeout=60, **kwargs)
+        conn.run(f"SET statement_timeout = {int(config.statement_timeout_ms())}")
+    except pg8000.exceptions.DatabaseError as e:
+        raise as_source_error(e, "connect") from e
+    except (pg8000.exceptions.InterfaceError, OSError) as e:
+        raise SourceUnavailable(f"cannot connect to the database: {type(e).__name__}") from e
+    return conn
+
+
+def as_source_error(
+    error: pg8000.exceptions.DatabaseError, action: str, *, table: str | None = None,
+    window: str | None = None,
+) -> SourceError | SourceUnavailable:
+    """Translate a server error; the message is the server's (which never echoes passwords)."""
+    detail = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+    code = str(detail.get("C", ""))
+    message = str(detail.get("M", type(error).__name__))
+    kind = SourceUnavailable if code.startswith(_TRANSIENT_SQLSTATE_CLASSES) else SourceError
+    return kind(f"database {action} failed: {message} (SQLSTATE {code})", table=table,
+                window=window)
+
+
+def connect_to_db() -> pg8000.native.Connection:
+    """An authenticated pg8000 native connection to ToteSys.
+
+    The secret's name comes from ``DB_SECRET_NAME``; TLS follows ``DB_SSL_MODE``
+    (``require`` unless configured otherwise).
+    """
+    name = config.db_secret_name()
+    secret = db_connections_get_secret(secrets_client(), name)
+    return open_connection(connection_settings(secret, name), config.ssl_mode())
+
+
+def close_db_connection(conn: pg8000.native.Connection) -> None:
+    """Close ``conn``; a connection that is already gone is not an error."""
+    try:
+        conn.close()
+    except (pg8000.exceptions.InterfaceError, OSError):
+        pass
