@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import boto3
+from boto3.exceptions import S3TransferFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -33,15 +34,24 @@ def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+def as_lake_error(
+    error: Exception, action: str, *, table: str | None = None, window: str | None = None
+) -> LakeError | LakeUnavailable:
+    """LakeUnavailable for throttling, timeouts and server errors; LakeError otherwise."""
+    if isinstance(error, ClientError):
+        code = error_code(error)
+        kind = LakeUnavailable if code in _TRANSIENT_CODES else LakeError
+        return kind(f"S3 {action} failed: {code}", table=table, window=window)
+    return LakeUnavailable(f"S3 {action} failed: {type(error).__name__}", table=table,
+                           window=window)
+
+
 @contextmanager
-def lake_errors(action: str, *, table: str | None = None, window: str | None = None) -> Iterator[None]:
-    """Re-raise S3 failures inside the block as LakeUnavailable (transient) or LakeError."""
+def lake_errors(
+    action: str, *, table: str | None = None, window: str | None = None
+) -> Iterator[None]:
+    """Re-raise S3 failures inside the block as the project's errors."""
     try:
         yield
-    except ClientError as e:
-        code = error_code(e)
-        kind = LakeUnavailable if code in _TRANSIENT_CODES else LakeError
-        raise kind(f"S3 {action} failed: {code}", table=table, window=window) from e
-    except BotoCoreError as e:
-        raise LakeUnavailable(f"S3 {action} failed: {type(e).__name__}", table=table,
-                              window=window) from e
+    except (ClientError, BotoCoreError, S3TransferFailedError) as e:
+        raise as_lake_error(e, action, table=table, window=window) from e

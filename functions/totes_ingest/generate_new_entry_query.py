@@ -8,7 +8,7 @@ from datetime import datetime
 from totes_ingest.errors import IngestError
 from totes_ingest.identifiers import is_valid_table_name, quote_ident
 
-_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?")
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?", re.ASCII)
 
 
 class DateFormatError(IngestError, ValueError):

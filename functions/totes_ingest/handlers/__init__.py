@@ -1,0 +1,1 @@
+"""Lambda entry points: parse the event, build clients, call one library function."""

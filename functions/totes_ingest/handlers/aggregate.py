@@ -1,0 +1,21 @@
+"""Aggregate: the run's ``{table: file_key}`` output and its failure summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from totes_ingest import pipeline
+from totes_ingest.errors import InvalidEvent
+from totes_ingest.observability import logger, step, tracer
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
+@step("Aggregate")
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    results = event.get("results")
+    if not isinstance(results, list):
+        raise InvalidEvent("Aggregate input lacks the per-table 'results' list")
+    return pipeline.aggregate(results)

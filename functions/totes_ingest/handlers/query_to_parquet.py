@@ -1,0 +1,25 @@
+"""QueryToParquet: stream the table's window into a staged Parquet object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from totes_ingest import config, pipeline
+from totes_ingest.aws import s3_client
+from totes_ingest.db_connections import close_db_connection, connect_to_db
+from totes_ingest.lake import Lake
+from totes_ingest.observability import logger, step, tracer
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
+@step("QueryToParquet")
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    lake = Lake(s3_client(), config.ingest_bucket())
+    conn = connect_to_db()
+    try:
+        return pipeline.stage_table(event, conn, lake, row_group_rows=config.row_group_rows())
+    finally:
+        close_db_connection(conn)

@@ -1,0 +1,25 @@
+"""StartRun: validate the execution input and fix the run's end time."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from totes_ingest import config, pipeline
+from totes_ingest.db_connections import close_db_connection, connect_to_db
+from totes_ingest.observability import logger, step, tracer
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
+@step("StartRun")
+def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    max_concurrency = int(os.environ.get("MAX_CONCURRENCY", "4"))
+    conn = connect_to_db()
+    try:
+        return pipeline.start_run(event, conn, fallback_lag_seconds=config.fallback_lag_seconds(),
+                                  max_concurrency=max_concurrency)
+    finally:
+        close_db_connection(conn)
