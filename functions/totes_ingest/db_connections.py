@@ -52,18 +52,28 @@ def db_connections_get_secret(client: Any, secret_name: str) -> dict[str, Any]:
     return secret
 
 
+def _first(secret: dict[str, Any], keys: tuple[str, ...], *, allow_empty: bool = False) -> Any:
+    """The value of the first of ``keys`` that is set in ``secret``."""
+    for key in keys:
+        value = secret.get(key)
+        if value is not None and (value != "" or allow_empty):
+            return value
+    return None
+
+
 def connection_settings(secret: dict[str, Any], secret_name: str = "secret") -> dict[str, Any]:
     """pg8000 keyword arguments from a secret; names missing keys, never values."""
     settings: dict[str, Any] = {}
     missing: list[str] = []
     for setting, keys in _KEYS.items():
-        value = next((secret[k] for k in keys if secret.get(k) not in (None, "")), None)
+        # An empty password is allowed (trust authentication on a laptop); a missing one isn't.
+        value = _first(secret, keys, allow_empty=setting == "password")
         if value is None:
             missing.append("/".join(keys))
         else:
             settings[setting] = str(value)
     for setting, keys in _OPTIONAL_KEYS.items():
-        value = next((secret[k] for k in keys if secret.get(k) not in (None, "")), None)
+        value = _first(secret, keys)
         if value is not None:
             settings[setting] = value
     if "host" not in settings and "unix_sock" not in settings:

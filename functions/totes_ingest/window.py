@@ -31,7 +31,7 @@ FROM (SELECT 1) AS one
 LEFT JOIN pg_stat_activity AS a
        ON a.datname = current_database()
       AND a.pid <> pg_backend_pid()
-      AND a.backend_type = 'client backend'
+      AND (a.backend_type = 'client backend' OR a.query = '<insufficient privilege>')
       AND a.application_name IS DISTINCT FROM :ingest_application
       AND (a.xact_start IS NOT NULL OR a.query = '<insufficient privilege>')
 """
