@@ -97,16 +97,24 @@ class Lake:
             raise as_lake_error(e, f"read of {key}", table=table) from e
         return body
 
-    def exists(self, key: str, *, table: str) -> bool:
+    def _head(self, key: str, *, table: str) -> dict[str, Any] | None:
         try:
-            self.s3.head_object(Bucket=self.bucket, Key=key)
+            head: dict[str, Any] = self.s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as e:
             if error_code(e) in _NOT_FOUND:
-                return False
+                return None
             raise as_lake_error(e, f"head of {key}", table=table) from e
         except BotoCoreError as e:
             raise as_lake_error(e, f"head of {key}", table=table) from e
-        return True
+        return head
+
+    def exists(self, key: str, *, table: str) -> bool:
+        return self._head(key, table=table) is not None
+
+    def metadata(self, key: str, *, table: str) -> dict[str, str]:
+        """User metadata of ``key`` (empty if the object is gone)."""
+        head = self._head(key, table=table) or {}
+        return dict(head.get("Metadata", {}))
 
     def read_claim(self, key: str, *, table: str) -> Claim | None:
         body = self._get(key, table=table)

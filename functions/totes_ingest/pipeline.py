@@ -8,6 +8,7 @@ move between steps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import uuid
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes_ingest.errors import InvalidEvent
@@ -30,6 +32,9 @@ from totes_ingest.window import commit_safe_end_time
 from totes_ingest.write_to_s3 import write_to_s3
 
 Payload = dict[str, Any]
+
+COLUMNS_METADATA = "columns"
+_MAX_SIGNATURE_BYTES = 1800
 
 
 def _window(start: str | None, end: str) -> str:
@@ -98,13 +103,36 @@ def stage_table(
         if result.rows == 0:
             logger.warning("No new rows", extra={"table": table, "window": window})
             return {**payload, "rows": 0, "bytes": 0, "staging_key": None}
+        columns = schema_signature(result.schema)
+        _log_schema_change(lake, table, payload.get("last_key"), columns)
         key = staging_key(table, start, end)
         with path.open("rb") as parquet:
-            write_to_s3(lake.s3, lake.bucket, key, parquet)
+            write_to_s3(lake.s3, lake.bucket, key, parquet, metadata={COLUMNS_METADATA: columns})
     logger.info("Staged parquet", extra={"table": table, "window": window,
                                          "rows": result.rows, "bytes": result.bytes,
                                          "staging_key": key})
     return {**payload, "rows": result.rows, "bytes": result.bytes, "staging_key": key}
+
+
+def schema_signature(schema: pa.Schema) -> str:
+    """``name type, ...`` of a file's columns, kept in its S3 metadata (2 KB at most)."""
+    signature = ", ".join(f"{field.name} {field.type}" for field in schema)
+    if len(signature.encode()) > _MAX_SIGNATURE_BYTES:
+        signature = "sha256:" + hashlib.sha256(signature.encode()).hexdigest()
+    return signature
+
+
+def _log_schema_change(lake: Lake, table: str, last_key: object, columns: str) -> None:
+    """WARNING when this window's columns differ from those of the table's previous file."""
+    if not isinstance(last_key, str):
+        return
+    previous = lake.metadata(last_key, table=table).get(COLUMNS_METADATA)
+    if previous is None or previous == columns:
+        return
+    before, after = set(previous.split(", ")), set(columns.split(", "))
+    logger.warning("Schema changed since the previous file",
+                   extra={"table": table, "previous_key": last_key,
+                          "added": sorted(after - before), "removed": sorted(before - after)})
 
 
 def commit_table(payload: Mapping[str, Any], lake: Lake) -> Payload:
