@@ -96,9 +96,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def s3(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Any:
     client = boto3.client("s3", region_name=REGION)
-    client.create_bucket(
-        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
-    )
+    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     monkeypatch.setenv(config.INGEST_BUCKET, BUCKET)
     return client
 

@@ -17,8 +17,16 @@ from totes_ingest.errors import LakeError, LakeUnavailable
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
 
 _TRANSIENT_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-     "ServiceUnavailable", "503", "500"}
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+        "500",
+    }
 )
 
 
@@ -42,8 +50,9 @@ def as_lake_error(
         code = error_code(error)
         kind = LakeUnavailable if code in _TRANSIENT_CODES else LakeError
         return kind(f"S3 {action} failed: {code}", table=table, window=window)
-    return LakeUnavailable(f"S3 {action} failed: {type(error).__name__}", table=table,
-                           window=window)
+    return LakeUnavailable(
+        f"S3 {action} failed: {type(error).__name__}", table=table, window=window
+    )
 
 
 @contextmanager

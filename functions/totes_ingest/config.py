@@ -10,7 +10,7 @@ import os
 from typing import Final
 
 INGEST_BUCKET: Final = "INGEST_BUCKET"
-DB_SECRET_NAME: Final = "DB_SECRET_NAME"
+DB_SECRET_NAME: Final = "DB_SECRET_NAME"  # noqa: S105 - a variable name, not a secret
 # libpq-style: "require" (default: always encrypted), "verify-full" (encrypted, and the
 # server certificate checked against the system CAs), "disable" (local runs only).
 DB_SSL_MODE: Final = "DB_SSL_MODE"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 from typing import Any
@@ -61,7 +62,7 @@ def _first(secret: dict[str, Any], keys: tuple[str, ...], *, allow_empty: bool =
     return None
 
 
-def connection_settings(secret: dict[str, Any], secret_name: str = "secret") -> dict[str, Any]:
+def connection_settings(secret: dict[str, Any], secret_name: str = "the secret") -> dict[str, Any]:  # noqa: S107
     """pg8000 keyword arguments from a secret; names missing keys, never values."""
     settings: dict[str, Any] = {}
     missing: list[str] = []
@@ -99,7 +100,9 @@ def ssl_context(mode: str) -> ssl.SSLContext | None:
     return context
 
 
-def open_connection(settings: dict[str, Any], ssl_mode: str = "disable") -> pg8000.native.Connection:
+def open_connection(
+    settings: dict[str, Any], ssl_mode: str = "disable"
+) -> pg8000.native.Connection:
     """Connect with explicit settings; failures become SourceUnavailable or SourceError."""
     kwargs = dict(settings)
     if "unix_sock" not in kwargs:
@@ -115,7 +118,10 @@ def open_connection(settings: dict[str, Any], ssl_mode: str = "disable") -> pg80
 
 
 def as_source_error(
-    error: pg8000.exceptions.DatabaseError, action: str, *, table: str | None = None,
+    error: pg8000.exceptions.DatabaseError,
+    action: str,
+    *,
+    table: str | None = None,
     window: str | None = None,
 ) -> SourceError | SourceUnavailable:
     """Translate a server error; the message is the server's (which never echoes passwords)."""
@@ -123,8 +129,9 @@ def as_source_error(
     code = str(detail.get("C", ""))
     message = str(detail.get("M", type(error).__name__))
     kind = SourceUnavailable if code.startswith(_TRANSIENT_SQLSTATE_CLASSES) else SourceError
-    return kind(f"database {action} failed: {message} (SQLSTATE {code})", table=table,
-                window=window)
+    return kind(
+        f"database {action} failed: {message} (SQLSTATE {code})", table=table, window=window
+    )
 
 
 def connect_to_db() -> pg8000.native.Connection:
@@ -140,7 +147,5 @@ def connect_to_db() -> pg8000.native.Connection:
 
 def close_db_connection(conn: pg8000.native.Connection) -> None:
     """Close ``conn``; a connection that is already gone is not an error."""
-    try:
+    with contextlib.suppress(pg8000.exceptions.InterfaceError, OSError):
         conn.close()
-    except (pg8000.exceptions.InterfaceError, OSError):
-        pass

@@ -7,7 +7,9 @@ from datetime import datetime
 
 from totes_ingest.identifiers import is_valid_table_name
 
-_KEY = re.compile(r"(?P<table>[a-z_][a-z0-9_]*)/(\d{4})/(\d{2})/(\d{2})/(\d{12})\.parquet", re.ASCII)
+_KEY = re.compile(
+    r"(?P<table>[a-z_][a-z0-9_]*)/(\d{4})/(\d{2})/(\d{2})/(\d{12})\.parquet", re.ASCII
+)
 
 
 def generate_file_key(table_name: str, end_time: datetime, extension: str = "parquet") -> str:

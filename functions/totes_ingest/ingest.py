@@ -25,8 +25,9 @@ class TablesFailed(IngestError):
 
 def run_ingest(event: object, conn: Any, lake: Lake) -> dict[str, str]:
     """Run every step for every table of ``event``; raise TablesFailed naming the failures."""
-    run = pipeline.start_run(event, conn, fallback_lag_seconds=config.fallback_lag_seconds(),
-                             max_concurrency=1)
+    run = pipeline.start_run(
+        event, conn, fallback_lag_seconds=config.fallback_lag_seconds(), max_concurrency=1
+    )
     results: list[dict[str, Any]] = []
     for table in run["tables"]:
         item = {"table": table, "end_time": run["end_time"], "run_id": run["run_id"]}
@@ -36,10 +37,12 @@ def run_ingest(event: object, conn: Any, lake: Lake) -> dict[str, str]:
             if item["rows"] > 0:
                 results.append(pipeline.commit_table(item, lake))
         except IngestError as e:
-            logger.critical("Table failed", extra={"table": table, "error": type(e).__name__,
-                                                   "reason": str(e)})
-            results.append({"table": table, "status": "failed", "error": type(e).__name__,
-                            "cause": str(e)})
+            logger.critical(
+                "Table failed", extra={"table": table, "error": type(e).__name__, "reason": str(e)}
+            )
+            results.append(
+                {"table": table, "status": "failed", "error": type(e).__name__, "cause": str(e)}
+            )
     summary = pipeline.aggregate(results)
     if summary["failed_count"]:
         raise TablesFailed(summary["cause"])

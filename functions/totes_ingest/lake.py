@@ -66,8 +66,12 @@ class Claim:
     @classmethod
     def from_json(cls, body: bytes) -> Claim:
         data = json.loads(body)
-        return cls(run_id=str(data["run_id"]), final_key=str(data["final_key"]),
-                   staging_key=str(data["staging_key"]), rows=int(data["rows"]))
+        return cls(
+            run_id=str(data["run_id"]),
+            final_key=str(data["final_key"]),
+            staging_key=str(data["staging_key"]),
+            rows=int(data["rows"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -136,15 +140,17 @@ class Lake:
             if claim is None or self.exists(claim.final_key, table=table):
                 return watermark, last_key
             if self._finish(table, claim):
-                logger.warning("Finished an interrupted commit",
-                               extra={"table": table, "key": claim.final_key,
-                                      "claimed_by": claim.run_id})
+                logger.warning(
+                    "Finished an interrupted commit",
+                    extra={"table": table, "key": claim.final_key, "claimed_by": claim.run_id},
+                )
             else:
                 # Claimed, never copied, and the staged object is gone: nothing of it
                 # was committed, so the claim is void.
                 self.delete(claim_key(table, watermark), table=table)
-                logger.warning("Removed a void claim",
-                               extra={"table": table, "claimed_by": claim.run_id})
+                logger.warning(
+                    "Removed a void claim", extra={"table": table, "claimed_by": claim.run_id}
+                )
                 return watermark, last_key
         raise LakeError("claim chain did not settle", table=table)
 
@@ -157,8 +163,13 @@ class Lake:
         mine = Claim(run_id=run_id, final_key=final, staging_key=staged, rows=rows)
         key = claim_key(table, start)
         try:
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=mine.to_json(),
-                               IfNoneMatch="*", ContentType="application/json")
+            self.s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=mine.to_json(),
+                IfNoneMatch="*",
+                ContentType="application/json",
+            )
         except (ClientError, BotoCoreError) as e:
             if not (isinstance(e, ClientError) and error_code(e) in _CLAIM_TAKEN):
                 raise as_lake_error(e, f"claim {key}", table=table) from e
@@ -167,7 +178,8 @@ class Lake:
                 self.delete(staged, table=table)
                 owner = existing.run_id if existing else "another run"
                 return CommitResult(
-                    "skipped", None,
+                    "skipped",
+                    None,
                     f"the window starting at the watermark was committed by {owner}",
                 )
         if not self._finish(table, mine):
@@ -182,8 +194,9 @@ class Lake:
         if not self.exists(claim.staging_key, table=table):
             return self.exists(claim.final_key, table=table)
         try:
-            self.s3.copy({"Bucket": self.bucket, "Key": claim.staging_key},
-                         self.bucket, claim.final_key)
+            self.s3.copy(
+                {"Bucket": self.bucket, "Key": claim.staging_key}, self.bucket, claim.final_key
+            )
         except (ClientError, BotoCoreError, S3TransferFailedError) as e:
             # Another run may have finished this commit between our checks: success.
             if not self.exists(claim.final_key, table=table):

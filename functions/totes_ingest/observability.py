@@ -30,8 +30,9 @@ def put_metric(name: str, unit: MetricUnit, value: float, table: str | None) -> 
     """One CloudWatch EMF metric, dimensioned by table."""
     namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE)
     dimensions = {"table": table} if table else {}
-    with single_metric(name=name, unit=unit, value=value, namespace=namespace,
-                       default_dimensions=dimensions):
+    with single_metric(
+        name=name, unit=unit, value=value, namespace=namespace, default_dimensions=dimensions
+    ):
         pass
 
 
@@ -62,8 +63,12 @@ def step(name: str) -> Callable[[F], F]:
                 )
                 raise
             finally:
-                put_metric("StepDuration", MetricUnit.Seconds, time.perf_counter() - started,
-                           table if isinstance(table, str) else None)
+                put_metric(
+                    "StepDuration",
+                    MetricUnit.Seconds,
+                    time.perf_counter() - started,
+                    table if isinstance(table, str) else None,
+                )
 
         return wrapper  # type: ignore[return-value]
 

@@ -65,13 +65,21 @@ def start_run(
     run_id = f"run-{uuid.uuid4().hex}"
     logger.info(
         "Run started",
-        extra={"run_id": run_id, "end_time": end_time, "tables": tables,
-               "database_clock": format_time(bound.clock),
-               "held_back_by_open_transaction": bound.held_back_by_open_transaction,
-               "fallback_lag_used": bound.fallback_lag_used},
+        extra={
+            "run_id": run_id,
+            "end_time": end_time,
+            "tables": tables,
+            "database_clock": format_time(bound.clock),
+            "held_back_by_open_transaction": bound.held_back_by_open_transaction,
+            "fallback_lag_used": bound.fallback_lag_used,
+        },
     )
-    return {"run_id": run_id, "end_time": end_time, "tables": tables,
-            "max_concurrency": max_concurrency}
+    return {
+        "run_id": run_id,
+        "end_time": end_time,
+        "tables": tables,
+        "max_concurrency": max_concurrency,
+    }
 
 
 def find_watermark(payload: Mapping[str, Any], lake: Lake) -> Payload:
@@ -79,8 +87,10 @@ def find_watermark(payload: Mapping[str, Any], lake: Lake) -> Payload:
     table, _ = _table_item(payload)
     watermark, last_key = lake.resolve_watermark(table)
     start_time = None if watermark is None else format_time(watermark)
-    logger.info("Found last ingest time",
-                extra={"table": table, "start_time": start_time, "last_key": last_key})
+    logger.info(
+        "Found last ingest time",
+        extra={"table": table, "start_time": start_time, "last_key": last_key},
+    )
     return {**payload, "start_time": start_time, "last_key": last_key}
 
 
@@ -93,13 +103,21 @@ def stage_table(
     window = _window(payload["start_time"], payload["end_time"])
     if start is not None and start >= end:
         # Another run already moved the watermark past this run's end: nothing to do.
-        logger.warning("Watermark is already past this run's end time",
-                       extra={"table": table, "window": window})
+        logger.warning(
+            "Watermark is already past this run's end time",
+            extra={"table": table, "window": window},
+        )
         return {**payload, "rows": 0, "bytes": 0, "staging_key": None}
     with tempfile.TemporaryDirectory(prefix="totes-") as workdir:
         path = Path(workdir) / f"{table}.parquet"
-        result = extract_to_parquet(conn, table, payload["start_time"], payload["end_time"],
-                                    path, row_group_rows=row_group_rows)
+        result = extract_to_parquet(
+            conn,
+            table,
+            payload["start_time"],
+            payload["end_time"],
+            path,
+            row_group_rows=row_group_rows,
+        )
         if result.rows == 0:
             logger.warning("No new rows", extra={"table": table, "window": window})
             return {**payload, "rows": 0, "bytes": 0, "staging_key": None}
@@ -108,9 +126,16 @@ def stage_table(
         key = staging_key(table, start, end)
         with path.open("rb") as parquet:
             write_to_s3(lake.s3, lake.bucket, key, parquet, metadata={COLUMNS_METADATA: columns})
-    logger.info("Staged parquet", extra={"table": table, "window": window,
-                                         "rows": result.rows, "bytes": result.bytes,
-                                         "staging_key": key})
+    logger.info(
+        "Staged parquet",
+        extra={
+            "table": table,
+            "window": window,
+            "rows": result.rows,
+            "bytes": result.bytes,
+            "staging_key": key,
+        },
+    )
     return {**payload, "rows": result.rows, "bytes": result.bytes, "staging_key": key}
 
 
@@ -130,9 +155,15 @@ def _log_schema_change(lake: Lake, table: str, last_key: object, columns: str) -
     if previous is None or previous == columns:
         return
     before, after = set(previous.split(", ")), set(columns.split(", "))
-    logger.warning("Schema changed since the previous file",
-                   extra={"table": table, "previous_key": last_key,
-                          "added": sorted(after - before), "removed": sorted(before - after)})
+    logger.warning(
+        "Schema changed since the previous file",
+        extra={
+            "table": table,
+            "previous_key": last_key,
+            "added": sorted(after - before),
+            "removed": sorted(before - after),
+        },
+    )
 
 
 def commit_table(payload: Mapping[str, Any], lake: Lake) -> Payload:
@@ -143,18 +174,26 @@ def commit_table(payload: Mapping[str, Any], lake: Lake) -> Payload:
     result = lake.commit(table, start, end, payload["run_id"], rows)
     window = _window(payload["start_time"], payload["end_time"])
     if result.status == "written":
-        logger.info("Wrote parquet", extra={"table": table, "window": window, "rows": rows,
-                                            "key": result.key})
+        logger.info(
+            "Wrote parquet",
+            extra={"table": table, "window": window, "rows": rows, "key": result.key},
+        )
         put_metric("RowsIngested", MetricUnit.Count, rows, table)
         put_metric("BytesWritten", MetricUnit.Bytes, int(payload.get("bytes", 0)), table)
         # Assumes the database clock is UTC (as RDS's is by default).
         lag = datetime.now(UTC).replace(tzinfo=None) - end
         put_metric("FreshnessSeconds", MetricUnit.Seconds, max(lag.total_seconds(), 0.0), table)
     else:
-        logger.warning("Skipped commit", extra={"table": table, "window": window,
-                                                "reason": result.reason})
-    return {"table": table, "status": result.status, "key": result.key, "rows": rows,
-            "reason": result.reason}
+        logger.warning(
+            "Skipped commit", extra={"table": table, "window": window, "reason": result.reason}
+        )
+    return {
+        "table": table,
+        "status": result.status,
+        "key": result.key,
+        "rows": rows,
+        "reason": result.reason,
+    }
 
 
 def _reason(cause: object) -> str:
@@ -179,13 +218,16 @@ def aggregate(results: Iterable[Mapping[str, Any]]) -> Payload:
             output[table] = str(result["key"])
         elif result.get("status") == "failed":
             failures[table] = f"{result.get('error')}: {_reason(result.get('cause'))}"
-    summary: Payload = {"output": output, "failed_count": len(failures),
-                        "error": None, "cause": None}
+    summary: Payload = {
+        "output": output,
+        "failed_count": len(failures),
+        "error": None,
+        "cause": None,
+    }
     if failures:
         summary["error"] = "TablesFailed"
         summary["cause"] = json.dumps({"failed": failures, "written": output})
-        logger.critical("Run failed for some tables",
-                        extra={"failed": failures, "written": output})
+        logger.critical("Run failed for some tables", extra={"failed": failures, "written": output})
     else:
         logger.info("Run finished", extra={"written": output})
     return summary

@@ -50,9 +50,9 @@ class EndBound:
 def commit_safe_end_time(conn: Any, fallback_lag_seconds: float) -> EndBound:
     """The exclusive end bound of this run's windows, in the database's own time."""
     try:
-        clock, oldest_open, hidden = conn.run(
-            _END_BOUND_SQL, ingest_application=APPLICATION_NAME
-        )[0]
+        clock, oldest_open, hidden = conn.run(_END_BOUND_SQL, ingest_application=APPLICATION_NAME)[
+            0
+        ]
     except pg8000.exceptions.DatabaseError as e:
         raise as_source_error(e, "end bound query") from e
     except (pg8000.exceptions.InterfaceError, OSError) as e:
@@ -64,5 +64,9 @@ def commit_safe_end_time(conn: Any, fallback_lag_seconds: float) -> EndBound:
     fallback = bool(hidden)
     if fallback:
         end = min(end, clock - timedelta(seconds=fallback_lag_seconds))
-    return EndBound(end_time=end, clock=clock, held_back_by_open_transaction=held_back,
-                    fallback_lag_used=fallback)
+    return EndBound(
+        end_time=end,
+        clock=clock,
+        held_back_by_open_transaction=held_back,
+        fallback_lag_used=fallback,
+    )

@@ -24,5 +24,6 @@ def write_to_s3(
         data = data.encode()
     stream: BinaryIO = io.BytesIO(data) if isinstance(data, bytes) else data
     with lake_errors(f"write of {file_key}"):
-        s3_client.upload_fileobj(stream, bucket_name, file_key,
-                                 ExtraArgs={"Metadata": metadata} if metadata else None)
+        s3_client.upload_fileobj(
+            stream, bucket_name, file_key, ExtraArgs={"Metadata": metadata} if metadata else None
+        )

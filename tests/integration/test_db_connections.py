@@ -20,7 +20,7 @@ from totes_ingest.errors import SecretError, SourceError, SourceUnavailable
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "s3cr3t-Pa55word!"  # noqa: S105 - a test value that must never appear in errors
+PASSWORD = "s3cr3t-Pa55word!"
 
 
 def test_the_secret_is_returned_as_a_dictionary(db_secret: dict[str, Any]) -> None:
@@ -44,11 +44,22 @@ def test_closing_a_closed_connection_is_harmless(db_secret: dict[str, Any]) -> N
 
 def test_rds_managed_secret_keys_are_accepted() -> None:
     settings = connection_settings(
-        {"username": "ingest", "password": PASSWORD, "dbname": "totesys",
-         "host": "db.example", "port": "5432", "engine": "postgres"}
+        {
+            "username": "ingest",
+            "password": PASSWORD,
+            "dbname": "totesys",
+            "host": "db.example",
+            "port": "5432",
+            "engine": "postgres",
+        }
     )
-    assert settings == {"user": "ingest", "password": PASSWORD, "database": "totesys",
-                        "host": "db.example", "port": 5432}
+    assert settings == {
+        "user": "ingest",
+        "password": PASSWORD,
+        "database": "totesys",
+        "host": "db.example",
+        "port": 5432,
+    }
 
 
 def test_missing_keys_are_named_and_no_value_is_shown() -> None:
@@ -77,8 +88,7 @@ def test_a_missing_secret_is_a_named_error(aws_env: None) -> None:
 
 
 def test_an_unreachable_database_is_transient() -> None:
-    settings = {"user": "u", "password": PASSWORD, "database": "d", "host": "127.0.0.1",
-                "port": 1}
+    settings = {"user": "u", "password": PASSWORD, "database": "d", "host": "127.0.0.1", "port": 1}
     with pytest.raises(SourceUnavailable) as raised:
         open_connection(settings)
     assert PASSWORD not in str(raised.value)

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.unit
 
 def test_a_list_of_table_names_is_accepted() -> None:
     assert tables_from_event({"tables_to_query": ["currency", "payment"]}) == [
-        "currency", "payment",
+        "currency",
+        "payment",
     ]
 
 
@@ -30,7 +31,7 @@ def test_a_list_of_table_names_is_accepted() -> None:
         ({"tables_to_query": ["staff; DROP TABLE currency"]}, "not valid table names"),
         ({"tables_to_query": ['staff"']}, "not valid table names"),
         ({"tables_to_query": ["staff'--"]}, "not valid table names"),
-        ({"tables_to_query": ["ѕtaff"]}, "not valid table names"),  # Cyrillic dze
+        ({"tables_to_query": ["\u0455taff"]}, "not valid table names"),  # Cyrillic dze
         ({"tables_to_query": ["s" * 10_000]}, "not valid table names"),
         ({"tables_to_query": ["t"] * 101}, "at most 100"),
     ],

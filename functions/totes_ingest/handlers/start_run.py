@@ -19,7 +19,11 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     max_concurrency = int(os.environ.get("MAX_CONCURRENCY", "4"))
     conn = connect_to_db()
     try:
-        return pipeline.start_run(event, conn, fallback_lag_seconds=config.fallback_lag_seconds(),
-                                  max_concurrency=max_concurrency)
+        return pipeline.start_run(
+            event,
+            conn,
+            fallback_lag_seconds=config.fallback_lag_seconds(),
+            max_concurrency=max_concurrency,
+        )
     finally:
         close_db_connection(conn)

@@ -14,5 +14,5 @@ def embedded_database_url(data_dir: Path) -> str:
     import pgserver  # imported lazily: a dev-only dependency, absent from Lambda
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     return str(server.get_uri())

@@ -6,8 +6,17 @@ from importlib.resources import files
 from typing import Any, Final
 
 TABLES: Final = (
-    "currency", "department", "address", "staff", "counterparty", "design",
-    "payment_type", "sales_order", "purchase_order", "transaction", "payment",
+    "currency",
+    "department",
+    "address",
+    "staff",
+    "counterparty",
+    "design",
+    "payment_type",
+    "sales_order",
+    "purchase_order",
+    "transaction",
+    "payment",
 )
 
 
