@@ -1,0 +1,546 @@
+"""Execute the real state machine locally: moto's Step Functions interpreter, our handlers.
+
+The definition executed is ``statemachine/ingest.asl.json``, wired as ``template.yaml``
+wires it (DefinitionSubstitutions to function ARNs). moto interprets the ASL
+(``mock_aws(config={"stepfunctions": {"execute_state_machine": True}})``) and calls
+``lambda.invoke`` for each ``arn:aws:states:::lambda:invoke`` task; this module creates one
+moto Lambda function per ``AWS::Serverless::Function`` of the template and answers those
+invocations in-process by importing the template's ``Handler`` and calling it. A handler's
+exception comes back as Lambda reports it (FunctionError ``Unhandled``, payload with
+``errorType``), so the ASL's Retry and Catch see the exception's class name.
+
+No Docker and no AWS: calling :func:`run_state_machine` outside ``mock_aws()`` is refused.
+"""
+
+from __future__ import annotations
+
+import decimal
+import importlib
+import io
+import json
+import os
+import time
+import traceback
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+from unittest import mock
+
+import boto3
+import yaml
+from botocore.exceptions import ClientError
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[3]
+TEMPLATE_PATH: Final = REPO_ROOT / "template.yaml"
+
+_LAMBDA_ROLE: Final = "totes-ingest-local-lambda"
+_STATES_ROLE: Final = "totes-ingest-local-states"
+_POLL_INTERVAL_S: Final = 0.05
+
+ExecutionStatus = Literal["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"]
+
+
+class TemplateError(ValueError):
+    """template.yaml (or the ASL it points at) cannot be turned into a local stack."""
+
+
+# --- the SAM template -------------------------------------------------------------------
+
+
+class _CfnLoader(yaml.SafeLoader):  # type: ignore[misc]
+    """A YAML loader that reads CloudFormation short tags (``!Ref``, ``!GetAtt``...)."""
+
+
+def _construct_tag(loader: _CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    """``!Ref X`` -> ``{"Ref": "X"}``; ``!GetAtt X.Arn`` -> ``{"Fn::GetAtt": "X.Arn"}``."""
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {"Ref" if suffix == "Ref" else f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _construct_tag)
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    """Parse a SAM/CloudFormation template, keeping intrinsic functions as long-form dicts."""
+    try:
+        document = yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    except (OSError, yaml.YAMLError) as e:
+        raise TemplateError(f"cannot read template {path}: {e}") from e
+    if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
+        raise TemplateError(f"template {path} has no Resources")
+    return document
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One ``AWS::Serverless::Function``: where its handler is and its Lambda settings."""
+
+    logical_id: str
+    handler: str
+    timeout_s: int = 3
+    memory_mb: int = 128
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What a local execution needs from a template: functions and a state machine."""
+
+    functions: dict[str, FunctionSpec]
+    definition: str
+    # DefinitionSubstitutions: placeholder -> logical ID of a function (its ARN is
+    # substituted) or a literal string.
+    substitutions: dict[str, FunctionRef | str]
+    state_machine_id: str = "StateMachine"
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """A substitution that resolves to a function's ARN (``Arn``) or name (``Ref``)."""
+
+    logical_id: str
+    attribute: Literal["Arn", "Ref"]
+
+
+def _parameter_defaults(template: Mapping[str, Any]) -> dict[str, str]:
+    parameters = template.get("Parameters") or {}
+    return {
+        name: str(spec["Default"])
+        for name, spec in parameters.items()
+        if isinstance(spec, dict) and "Default" in spec
+    }
+
+
+def _literal(value: Any, parameters: Mapping[str, str]) -> str | None:
+    """A template value as a string, if it is a literal or a Ref to a defaulted parameter."""
+    if isinstance(value, str | int | float | bool):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return parameters.get(str(value["Ref"]))
+    return None
+
+
+def _function_ref(value: Any, functions: Mapping[str, FunctionSpec]) -> FunctionRef | None:
+    if not isinstance(value, dict) or len(value) != 1:
+        return None
+    if "Ref" in value and value["Ref"] in functions:
+        return FunctionRef(str(value["Ref"]), "Ref")
+    target = value.get("Fn::GetAtt")
+    if isinstance(target, str):
+        target = target.split(".", 1)
+    if isinstance(target, list) and len(target) == 2 and target[0] in functions:
+        if target[1] != "Arn":
+            raise TemplateError(f"unsupported attribute {target[0]}.{target[1]}")
+        return FunctionRef(str(target[0]), "Arn")
+    return None
+
+
+def _environment(settings: Mapping[str, Any], parameters: Mapping[str, str]) -> dict[str, str]:
+    """The resolvable variables of an ``Environment`` block (others need local values)."""
+    variables = (settings.get("Environment") or {}).get("Variables") or {}
+    resolved = {name: _literal(value, parameters) for name, value in variables.items()}
+    return {name: value for name, value in resolved.items() if value is not None}
+
+
+def load_stack(template_path: Path = TEMPLATE_PATH, state_machine_id: str | None = None) -> Stack:
+    """Read the functions and the state machine of a SAM template.
+
+    The definition is read from the state machine's ``DefinitionUri`` (relative to the
+    template), exactly the file that ``sam deploy`` uploads.
+    """
+    template = load_template(template_path)
+    parameters = _parameter_defaults(template)
+    globals_ = (template.get("Globals") or {}).get("Function") or {}
+    functions: dict[str, FunctionSpec] = {}
+    machines: dict[str, dict[str, Any]] = {}
+    for logical_id, resource in template["Resources"].items():
+        kind = resource.get("Type")
+        properties = resource.get("Properties") or {}
+        if kind == "AWS::Serverless::Function":
+            settings = {**globals_, **properties}
+            if not isinstance(settings.get("Handler"), str):
+                raise TemplateError(f"{logical_id} has no Handler")
+            functions[logical_id] = FunctionSpec(
+                logical_id=logical_id,
+                handler=settings["Handler"],
+                timeout_s=int(_literal(settings.get("Timeout", 3), parameters) or 3),
+                memory_mb=int(_literal(settings.get("MemorySize", 128), parameters) or 128),
+                environment={
+                    **_environment(globals_, parameters),
+                    **_environment(properties, parameters),
+                },
+            )
+        elif kind == "AWS::Serverless::StateMachine":
+            machines[logical_id] = properties
+    if state_machine_id is None:
+        if len(machines) != 1:
+            raise TemplateError(f"expected one state machine, found {sorted(machines)}")
+        state_machine_id = next(iter(machines))
+    if state_machine_id not in machines:
+        raise TemplateError(f"no state machine {state_machine_id!r} in {template_path}")
+    machine = machines[state_machine_id]
+    uri = machine.get("DefinitionUri")
+    if not isinstance(uri, str):
+        raise TemplateError(f"{state_machine_id} needs a local DefinitionUri")
+    definition_path = template_path.parent / uri
+    try:
+        definition = definition_path.read_text()
+    except OSError as e:
+        raise TemplateError(f"cannot read {definition_path}: {e}") from e
+    substitutions: dict[str, FunctionRef | str] = {}
+    for key, value in (machine.get("DefinitionSubstitutions") or {}).items():
+        resolved = _function_ref(value, functions) or _literal(value, parameters)
+        if resolved is None:
+            raise TemplateError(f"cannot resolve DefinitionSubstitutions {key}: {value!r}")
+        substitutions[key] = resolved
+    return Stack(functions, definition, substitutions, state_machine_id)
+
+
+def substitute(definition: str, values: Mapping[str, str]) -> str:
+    """Replace each ``${Key}`` of the definition; a placeholder left over is an error."""
+    for key, value in values.items():
+        definition = definition.replace("${" + key + "}", value)
+    if "${" in definition:
+        start = definition.index("${")
+        raise TemplateError(f"unresolved placeholder {definition[start : start + 60]!r}")
+    return definition
+
+
+# --- the Lambda side --------------------------------------------------------------------
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of Lambda's context object that handlers and Powertools read."""
+
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    aws_request_id: str
+    deadline_s: float
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline_s - time.monotonic()) * 1000))
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """One Lambda invocation made by the execution, for progress output."""
+
+    function: str
+    payload: Any
+    result: Any | None
+    error: dict[str, Any] | None
+    duration_s: float
+
+
+def _json_default(value: Any) -> Any:
+    # Lambda's Python runtime serialises Decimal as a number and refuses anything else.
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _error_payload(error: BaseException) -> dict[str, Any]:
+    """The payload Lambda returns for an unhandled exception."""
+    return {
+        "errorMessage": str(error),
+        "errorType": type(error).__name__,
+        "requestId": "",
+        "stackTrace": traceback.format_list(traceback.extract_tb(error.__traceback__)),
+    }
+
+
+def invoke_handler(spec: FunctionSpec, arn: str, event: Any) -> tuple[Any, dict[str, Any] | None]:
+    """Call ``spec``'s handler as Lambda would: (result, None) or (None, error payload)."""
+    started = time.monotonic()
+    context = LambdaContext(
+        function_name=spec.logical_id,
+        invoked_function_arn=arn,
+        memory_limit_in_mb=spec.memory_mb,
+        aws_request_id=str(uuid.uuid4()),
+        deadline_s=started + spec.timeout_s,
+        log_group_name=f"/aws/lambda/{spec.logical_id}",
+    )
+    try:
+        module_name, _, function_name = spec.handler.rpartition(".")
+        handler = getattr(importlib.import_module(module_name), function_name)
+        result = handler(event, context)
+    except Exception as e:
+        return None, _error_payload(e)
+    if time.monotonic() - started > spec.timeout_s:
+        # Lambda would have stopped the function: say so rather than pretend it succeeded.
+        return None, {
+            "errorMessage": f"Task timed out after {spec.timeout_s:.2f} seconds",
+            "errorType": "Sandbox.Timedout",
+        }
+    return result, None
+
+
+def _dispatcher(
+    specs: Mapping[str, FunctionSpec],
+    original: Callable[..., str | bytes],
+    on_task: Callable[[TaskReport], None] | None,
+) -> Callable[..., str | bytes]:
+    """A replacement for moto's ``LambdaFunction.invoke`` that runs our handlers."""
+
+    def invoke(fn: Any, body: str, request_headers: Any, response_headers: Any) -> str | bytes:
+        spec = specs.get(fn.function_name)
+        if spec is None:
+            return original(fn, body, request_headers, response_headers)
+        event = json.loads(body) if body else {}
+        started = time.monotonic()
+        result, error = invoke_handler(spec, fn.function_arn, event)
+        if error is None:
+            try:
+                payload = json.dumps(result, default=_json_default)
+            except (TypeError, ValueError) as e:
+                result, error = (
+                    None,
+                    {
+                        "errorMessage": f"Unable to marshal response: {e}",
+                        "errorType": "Runtime.MarshalError",
+                    },
+                )
+        if error is not None:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            payload = json.dumps(error)
+        if on_task is not None:
+            on_task(TaskReport(spec.logical_id, event, result, error, time.monotonic() - started))
+        return payload.encode("utf-8")
+
+    return invoke
+
+
+# --- the execution ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """How an execution ended. ``output`` is the parsed output JSON (when it succeeded)."""
+
+    status: ExecutionStatus
+    output: Any
+    error: str | None
+    cause: str | None
+    history: list[dict[str, Any]]
+    execution_arn: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "SUCCEEDED"
+
+    def describe(self) -> str:
+        """Status, error, cause and the event history, for failure messages."""
+        lines = [f"execution {self.status} in {self.duration_s:.1f}s"]
+        if self.error or self.cause:
+            lines.append(f"error: {self.error}\ncause: {self.cause}")
+        lines.append("history:")
+        lines.extend(f"  {format_event(event)}" for event in self.history)
+        return "\n".join(lines)
+
+
+def format_event(event: Mapping[str, Any]) -> str:
+    """One history event on one line: id, type, state name and any error."""
+    parts = [f"{event.get('id', '?'):>4}", str(event.get("type", "?"))]
+    for key, details in event.items():
+        if not key.endswith("EventDetails") or not isinstance(details, dict):
+            continue
+        for name in ("name", "resource", "error", "cause"):
+            if details.get(name):
+                parts.append(f"{name}={str(details[name])[:300]}")
+    return " ".join(parts)
+
+
+def _aws_is_mocked() -> bool:
+    from moto.core.models import botocore_stubber
+
+    return bool(botocore_stubber.enabled)
+
+
+@contextmanager
+def _environment_applied(environment: Mapping[str, str]) -> Iterator[None]:
+    """Set variables for the execution (the handlers run in this process), then restore."""
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _role_arn(iam: Any, name: str, service: str) -> str:
+    try:
+        return str(iam.get_role(RoleName=name)["Role"]["Arn"])
+    except ClientError:
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+            ],
+        }
+        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(policy))
+        return str(role["Role"]["Arn"])
+
+
+def _code_zip() -> bytes:
+    """Placeholder deployment package: the code that runs is the handler in this process."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("README.txt", "dispatched in-process by totes_ingest.local.runner\n")
+    return buffer.getvalue()
+
+
+def _deploy_functions(lambda_: Any, iam: Any, stack: Stack) -> dict[str, str]:
+    """Create (or re-create) one moto function per template function; their ARNs."""
+    role = _role_arn(iam, _LAMBDA_ROLE, "lambda.amazonaws.com")
+    code = _code_zip()
+    arns: dict[str, str] = {}
+    for spec in stack.functions.values():
+        with suppress(ClientError):
+            lambda_.delete_function(FunctionName=spec.logical_id)
+        created = lambda_.create_function(
+            FunctionName=spec.logical_id,
+            Runtime="python3.12",
+            Role=role,
+            Handler=spec.handler,
+            Code={"ZipFile": code},
+            Timeout=spec.timeout_s,
+            MemorySize=spec.memory_mb,
+            Environment={"Variables": spec.environment},
+        )
+        arns[spec.logical_id] = str(created["FunctionArn"])
+    return arns
+
+
+def _history(sfn: Any, execution_arn: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"executionArn": execution_arn}
+    while True:
+        page = sfn.get_execution_history(**kwargs)
+        events.extend(page["events"])
+        if not page.get("nextToken"):
+            return events
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def _await(sfn: Any, execution_arn: str, timeout_s: float) -> dict[str, Any] | None:
+    """describe_execution once the execution has ended, or None after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
+        if described["status"] != "RUNNING":
+            return described
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(_POLL_INTERVAL_S)
+
+
+def run_state_machine(
+    event: Mapping[str, Any],
+    *,
+    timeout_s: float,
+    stack: Stack | None = None,
+    environment: Mapping[str, str] | None = None,
+    on_task: Callable[[TaskReport], None] | None = None,
+) -> ExecutionResult:
+    """Execute ``stack``'s state machine (default: template.yaml's) with ``event`` as input.
+
+    Must be called inside ``mock_aws()``: the caller owns the mocked account (bucket,
+    secret). Handlers run in this process and read ``os.environ``, set for the duration of
+    the execution from, in increasing priority: the template's resolvable variables
+    (parameter defaults), the current environment, ``environment``. Per-function
+    variables cannot differ, since concurrent handlers share one process.
+
+    Waits at most ``timeout_s`` seconds; then the execution is stopped and reported as
+    ``TIMED_OUT`` with error ``LocalTimeout``. The history is returned in every case.
+    """
+    if not _aws_is_mocked():
+        raise RuntimeError("run_state_machine must be called inside moto's mock_aws()")
+    stack = stack if stack is not None else load_stack()
+    template_env: dict[str, str] = {}
+    for spec in stack.functions.values():
+        template_env.update(spec.environment)
+    effective = {**template_env, **os.environ, **(environment or {})}
+    handler_env = {name: effective[name] for name in {*template_env, *(environment or {})}}
+
+    from moto import mock_aws
+    from moto.awslambda.models import LambdaFunction
+
+    # Nested inside the caller's mock: same mocked account, interpreter switched on.
+    with (
+        mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
+        _environment_applied(handler_env),
+    ):
+        lambda_ = boto3.client("lambda")
+        iam = boto3.client("iam")
+        sfn = boto3.client("stepfunctions")
+        arns = _deploy_functions(lambda_, iam, stack)
+        values = {
+            key: (arns[value.logical_id] if value.attribute == "Arn" else value.logical_id)
+            if isinstance(value, FunctionRef)
+            else value
+            for key, value in stack.substitutions.items()
+        }
+        definition = substitute(stack.definition, values)
+        machine_arn = sfn.create_state_machine(
+            name=f"{stack.state_machine_id}-{uuid.uuid4().hex[:8]}",
+            definition=definition,
+            roleArn=_role_arn(iam, _STATES_ROLE, "states.amazonaws.com"),
+        )["stateMachineArn"]
+        specs = {spec.logical_id: spec for spec in stack.functions.values()}
+        original = LambdaFunction.invoke
+        started = time.monotonic()
+        with mock.patch.object(LambdaFunction, "invoke", _dispatcher(specs, original, on_task)):
+            execution_arn = sfn.start_execution(
+                stateMachineArn=machine_arn,
+                name=f"local-{uuid.uuid4().hex[:12]}",
+                input=json.dumps(event),
+            )["executionArn"]
+            described = _await(sfn, execution_arn, timeout_s)
+            if described is None:
+                sfn.stop_execution(
+                    executionArn=execution_arn,
+                    error="LocalTimeout",
+                    cause=f"no result within {timeout_s:g} s",
+                )
+        duration = time.monotonic() - started
+        history = _history(sfn, execution_arn)
+    if described is None:
+        return ExecutionResult(
+            "TIMED_OUT",
+            None,
+            "LocalTimeout",
+            f"no result within {timeout_s:g} s",
+            history,
+            execution_arn,
+            duration,
+        )
+    output = described.get("output")
+    return ExecutionResult(
+        status=described["status"],
+        output=json.loads(output) if output is not None else None,
+        error=described.get("error"),
+        cause=described.get("cause"),
+        history=history,
+        execution_arn=execution_arn,
+        duration_s=duration,
+    )
