@@ -27,8 +27,10 @@ date                                   date32
 time                                   time64[us]
 timestamp                              timestamp[us]
 timestamptz                            timestamp[us, tz=UTC]
-interval                               month_day_nano_interval (PostgreSQL's months,
-                                       days and microseconds, kept apart)
+interval                               struct<months: int32, days: int32,
+                                       microseconds: int64>: PostgreSQL's own three
+                                       fields, exact (Parquet cannot store Arrow's
+                                       month_day_nano interval)
 uuid                                   arrow.uuid (fixed_size_binary(16); Parquet UUID)
 json / jsonb                           arrow.json (string; Parquet JSON): the server's
                                        text of the value
@@ -53,6 +55,13 @@ from totes_ingest.errors import SourceError, SourceUnavailable, UnsupportedColum
 from totes_ingest.identifiers import quote_ident
 
 PG_TYPE_KEY = b"pg_type"
+INTERVAL = pa.struct(
+    [
+        pa.field("months", pa.int32()),
+        pa.field("days", pa.int32()),
+        pa.field("microseconds", pa.int64()),
+    ]
+)
 LIST_ITEM_NAME = "element"  # the name Parquet's compliant LIST layout reads back
 
 # How a column travels through COPY CSV: "plain" columns parse straight into their Arrow
@@ -81,7 +90,7 @@ _SIMPLE: dict[str, tuple[pa.DataType, Kind]] = {
     "time": (pa.time64("us"), "plain"),
     "timestamp": (pa.timestamp("us"), "plain"),
     "timestamptz": (pa.timestamp("us", tz="UTC"), "plain"),
-    "interval": (pa.month_day_nano_interval(), "interval"),
+    "interval": (INTERVAL, "interval"),
     "uuid": (pa.uuid(), "uuid"),
     "json": (pa.json_(), "json"),
     "jsonb": (pa.json_(), "json"),
@@ -141,23 +150,30 @@ def schema_of(columns: list[Column]) -> pa.Schema:
     return pa.schema([column.field for column in columns])
 
 
-def table_columns(conn: pg8000.native.Connection, table: str) -> list[Column]:
-    """``table``'s columns in order, each with its Arrow type (see the module docstring)."""
+def table_columns(
+    conn: pg8000.native.Connection, table: str, *, window: str | None = None
+) -> list[Column]:
+    """``table``'s columns in order, each with its Arrow type (see the module docstring).
+
+    ``window`` only labels the errors.
+    """
     try:
         ((rel,),) = conn.run(_TABLE_OID, name=quote_ident(table))
         if rel is None:
-            raise SourceError("table does not exist", table=table)
+            raise SourceError("table does not exist", table=table, window=window)
         rows = conn.run(_COLUMNS, rel=rel)
         types: dict[int, _PgType] = {}
         return [
-            _column(conn, types, table, name, pg_type, typmod, oid)
+            _column(conn, types, table, window, name, pg_type, typmod, oid)
             for name, pg_type, typmod, oid in rows
         ]
     except pg8000.exceptions.DatabaseError as e:
-        raise as_source_error(e, "catalog read", table=table) from e
+        raise as_source_error(e, "catalog read", table=table, window=window) from e
     except (pg8000.exceptions.InterfaceError, OSError) as e:
         raise SourceUnavailable(
-            f"connection lost reading the catalog: {type(e).__name__}", table=table
+            f"connection lost reading the catalog: {type(e).__name__}",
+            table=table,
+            window=window,
         ) from e
 
 
@@ -165,6 +181,7 @@ def _column(
     conn: pg8000.native.Connection,
     types: dict[int, _PgType],
     table: str,
+    window: str | None,
     name: str,
     pg_type: str,
     typmod: int,
@@ -172,7 +189,9 @@ def _column(
 ) -> Column:
     def unsupported(what: str) -> UnsupportedColumnType:
         return UnsupportedColumnType(
-            f"column {name!r} has type {what}, which has no faithful Arrow mapping", table=table
+            f"column {name!r} has type {what}, which has no faithful Arrow mapping",
+            table=table,
+            window=window,
         )
 
     def resolve(oid: int, typmod: int, in_array: bool) -> tuple[pa.DataType, Kind, Column | None]:

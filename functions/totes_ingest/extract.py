@@ -1,0 +1,442 @@
+"""One table's window of rows to a Parquet file, streamed.
+
+The rows travel as ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` through pg8000 into an
+OS pipe, and a second thread parses the pipe with pyarrow's streaming CSV reader (typed
+by the catalog schema, never inferred) and writes Parquet row groups. No Python object
+is made per row, the two halves overlap (pyarrow releases the GIL), and memory is
+bounded by the row-group size, not by the table.
+
+The window is counted and copied inside one REPEATABLE READ, READ ONLY transaction, so
+the count and the file describe the same snapshot; a mismatch is a ReconciliationError.
+
+CSV carries NULL as an unquoted empty field and ``''`` as ``""``, so the two stay
+distinct. Types whose text form pyarrow cannot parse are reshaped in the SELECT:
+intervals as three integer fields (months, days, microseconds), arrays as a cardinality
+plus a CSV block of their elements (parsed with the element type's own rules). A value
+with no faithful Arrow form (NaN in numeric(p, s), an infinite or BC date, time
+24:00:00) raises UnsupportedColumnType naming the table and the column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import pathlib
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+import pg8000.native
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from totes_ingest import config
+from totes_ingest.db_connections import as_source_error
+from totes_ingest.errors import (
+    IngestError,
+    ReconciliationError,
+    SourceError,
+    SourceUnavailable,
+    UnsupportedColumnType,
+)
+from totes_ingest.generate_new_entry_query import window_predicate
+from totes_ingest.identifiers import quote_ident
+from totes_ingest.pg_types import INTERVAL, Column, schema_of, table_columns
+
+Compression = Literal["zstd", "snappy"]
+COMPRESSION: Compression = "zstd"
+
+# The session settings the CSV text depends on, fixed for the transaction (SET LOCAL).
+SESSION_SETTINGS = (
+    "SET LOCAL TimeZone = 'UTC'",
+    "SET LOCAL DateStyle = 'ISO, YMD'",
+    "SET LOCAL IntervalStyle = 'postgres'",
+    "SET LOCAL extra_float_digits = 3",
+    "SET LOCAL bytea_output = 'hex'",
+)
+# CSV bytes per parsed block: also the largest row the reader can take.
+CSV_BLOCK_BYTES = 8 << 20
+_PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = 1031  # Linux fcntl
+
+_SRC = "_totes_src"
+_CONVERT = {
+    "null_values": [""],
+    "strings_can_be_null": True,
+    "quoted_strings_can_be_null": False,
+    "true_values": ["t", "true"],
+    "false_values": ["f", "false"],
+}
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What was written: row count, Parquet file size in bytes, and its schema."""
+
+    rows: int
+    bytes: int
+    schema: pa.Schema
+
+
+def extract_to_parquet(
+    conn: pg8000.native.Connection,
+    table: str,
+    start_time: str | None,
+    end_time: str,
+    path: pathlib.Path,
+    *,
+    row_group_rows: int | None = None,
+) -> ExtractResult:
+    """Write the rows of ``table`` with ``last_updated`` in ``[start_time, end_time)`` to
+    ``path`` as Parquet, schema from the catalog; ``start_time=None`` is from the start.
+
+    ``conn`` must not be inside a transaction: the extract runs its own read-only
+    snapshot and leaves the session as it found it. On any error the file is removed.
+    """
+    window = f"[{start_time}, {end_time})"
+    predicate = window_predicate(start_time, end_time, table=table)
+    group_rows = row_group_rows or config.row_group_rows()
+    if group_rows < 1:
+        raise ValueError(f"row_group_rows must be positive, not {group_rows}")
+    db = _Db(conn, table, window)
+    try:
+        db.run(
+            "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
+            + "; ".join(SESSION_SETTINGS)
+        )
+        columns = table_columns(conn, table, window=window)
+        schema = schema_of(columns)
+        source = f"{quote_ident(table)} AS {_SRC} WHERE {predicate}"
+        ((counted,),) = db.run(f"SELECT count(*) FROM {source}")
+        plans = [_plan(column, f"{_SRC}.{quote_ident(column.name)}") for column in columns]
+        select = ", ".join(expr for plan in plans for expr in plan.exprs) or "NULL"
+        copy_sql = f"COPY (SELECT {select} FROM {source}) TO STDOUT (FORMAT csv)"
+        sink = _ParquetSink(path, schema, plans, group_rows, table, window)
+        written = sink.run(lambda stream: db.run(copy_sql, stream=stream))
+        db.run("COMMIT")
+        if written != counted:
+            raise ReconciliationError(
+                f"wrote {written} rows but the window holds {counted}",
+                table=table,
+                window=window,
+            )
+    except BaseException:
+        db.rollback_quietly()
+        path.unlink(missing_ok=True)
+        raise
+    return ExtractResult(rows=written, bytes=path.stat().st_size, schema=schema)
+
+
+class _Db:
+    """Runs statements, translating driver errors into the project's errors."""
+
+    def __init__(self, conn: pg8000.native.Connection, table: str, window: str) -> None:
+        self.conn = conn
+        self.table = table
+        self.window = window
+
+    def run(self, sql: str, **kwargs: Any) -> Any:
+        try:
+            return self.conn.run(sql, **kwargs)
+        except pg8000.exceptions.DatabaseError as e:
+            raise as_source_error(e, "extract", table=self.table, window=self.window) from e
+        except (pg8000.exceptions.InterfaceError, OSError) as e:
+            raise SourceUnavailable(
+                f"connection lost during extract: {type(e).__name__}",
+                table=self.table,
+                window=self.window,
+            ) from e
+
+    def rollback_quietly(self) -> None:
+        """End the transaction if the connection is still usable; a dead one is left be."""
+        with contextlib.suppress(pg8000.exceptions.Error, OSError):
+            self.conn.run("ROLLBACK")
+
+
+# --- per-column plans: the SELECT expressions, their CSV types, the finishing step ---
+
+Finish = Callable[[Sequence[pa.Array]], pa.Array]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    column: Column
+    exprs: tuple[str, ...]
+    csv_types: tuple[pa.DataType, ...]
+    finish: Finish | None  # None: the CSV column is already the final array
+
+
+def _plan(column: Column, ref: str) -> _Plan:
+    """How ``column`` (an SQL expression ``ref``) is selected, parsed and finished."""
+    kind = column.kind
+    if kind == "plain":
+        return _Plan(column, (ref,), (column.arrow_type,), None)
+    if kind == "json":
+        return _Plan(column, (ref,), (pa.string(),), _finish_json)
+    if kind == "uuid":
+        return _Plan(column, (ref,), (pa.string(),), _finish_uuid)
+    if kind == "bytea":
+        return _Plan(column, (ref,), (pa.string(),), _finish_bytea)
+    if kind == "interval":
+        # Exact: extract() of an interval field is numeric (PostgreSQL 14+).
+        exprs = (
+            f"(extract(year FROM {ref}) * 12 + extract(month FROM {ref}))::int4",
+            f"extract(day FROM {ref})::int4",
+            f"(extract(hour FROM {ref}) * 3600000000 + extract(minute FROM {ref}) * 60000000"
+            f" + extract(microseconds FROM {ref}))::int8",
+        )
+        return _Plan(column, exprs, (pa.int32(), pa.int32(), pa.int64()), _finish_interval)
+    assert column.element is not None
+    return _array_plan(column, column.element, ref)
+
+
+def _array_plan(column: Column, element: Column, ref: str) -> _Plan:
+    """An array as (cardinality, CSV block of its elements, one line each, in order).
+
+    The elements are parsed by their own plan, so a list<T> is typed exactly as a T
+    column would be. A multi-dimensional value gets cardinality -1 and is refused.
+    """
+    inner = _plan(element, "_totes_u._totes_e")
+    fields = " || ',' || ".join(
+        f"CASE WHEN ({e}) IS NULL THEN '' ELSE '\"' || replace(({e})::text, '\"', '\"\"')"
+        " || '\"' END"
+        for e in inner.exprs
+    )
+    cardinality = f"CASE WHEN array_ndims({ref}) > 1 THEN -1 ELSE cardinality({ref}) END"
+    block = (
+        f"(SELECT string_agg({fields}, E'\\n' ORDER BY _totes_u._totes_n) || E'\\n'"
+        f" FROM unnest({ref}) WITH ORDINALITY AS _totes_u(_totes_e, _totes_n))"
+    )
+
+    def finish(arrays: Sequence[pa.Array]) -> pa.Array:
+        counts, blocks = arrays
+        if pc.any(pc.equal(counts, -1)).as_py():
+            raise UnsupportedColumnType(
+                f"column {column.name!r} holds a multi-dimensional array; only one-"
+                "dimensional arrays map to a list"
+            )
+        lengths = pc.fill_null(counts, 0).to_numpy(zero_copy_only=False).astype(np.int32)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        _, payload = _string_payload(pc.fill_null(blocks, ""))
+        values = _parse_elements(inner, payload, int(offsets[-1]))
+        return pa.ListArray.from_arrays(
+            pa.array(offsets), values, type=column.arrow_type, mask=pc.is_null(counts)
+        )
+
+    return _Plan(column, (cardinality, block), (pa.int32(), pa.string()), finish)
+
+
+def _parse_elements(inner: _Plan, payload: bytes, expected: int) -> pa.Array:
+    if expected == 0:
+        return pa.array([], type=inner.column.arrow_type)
+    names = [f"c{i}" for i in range(len(inner.exprs))]
+    table = pacsv.read_csv(
+        io.BytesIO(payload),
+        read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict(zip(names, inner.csv_types, strict=True)), **_CONVERT
+        ),
+    )
+    if table.num_rows != expected:
+        raise ValueError(f"array elements: parsed {table.num_rows}, expected {expected}")
+    arrays = [table.column(i).combine_chunks() for i in range(table.num_columns)]
+    return arrays[0] if inner.finish is None else inner.finish(arrays)
+
+
+def _finish_json(arrays: Sequence[pa.Array]) -> pa.Array:
+    return pa.ExtensionArray.from_storage(pa.json_(), arrays[0])
+
+
+def _finish_uuid(arrays: Sequence[pa.Array]) -> pa.Array:
+    text = arrays[0]
+    hex_digits = pc.replace_substring(pc.fill_null(text, "0" * 32), "-", "")
+    _, payload = _string_payload(hex_digits)
+    raw = bytes.fromhex(payload.decode("ascii"))
+    storage = pa.Array.from_buffers(pa.binary(16), len(text), [None, pa.py_buffer(raw)])
+    return pa.ExtensionArray.from_storage(pa.uuid(), _with_nulls_of(text, storage))
+
+
+def _finish_bytea(arrays: Sequence[pa.Array]) -> pa.Array:
+    """``\\x0a0b`` (bytea_output = hex) to binary, decoding the whole batch at once."""
+    text = arrays[0]
+    digits = pc.utf8_slice_codeunits(pc.fill_null(text, "\\x"), 2)
+    offsets, payload = _string_payload(digits)
+    raw = bytes.fromhex(payload.decode("ascii"))
+    built = pa.Array.from_buffers(
+        pa.binary(), len(text), [None, pa.py_buffer(offsets // 2), pa.py_buffer(raw)]
+    )
+    return _with_nulls_of(text, built)
+
+
+def _finish_interval(arrays: Sequence[pa.Array]) -> pa.Array:
+    return pa.StructArray.from_arrays(
+        list(arrays), fields=list(INTERVAL), mask=pc.is_null(arrays[0])
+    )
+
+
+def _string_payload(text: pa.Array) -> tuple[np.ndarray, bytes]:
+    """A string array's offsets (from 0, int32) and its concatenated bytes."""
+    if len(text) == 0:
+        return np.zeros(1, dtype=np.int32), b""
+    _, offsets_buf, data_buf = text.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[text.offset : text.offset + len(text) + 1]
+    start, end = int(offsets[0]), int(offsets[-1])
+    payload = data_buf[start:end].to_pybytes() if data_buf is not None else b""
+    return (offsets - start).astype(np.int32), payload
+
+
+def _with_nulls_of(source: pa.Array, built: pa.Array) -> pa.Array:
+    if source.null_count == 0:
+        return built
+    return pc.if_else(pc.is_valid(source), built, pa.nulls(len(built), built.type))
+
+
+# --- the pipe: pg8000 writes CSV into it, a thread parses it into Parquet row groups ---
+
+
+class _ParquetSink:
+    """Parses the CSV written into a pipe, in a thread, into a Parquet file."""
+
+    def __init__(
+        self,
+        path: pathlib.Path,
+        schema: pa.Schema,
+        plans: list[_Plan],
+        row_group_rows: int,
+        table: str,
+        window: str,
+    ) -> None:
+        self.path = path
+        self.schema = schema
+        self.plans = plans
+        self.row_group_rows = row_group_rows
+        self.table = table
+        self.window = window
+        self.names = [f"c{i}" for i, _ in enumerate(t for p in plans for t in p.csv_types)]
+        self.rows = 0
+        self.error: BaseException | None = None
+
+    def run(self, copy: Callable[[BinaryIO], object]) -> int:
+        """Call ``copy`` with a writable stream; return the rows written to the file."""
+        read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write_fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+        reader = open(read_fd, "rb", buffering=_PIPE_BYTES)  # noqa: SIM115 - closed by thread
+        thread = threading.Thread(target=self._consume, args=(reader,), name="parquet-writer")
+        thread.start()
+        try:
+            with open(write_fd, "wb", buffering=_PIPE_BYTES) as stream:
+                copy(stream)
+        finally:
+            thread.join()
+        if self.error is not None:
+            raise self._translated(self.error) from self.error
+        return self.rows
+
+    def _consume(self, reader: BinaryIO) -> None:
+        try:
+            with reader:
+                try:
+                    self._write_parquet(reader)
+                except BaseException as e:  # handed to the main thread by run()
+                    self.error = e
+                    while reader.read(_PIPE_BYTES):  # drain, so the COPY ends cleanly
+                        pass
+        except BaseException as e:
+            self.error = self.error or e
+
+    def _write_parquet(self, reader: BinaryIO) -> None:
+        with pq.ParquetWriter(self.path, self.schema, compression=COMPRESSION) as writer:
+            pending: list[pa.RecordBatch] = []
+            pending_rows = 0
+            for batch in self._batches(reader):
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                if pending_rows >= self.row_group_rows:
+                    pending, pending_rows = self._flush(writer, pending, full_only=True)
+            self._flush(writer, pending, full_only=False)
+
+    def _flush(
+        self, writer: pq.ParquetWriter, pending: list[pa.RecordBatch], *, full_only: bool
+    ) -> tuple[list[pa.RecordBatch], int]:
+        """Write whole row groups from ``pending``; keep back a partial one if ``full_only``."""
+        table = pa.Table.from_batches(pending, schema=self.schema)
+        size = self.row_group_rows
+        whole = (table.num_rows // size) * size if full_only else table.num_rows
+        if whole:
+            writer.write_table(table.slice(0, whole), row_group_size=size)
+            self.rows += whole
+        rest = table.slice(whole)
+        return rest.to_batches(), rest.num_rows
+
+    def _batches(self, reader: BinaryIO) -> Iterator[pa.RecordBatch]:
+        if not reader.peek(1):  # type: ignore[attr-defined]
+            return  # an empty window: pyarrow refuses an empty CSV
+        types = [t for plan in self.plans for t in plan.csv_types]
+        csv = pacsv.open_csv(
+            reader,
+            read_options=pacsv.ReadOptions(
+                column_names=self.names, block_size=CSV_BLOCK_BYTES, use_threads=False
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict(zip(self.names, types, strict=True)), **_CONVERT
+            ),
+        )
+        for batch in csv:
+            yield self._finished(batch)
+
+    def _finished(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays: list[pa.Array] = []
+        i = 0
+        for plan in self.plans:
+            n = len(plan.exprs)
+            parts = batch.columns[i : i + n]
+            i += n
+            try:
+                arrays.append(parts[0] if plan.finish is None else plan.finish(parts))
+            except UnsupportedColumnType as e:
+                raise UnsupportedColumnType(str(e), table=self.table, window=self.window) from e
+            except (pa.ArrowInvalid, ValueError) as e:
+                raise self._value_error(plan.column.name, e) from e
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def _translated(self, error: BaseException) -> BaseException:
+        if isinstance(error, IngestError):
+            return error
+        if isinstance(error, pa.ArrowInvalid):
+            match = re.search(r"CSV column #(\d+)", str(error))
+            if match is not None:
+                return self._value_error(self._column_of(int(match.group(1))), error)
+            return SourceError(
+                f"cannot parse the COPY output: {error}", table=self.table, window=self.window
+            )
+        return IngestError(
+            f"cannot write the Parquet file: {type(error).__name__}: {error}",
+            table=self.table,
+            window=self.window,
+        )
+
+    def _column_of(self, csv_index: int) -> str:
+        i = 0
+        for plan in self.plans:
+            i += len(plan.exprs)
+            if csv_index < i:
+                return plan.column.name
+        return f"#{csv_index}"
+
+    def _value_error(self, column: str, error: BaseException) -> UnsupportedColumnType:
+        return UnsupportedColumnType(
+            f"column {column!r} holds a value with no faithful Arrow form: {error}",
+            table=self.table,
+            window=self.window,
+        )
