@@ -28,6 +28,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
@@ -176,6 +177,9 @@ class _Plan:
 def _plan(column: Column, ref: str) -> _Plan:
     """How ``column`` (an SQL expression ``ref``) is selected, parsed and finished."""
     kind = column.kind
+    if kind == "plain" and pa.types.is_decimal256(column.arrow_type):
+        # pyarrow's CSV reader stops at decimal128; its cast refuses any rounding.
+        return _Plan(column, (ref,), (pa.string(),), partial(_finish_cast, column.arrow_type))
     if kind == "plain":
         return _Plan(column, (ref,), (column.arrow_type,), None)
     if kind == "json":
@@ -250,6 +254,10 @@ def _parse_elements(inner: _Plan, payload: bytes, expected: int) -> pa.Array:
         raise ValueError(f"array elements: parsed {table.num_rows}, expected {expected}")
     arrays = [table.column(i).combine_chunks() for i in range(table.num_columns)]
     return arrays[0] if inner.finish is None else inner.finish(arrays)
+
+
+def _finish_cast(arrow_type: pa.DataType, arrays: Sequence[pa.Array]) -> pa.Array:
+    return pc.cast(arrays[0], arrow_type)
 
 
 def _finish_json(arrays: Sequence[pa.Array]) -> pa.Array:

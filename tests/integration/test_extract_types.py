@@ -1,0 +1,439 @@
+"""Every supported PostgreSQL type round-trips exactly: PostgreSQL -> COPY -> Parquet.
+
+Each test creates a table with one typed column, inserts values (NULL among them),
+extracts it, reads the Parquet back and compares with what PostgreSQL returns for the
+same rows through pg8000 (or, where pg8000 itself converts lossily, with the server's
+own text of each value).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import uuid
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pg8000.native
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from totes_ingest.errors import UnsupportedColumnType
+from totes_ingest.extract import extract_to_parquet
+from totes_ingest.pg_types import INTERVAL
+
+pytestmark = pytest.mark.integration
+
+END = "2030-01-01 00:00:00"
+NASTY_TEXT = [
+    "plain",
+    "",
+    "Hartmann, Franecki and Ratke",
+    "O'Keefe",
+    'she said "hi", then ""left""',
+    "two\nlines\r\nand a CR\r",
+    "back\\slash \\N \\. and \\x00",
+    "tab\there",
+    "Zoë Ångström, 東京, Ελλάδα",
+    "emoji 🚀👩‍👩‍👧",
+    ",",
+    '"',
+    "\n",
+    "NULL",
+    "  padded  ",
+]
+
+
+def _round_trip(
+    conn: pg8000.native.Connection, tmp_path: Path, column_type: str, values: list[str]
+) -> tuple[pa.Field, list[Any], list[Any]]:
+    """(Parquet field, values read back from Parquet, values pg8000 returns), in order.
+
+    ``values`` are SQL expressions, inserted one row each.
+    """
+    conn.run(
+        f"CREATE TABLE t (id serial PRIMARY KEY, v {column_type},"
+        " last_updated timestamp NOT NULL DEFAULT '2024-01-01')"
+    )
+    for value in values:
+        conn.run(f"INSERT INTO t (v) VALUES ({value})")
+    path = tmp_path / "t.parquet"
+    result = extract_to_parquet(conn, "t", None, END, path)
+    table = pq.read_table(path)
+    assert result.rows == table.num_rows == len(values)
+    assert table.schema == result.schema
+    expected = [row[0] for row in conn.run("SELECT v FROM t ORDER BY id")]
+    return table.schema.field("v"), table.column("v").to_pylist(), expected
+
+
+def _server_text(conn: pg8000.native.Connection) -> list[str | None]:
+    return [row[0] for row in conn.run("SELECT v::text FROM t ORDER BY id")]
+
+
+def test_integers_keep_their_width_and_extremes(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    for column_type, arrow_type, bits in [
+        ("smallint", pa.int16(), 16),
+        ("integer", pa.int32(), 32),
+        ("bigint", pa.int64(), 64),
+    ]:
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        field, got, expected = _round_trip(
+            conn, tmp_path, column_type, [str(low), str(high), "0", "-1", "NULL"]
+        )
+        assert field.type == arrow_type
+        assert got == expected == [low, high, 0, -1, None]
+        conn.run("DROP TABLE t")
+
+
+def test_constrained_numeric_is_a_decimal_of_its_precision_and_scale(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = ["0", "-99999999.99", "12345678.90", "0.01", "2.5", "NULL"]
+    field, got, expected = _round_trip(conn, tmp_path, "numeric(10, 2)", values)
+    assert field.type == pa.decimal128(10, 2)
+    assert got == expected
+    assert [str(v) for v in got if v is not None] == [
+        "0.00",
+        "-99999999.99",
+        "12345678.90",
+        "0.01",
+        "2.50",
+    ]
+
+
+def test_numeric_wider_than_38_digits_is_a_decimal256(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = ["'" + "9" * 45 + "." + "9" * 5 + "'", "'-0.00001'", "NULL"]
+    field, got, expected = _round_trip(conn, tmp_path, "numeric(50, 5)", values)
+    assert field.type == pa.decimal256(50, 5)
+    assert got == expected
+
+
+def test_unconstrained_numeric_keeps_the_servers_exact_text(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = [
+        "'1.50'",
+        "'0.0000001'",
+        "'123456789012345678901234567890.123456789012345678901234567890'",
+        "'-42'",
+        "'NaN'",
+        "'Infinity'",
+        "'-Infinity'",
+        "NULL",
+    ]
+    field, got, expected = _round_trip(conn, tmp_path, "numeric", values)
+    assert field.type == pa.string()
+    assert got == _server_text(conn)
+    assert [None if v is None else Decimal(v) for v in got][:4] == expected[:4]
+    assert got[4:] == ["NaN", "Infinity", "-Infinity", None]
+
+
+def test_nan_in_a_constrained_numeric_is_refused_naming_the_column(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    with pytest.raises(UnsupportedColumnType, match=r"'v'.*NaN.*table=t"):
+        _round_trip(conn, tmp_path, "numeric(10, 2)", ["1", "'NaN'"])
+
+
+def _bits(value: float, fmt: str) -> bytes:
+    return struct.pack(fmt, value)
+
+
+def test_double_precision_is_bit_exact_including_nan_and_infinities(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = [
+        "0.1 + 0.2",
+        "'NaN'",
+        "'Infinity'",
+        "'-Infinity'",
+        "'-0'",
+        "5e-324",
+        "1.7976931348623157e308",
+        "NULL",
+    ]
+    field, got, expected = _round_trip(conn, tmp_path, "double precision", values)
+    assert field.type == pa.float64()
+    assert got[-1] is expected[-1] is None
+    assert [_bits(v, "<d") for v in got[:-1]] == [_bits(v, "<d") for v in expected[:-1]]
+    assert math.isnan(got[1])
+
+
+def test_real_is_a_float32_with_the_servers_value(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = ["1.1", "'NaN'", "'Infinity'", "'-Infinity'", "3.4028235e38", "1e-45", "NULL"]
+    field, got, expected = _round_trip(conn, tmp_path, "real", values)
+    assert field.type == pa.float32()
+    assert got[-1] is expected[-1] is None
+    assert [_bits(v, "<f") for v in got[:-1]] == [_bits(v, "<f") for v in expected[:-1]]
+
+
+def test_booleans_round_trip(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+    field, got, expected = _round_trip(conn, tmp_path, "boolean", ["true", "false", "NULL"])
+    assert field.type == pa.bool_()
+    assert got == expected == [True, False, None]
+
+
+@pytest.mark.parametrize("column_type", ["text", "varchar(200)", "character varying"])
+def test_text_with_csv_and_unicode_hazards_round_trips(
+    conn: pg8000.native.Connection, tmp_path: Path, column_type: str
+) -> None:
+    values = ["'" + s.replace("'", "''") + "'" for s in NASTY_TEXT] + ["NULL"]
+    field, got, expected = _round_trip(conn, tmp_path, column_type, values)
+    assert field.type == pa.string()
+    assert got == expected == [*NASTY_TEXT, None]
+
+
+def test_null_and_the_empty_string_stay_distinct(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    _, got, expected = _round_trip(conn, tmp_path, "varchar", ["''", "NULL", "''", "NULL"])
+    assert got == expected == ["", None, "", None]
+
+
+def test_char_keeps_its_padding(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+    field, got, expected = _round_trip(conn, tmp_path, "char(5)", ["'ab'", "'a,\"b'", "NULL"])
+    assert field.type == pa.string()
+    assert got == expected == ["ab   ", 'a,"b ', None]
+
+
+def test_dates_round_trip_across_the_calendar(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = ["'2024-02-29'", "'0001-01-01'", "'9999-12-31'", "'1970-01-01'", "NULL"]
+    field, got, expected = _round_trip(conn, tmp_path, "date", values)
+    assert field.type == pa.date32()
+    assert got == expected
+    assert got[0] == date(2024, 2, 29)
+
+
+def test_times_keep_microseconds(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+    values = ["'00:00:00'", "'23:59:59.999999'", "'12:34:56.5'", "NULL"]
+    field, got, expected = _round_trip(conn, tmp_path, "time", values)
+    assert field.type == pa.time64("us")
+    assert got == expected
+    assert got[1] == time(23, 59, 59, 999999)
+
+
+def test_timestamps_keep_microseconds(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+    values = [
+        "'2022-11-03 14:20:51.563'",
+        "'2024-01-01 00:00:00.000001'",
+        "'0001-01-01 00:00:00'",
+        "'9999-12-31 23:59:59.999999'",
+        "NULL",
+    ]
+    field, got, expected = _round_trip(conn, tmp_path, "timestamp", values)
+    assert field.type == pa.timestamp("us")
+    assert got == expected
+    assert got[1] == datetime(2024, 1, 1, 0, 0, 0, 1)
+
+
+def test_timestamptz_is_utc_at_microsecond_precision_whatever_the_session_zone(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    conn.run("SET TimeZone = 'Asia/Kathmandu'")  # +05:45: an offset no default would guess
+    values = [
+        "'2024-06-01 12:00:00.123456+00'",
+        "'2024-06-01 12:00:00.000001-07'",
+        "'2024-01-01 00:00:00+05:45'",
+        "NULL",
+    ]
+    field, got, expected = _round_trip(conn, tmp_path, "timestamptz", values)
+    assert field.type == pa.timestamp("us", tz="UTC")
+    assert got == expected
+    assert got[0] == datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    assert got[2] == datetime(2023, 12, 31, 18, 15, tzinfo=UTC)
+
+
+def test_an_infinite_timestamp_is_refused_naming_the_column(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    with pytest.raises(UnsupportedColumnType, match=r"'v'.*infinity.*table=t"):
+        _round_trip(conn, tmp_path, "timestamp", ["'2024-01-01'", "'infinity'"])
+
+
+def test_intervals_keep_months_days_and_microseconds_apart(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = [
+        "'1 year 2 mons 3 days 04:05:06.789012'",
+        "'1 day 25:00:00'",  # not the same as 2 days 01:00:00
+        "'-1 mons +2 days -00:00:00.000001'",
+        "'100000 hours'",
+        "'0'",
+        "NULL",
+    ]
+    field, got, _ = _round_trip(conn, tmp_path, "interval", values)
+    assert field.type == INTERVAL
+    assert got[:2] == [
+        {"months": 14, "days": 3, "microseconds": 14_706_789_012},
+        {"months": 0, "days": 1, "microseconds": 90_000_000_000},
+    ]
+    assert got[-1] is None
+    texts = [
+        None
+        if v is None
+        else conn.run(
+            "SELECT (make_interval(months => CAST(:m AS int), days => CAST(:d AS int))"
+            " + CAST(:us AS bigint) * interval '1 microsecond')::text",
+            m=v["months"],
+            d=v["days"],
+            us=v["microseconds"],
+        )[0][0]
+        for v in got
+    ]
+    assert texts == _server_text(conn)
+
+
+def test_uuids_round_trip_as_arrow_uuids(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+    values = [
+        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+        "gen_random_uuid()",
+        "'00000000-0000-0000-0000-000000000000'",
+        "NULL",
+    ]
+    field, got, expected = _round_trip(conn, tmp_path, "uuid", values)
+    assert field.type == pa.uuid()
+    assert got == expected
+    assert got[0] == uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+
+
+@pytest.mark.parametrize("column_type", ["json", "jsonb"])
+def test_json_keeps_the_servers_text(
+    conn: pg8000.native.Connection, tmp_path: Path, column_type: str
+) -> None:
+    values = [
+        """'{"b": 1, "a": [1.50, "x,\\"y\\"", null, true], "n": "\\n"}'""",
+        "'\"just a string\"'",
+        "'null'",
+        "'[]'",
+        "NULL",
+    ]
+    field, got, expected = _round_trip(conn, tmp_path, column_type, values)
+    assert field.type == pa.json_()
+    assert got == _server_text(conn)
+    assert [None if v is None else json.loads(v) for v in got] == expected
+
+
+def test_bytea_round_trips_every_byte(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+    values = [
+        "'\\x'::bytea",
+        "'\\x00ff0a0d2c22'::bytea",
+        "decode(repeat('ab', 50000), 'hex')",
+        "NULL",
+    ]
+    field, got, expected = _round_trip(conn, tmp_path, "bytea", values)
+    assert field.type == pa.binary()
+    assert got == expected
+    assert got[:2] == [b"", b'\x00\xff\n\r,"']
+
+
+def test_enums_are_their_labels(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+    conn.run("CREATE TYPE mood AS ENUM ('sad', 'o''k, \"fine\"', 'happy')")
+    field, got, expected = _round_trip(
+        conn, tmp_path, "mood", ["'sad'", "'o''k, \"fine\"'", "NULL"]
+    )
+    assert field.type == pa.string()
+    assert field.metadata[b"pg_type"] == b"mood"
+    assert got == expected == ["sad", 'o\'k, "fine"', None]
+
+
+def test_domains_are_their_base_type(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+    conn.run("CREATE DOMAIN price AS numeric(6, 2) CHECK (VALUE >= 0)")
+    field, got, expected = _round_trip(conn, tmp_path, "price", ["'1.5'", "NULL"])
+    assert field.type == pa.decimal128(6, 2)
+    assert got == expected == [Decimal("1.50"), None]
+
+
+def test_integer_arrays_are_lists_keeping_null_elements_and_empty_arrays(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = ["'{1,NULL,3}'", "'{}'", "NULL", "'{NULL}'", "ARRAY[2147483647, -2147483648]"]
+    field, got, expected = _round_trip(conn, tmp_path, "integer[]", values)
+    assert field.type == pa.list_(pa.field("element", pa.int32()))
+    assert got == expected == [[1, None, 3], [], None, [None], [2147483647, -2147483648]]
+
+
+def test_text_arrays_keep_hazardous_elements(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    conn.run("CREATE TABLE source (v text)")
+    for text in NASTY_TEXT:
+        conn.run("INSERT INTO source VALUES (:v)", v=text)
+    field, got, expected = _round_trip(
+        conn,
+        tmp_path,
+        "text[]",
+        ["(SELECT array_agg(v) FROM source) || ARRAY[NULL, '']", "ARRAY['{a,b}', 'NULL']"],
+    )
+    assert field.type == pa.list_(pa.field("element", pa.string()))
+    assert got == expected
+    assert got[0] == [*NASTY_TEXT, None, ""]
+
+
+@pytest.mark.parametrize(
+    ("column_type", "values"),
+    [
+        ("numeric(10, 2)[]", ["'{1.5,NULL,-2}'"]),
+        ("numeric[]", ["'{NaN,1.50,Infinity}'"]),
+        ("double precision[]", ["'{NaN,Infinity,0.1}'"]),
+        ("boolean[]", ["'{t,f,NULL}'"]),
+        ("date[]", ["'{2024-02-29,NULL}'"]),
+        ("timestamp[]", ["ARRAY['2024-01-01 00:00:00.000001'::timestamp]"]),
+        ("timestamptz[]", ["ARRAY['2024-01-01 00:00:00.5+03'::timestamptz]"]),
+        ("uuid[]", ["ARRAY[gen_random_uuid(), NULL]"]),
+        ("bytea[]", ["ARRAY['\\x00ff'::bytea, '\\x'::bytea, NULL]"]),
+    ],
+)
+def test_arrays_of_other_types_use_the_element_types_mapping(
+    conn: pg8000.native.Connection, tmp_path: Path, column_type: str, values: list[str]
+) -> None:
+    field, got, expected = _round_trip(conn, tmp_path, column_type, [*values, "NULL"])
+    assert isinstance(field.type, pa.ListType)
+    if column_type == "numeric[]":
+        assert got == [["NaN", "1.50", "Infinity"], None]
+    elif column_type == "double precision[]":
+        assert math.isnan(got[0][0])
+        assert got[0][1:] == expected[0][1:]
+    else:
+        assert got == expected
+
+
+def test_interval_and_enum_arrays_round_trip(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    conn.run("CREATE TYPE mood AS ENUM ('sad', 'happy')")
+    conn.run(
+        "CREATE TABLE t (id int, moods mood[], waits interval[],"
+        " last_updated timestamp NOT NULL DEFAULT '2024-01-01')"
+    )
+    conn.run("INSERT INTO t VALUES (1, '{sad,NULL,happy}', ARRAY['1 day 25:00'::interval, NULL])")
+    extract_to_parquet(conn, "t", None, END, tmp_path / "t.parquet")
+    row = pq.read_table(tmp_path / "t.parquet").to_pylist()[0]
+    assert row["moods"] == ["sad", None, "happy"]
+    assert row["waits"] == [{"months": 0, "days": 1, "microseconds": 90_000_000_000}, None]
+
+
+def test_a_multidimensional_array_is_refused_naming_the_column(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    with pytest.raises(UnsupportedColumnType, match=r"'v'.*multi-dimensional.*table=t"):
+        _round_trip(conn, tmp_path, "integer[]", ["'{1,2}'", "'{{1,2},{3,4}}'"])
+
+
+@pytest.mark.parametrize("column_type", ["money", "point", "int4range", "bit(3)", "tsvector"])
+def test_types_without_a_faithful_mapping_are_refused(
+    conn: pg8000.native.Connection, tmp_path: Path, column_type: str
+) -> None:
+    with pytest.raises(UnsupportedColumnType, match=r"'v'.*table=t"):
+        _round_trip(conn, tmp_path, column_type, [])
