@@ -1,0 +1,284 @@
+"""Least privilege, read off the deployed (transformed) template.
+
+The S3 grants of each step are written out below as the specification: a grant added
+to or missing from a role fails here first. Keys of the lake:
+``_claims/*`` commit records, ``_staging/*`` uncommitted Parquet, and the committed
+windows ``table/yyyy/mm/dd/hhmmssffffff.parquet``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.infra
+
+TABLE_KEYS = "*/????/??/??/????????????.parquet"
+KMS_VIA_S3 = {"kms:Decrypt", "kms:GenerateDataKey"}
+STEPS = ["StartRun", "GetLastIngestTime", "QueryToParquet", "WriteToS3", "Aggregate"]
+
+S3_GRANTS: dict[str, set[tuple[str, str]]] = {
+    "StartRun": set(),
+    "GetLastIngestTime": {
+        ("s3:ListBucket", ""),
+        ("s3:GetObject", "_claims/*"),
+        ("s3:GetObject", "_staging/*"),
+        ("s3:GetObject", TABLE_KEYS),
+        ("s3:PutObject", TABLE_KEYS),
+        ("s3:AbortMultipartUpload", TABLE_KEYS),
+        ("s3:DeleteObject", "_staging/*"),
+        ("s3:DeleteObject", "_claims/*"),
+    },
+    "QueryToParquet": {
+        ("s3:ListBucket", ""),
+        ("s3:GetObject", TABLE_KEYS),
+        ("s3:PutObject", "_staging/*"),
+        ("s3:AbortMultipartUpload", "_staging/*"),
+        ("s3:ListMultipartUploadParts", "_staging/*"),
+    },
+    "WriteToS3": {
+        ("s3:ListBucket", ""),
+        ("s3:GetObject", "_claims/*"),
+        ("s3:GetObject", "_staging/*"),
+        ("s3:GetObject", TABLE_KEYS),
+        ("s3:PutObject", "_claims/*"),
+        ("s3:PutObject", TABLE_KEYS),
+        ("s3:AbortMultipartUpload", TABLE_KEYS),
+        ("s3:DeleteObject", "_staging/*"),
+    },
+    "Aggregate": set(),
+}
+
+
+def render(value: Any) -> str:
+    """An intrinsic as a readable string: Refs and GetAtts by name, the first If branch."""
+    if isinstance(value, str):
+        return value
+    ((function, argument),) = value.items()
+    if function == "Ref":
+        return str(argument)
+    if function == "Fn::GetAtt":
+        return ".".join(argument)
+    if function == "Fn::If":
+        return render(argument[1])
+    if function == "Fn::Sub":
+        pattern, variables = (argument, {}) if isinstance(argument, str) else argument
+        for name, variable in variables.items():
+            pattern = pattern.replace("${" + name + "}", render(variable))
+        return str(pattern)
+    raise AssertionError(f"unexpected intrinsic {function}")
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def statements(transformed: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    """The role's inline statements, conditional ones included."""
+    found: list[dict[str, Any]] = []
+    for policy in transformed["Resources"][role]["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if "Fn::If" in statement:
+                found.extend(s for s in statement["Fn::If"][1:] if "Effect" in s)
+            else:
+                found.append(statement)
+    return found
+
+
+def grants(transformed: dict[str, Any], role: str) -> set[tuple[str, str]]:
+    """(action, resource) pairs of the role's Allow statements, resources rendered."""
+    pairs = set()
+    for statement in statements(transformed, role):
+        assert statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"]):
+            for resource in as_list(statement["Resource"]):
+                pairs.add((action, render(resource)))
+    return pairs
+
+
+def s3_grants(transformed: dict[str, Any], role: str) -> set[tuple[str, str]]:
+    bucket = "arn:${AWS::Partition}:s3:::IngestBucket"
+    return {
+        (action, resource.removeprefix(bucket).removeprefix("/"))
+        for action, resource in grants(transformed, role)
+        if action.startswith("s3:")
+    }
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_each_step_has_exactly_the_s3_grants_its_step_needs(
+    transformed: dict[str, Any], step: str
+) -> None:
+    assert s3_grants(transformed, f"{step}Role") == S3_GRANTS[step]
+
+
+def via_service(statement: dict[str, Any]) -> str:
+    return render(statement.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService", ""))
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_each_step_uses_the_bucket_key_only_through_s3_and_only_if_it_uses_s3(
+    transformed: dict[str, Any], step: str
+) -> None:
+    kms = [s for s in statements(transformed, f"{step}Role")
+           if any(a.startswith("kms:") for a in as_list(s["Action"]))
+           and not via_service(s).startswith("secretsmanager.")]
+
+    if S3_GRANTS[step]:
+        (statement,) = kms
+        assert set(statement["Action"]) == KMS_VIA_S3
+        assert via_service(statement) == "s3.${AWS::Region}.amazonaws.com"
+    else:
+        assert kms == []
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_only_the_database_steps_read_the_secret(transformed: dict[str, Any], step: str) -> None:
+    reads = {r for a, r in grants(transformed, f"{step}Role") if a.startswith("secretsmanager:")}
+
+    if step in ("StartRun", "QueryToParquet"):
+        assert reads == {"DbSecretArn"} or reads == {
+            "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+            ":secret:${DbSecretName}-??????"
+        }
+    else:
+        assert reads == set()
+
+
+def test_the_secret_is_matched_by_its_name_when_no_arn_is_given(
+    transformed: dict[str, Any],
+) -> None:
+    (statement,) = [s for s in statements(transformed, "StartRunRole")
+                    if s.get("Sid") == "ReadTheDatabaseSecret"]
+
+    condition, given_arn, by_name = statement["Resource"]["Fn::If"]
+
+    assert (condition, given_arn) == ("HasDbSecretArn", {"Ref": "DbSecretArn"})
+    assert render(by_name).endswith(":secret:${DbSecretName}-??????")
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_each_function_writes_only_its_own_log_group(
+    transformed: dict[str, Any], step: str
+) -> None:
+    function = transformed["Resources"][f"{step}Function"]["Properties"]
+    logs = {(a, r) for a, r in grants(transformed, f"{step}Role") if a.startswith("logs:")}
+
+    assert function["LoggingConfig"]["LogGroup"] == {"Ref": f"{step}LogGroup"}
+    assert logs == {
+        ("logs:CreateLogStream", f"{step}LogGroup.Arn"),
+        ("logs:PutLogEvents", f"{step}LogGroup.Arn"),
+    }
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_each_function_has_its_own_role(transformed: dict[str, Any], step: str) -> None:
+    function = transformed["Resources"][f"{step}Function"]["Properties"]
+
+    assert function["Role"] == {"Fn::GetAtt": [f"{step}Role", "Arn"]}
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_only_the_database_steps_may_join_the_vpc(transformed: dict[str, Any], step: str) -> None:
+    function = transformed["Resources"][f"{step}Function"]["Properties"]
+    managed = [render(arn) for arn in
+               transformed["Resources"][f"{step}Role"]["Properties"]["ManagedPolicyArns"]]
+    eni = any(arn.endswith("AWSLambdaENIManagementAccess") for arn in managed)
+
+    assert ("VpcConfig" in function) == eni == (step in ("StartRun", "QueryToParquet"))
+
+
+def test_the_state_machine_may_invoke_exactly_its_five_functions(
+    transformed: dict[str, Any],
+) -> None:
+    invokes = {r for a, r in grants(transformed, "StateMachineRole") if a.startswith("lambda:")}
+
+    assert invokes == {f"{step}Function.Arn" for step in STEPS}
+
+
+def test_the_schedule_may_only_start_this_state_machine(transformed: dict[str, Any]) -> None:
+    (schedule_role,) = [n for n, r in transformed["Resources"].items()
+                        if r["Type"] == "AWS::IAM::Role" and "Schedule" in n]
+
+    assert grants(transformed, schedule_role) == {("states:StartExecution", "IngestStateMachine")}
+
+
+LOG_DELIVERY = {
+    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+}
+
+
+def test_only_log_delivery_is_granted_on_every_resource_as_aws_requires(
+    transformed: dict[str, Any],
+) -> None:
+    roles = [n for n, r in transformed["Resources"].items() if r["Type"] == "AWS::IAM::Role"]
+
+    unscoped = {(role, action) for role in roles for action, resource in grants(transformed, role)
+                if resource == "*"}
+
+    assert unscoped == {("StateMachineRole", action) for action in LOG_DELIVERY}
+
+
+def test_every_role_trusts_only_its_own_service(transformed: dict[str, Any]) -> None:
+    roles = {n: r["Properties"] for n, r in transformed["Resources"].items()
+             if r["Type"] == "AWS::IAM::Role"}
+
+    principals = {
+        name: {p for s in role["AssumeRolePolicyDocument"]["Statement"]
+               for p in as_list(s["Principal"]["Service"])}
+        for name, role in roles.items()
+    }
+
+    assert all(len(services) == 1 for services in principals.values())
+    assert principals["StateMachineRole"] == {"states.amazonaws.com"}
+    assert all(principals[f"{step}Role"] == {"lambda.amazonaws.com"} for step in STEPS)
+
+
+def test_the_bucket_denies_requests_without_tls(template: dict[str, Any]) -> None:
+    policy = template["Resources"]["IngestBucketPolicy"]["Properties"]["PolicyDocument"]
+
+    (deny,) = [s for s in policy["Statement"] if s["Sid"] == "DenyInsecureTransport"]
+
+    assert deny["Effect"] == "Deny"
+    assert deny["Principal"] == "*"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_the_bucket_blocks_all_public_access(template: dict[str, Any]) -> None:
+    block = template["Resources"]["IngestBucket"]["Properties"]["PublicAccessBlockConfiguration"]
+
+    assert block == dict.fromkeys(
+        ["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"], True
+    )
+
+
+def test_the_bucket_is_versioned_and_encrypted_with_the_stack_key(
+    template: dict[str, Any],
+) -> None:
+    bucket = template["Resources"]["IngestBucket"]["Properties"]
+    (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert rule["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": ["IngestKey", "Arn"]}
+    }
+
+
+def test_the_bucket_expires_staging_but_never_claims_or_table_keys(
+    template: dict[str, Any],
+) -> None:
+    rules = template["Resources"]["IngestBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+
+    expiring = {r.get("Prefix", "") for r in rules if "ExpirationInDays" in r}
+
+    assert expiring == {"_staging/"}
+    assert any("NoncurrentVersionExpiration" in r and "Prefix" not in r for r in rules)
+
+
+def test_the_bucket_and_its_key_outlive_the_stack(template: dict[str, Any]) -> None:
+    for name in ("IngestBucket", "IngestKey"):
+        resource = template["Resources"][name]
+        assert (resource["DeletionPolicy"], resource["UpdateReplacePolicy"]) == ("Retain", "Retain")
