@@ -110,10 +110,25 @@ def lambda_dependencies() -> Path:
         if not stamp.exists():
             shutil.rmtree(target, ignore_errors=True)
             platforms = [arg for p in LAMBDA_PLATFORMS for arg in ("--platform", p)]
-            _run([sys.executable, "-m", "pip", "install", "--quiet", *platforms,
-                  "--implementation", "cp", "--python-version", LAMBDA_PYTHON,
-                  "--only-binary=:all:", "--target", str(target),
-                  "-r", str(LAMBDA_REQUIREMENTS)])
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    *platforms,
+                    "--implementation",
+                    "cp",
+                    "--python-version",
+                    LAMBDA_PYTHON,
+                    "--only-binary=:all:",
+                    "--target",
+                    str(target),
+                    "-r",
+                    str(LAMBDA_REQUIREMENTS),
+                ]
+            )
             stamp.touch()
     return target
 
@@ -159,7 +174,9 @@ def transformed(asl: dict[str, Any]) -> dict[str, Any]:
             resource["Properties"]["Definition"] = asl
     translator = Translator(None, Parser(), boto_session=boto3.Session(region_name=REGION))
     result: dict[str, Any] = translator.translate(
-        template, parameter_values={}, passthrough_metadata=True,
+        template,
+        parameter_values={},
+        passthrough_metadata=True,
         get_managed_policy_map=lambda: {},
     )
     return result

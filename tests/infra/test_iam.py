@@ -121,9 +121,12 @@ def via_service(statement: dict[str, Any]) -> str:
 def test_each_step_uses_the_bucket_key_only_through_s3_and_only_if_it_uses_s3(
     transformed: dict[str, Any], step: str
 ) -> None:
-    kms = [s for s in statements(transformed, f"{step}Role")
-           if any(a.startswith("kms:") for a in as_list(s["Action"]))
-           and not via_service(s).startswith("secretsmanager.")]
+    kms = [
+        s
+        for s in statements(transformed, f"{step}Role")
+        if any(a.startswith("kms:") for a in as_list(s["Action"]))
+        and not via_service(s).startswith("secretsmanager.")
+    ]
 
     if S3_GRANTS[step]:
         (statement,) = kms
@@ -149,8 +152,11 @@ def test_only_the_database_steps_read_the_secret(transformed: dict[str, Any], st
 def test_the_secret_is_matched_by_its_name_when_no_arn_is_given(
     transformed: dict[str, Any],
 ) -> None:
-    (statement,) = [s for s in statements(transformed, "StartRunRole")
-                    if s.get("Sid") == "ReadTheDatabaseSecret"]
+    (statement,) = [
+        s
+        for s in statements(transformed, "StartRunRole")
+        if s.get("Sid") == "ReadTheDatabaseSecret"
+    ]
 
     condition, given_arn, by_name = statement["Resource"]["Fn::If"]
 
@@ -182,8 +188,10 @@ def test_each_function_has_its_own_role(transformed: dict[str, Any], step: str) 
 @pytest.mark.parametrize("step", STEPS)
 def test_only_the_database_steps_may_join_the_vpc(transformed: dict[str, Any], step: str) -> None:
     function = transformed["Resources"][f"{step}Function"]["Properties"]
-    managed = [render(arn) for arn in
-               transformed["Resources"][f"{step}Role"]["Properties"]["ManagedPolicyArns"]]
+    managed = [
+        render(arn)
+        for arn in transformed["Resources"][f"{step}Role"]["Properties"]["ManagedPolicyArns"]
+    ]
     eni = any(arn.endswith("AWSLambdaENIManagementAccess") for arn in managed)
 
     assert ("VpcConfig" in function) == eni == (step in ("StartRun", "QueryToParquet"))
@@ -198,16 +206,24 @@ def test_the_state_machine_may_invoke_exactly_its_five_functions(
 
 
 def test_the_schedule_may_only_start_this_state_machine(transformed: dict[str, Any]) -> None:
-    (schedule_role,) = [n for n, r in transformed["Resources"].items()
-                        if r["Type"] == "AWS::IAM::Role" and "Schedule" in n]
+    (schedule_role,) = [
+        n
+        for n, r in transformed["Resources"].items()
+        if r["Type"] == "AWS::IAM::Role" and "Schedule" in n
+    ]
 
     assert grants(transformed, schedule_role) == {("states:StartExecution", "IngestStateMachine")}
 
 
 LOG_DELIVERY = {
-    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
-    "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
-    "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
 }
 
 
@@ -216,19 +232,29 @@ def test_only_log_delivery_is_granted_on_every_resource_as_aws_requires(
 ) -> None:
     roles = [n for n, r in transformed["Resources"].items() if r["Type"] == "AWS::IAM::Role"]
 
-    unscoped = {(role, action) for role in roles for action, resource in grants(transformed, role)
-                if resource == "*"}
+    unscoped = {
+        (role, action)
+        for role in roles
+        for action, resource in grants(transformed, role)
+        if resource == "*"
+    }
 
     assert unscoped == {("StateMachineRole", action) for action in LOG_DELIVERY}
 
 
 def test_every_role_trusts_only_its_own_service(transformed: dict[str, Any]) -> None:
-    roles = {n: r["Properties"] for n, r in transformed["Resources"].items()
-             if r["Type"] == "AWS::IAM::Role"}
+    roles = {
+        n: r["Properties"]
+        for n, r in transformed["Resources"].items()
+        if r["Type"] == "AWS::IAM::Role"
+    }
 
     principals = {
-        name: {p for s in role["AssumeRolePolicyDocument"]["Statement"]
-               for p in as_list(s["Principal"]["Service"])}
+        name: {
+            p
+            for s in role["AssumeRolePolicyDocument"]["Statement"]
+            for p in as_list(s["Principal"]["Service"])
+        }
         for name, role in roles.items()
     }
 
@@ -263,7 +289,8 @@ def test_the_bucket_is_versioned_and_encrypted_with_the_stack_key(
 
     assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
     assert rule["ServerSideEncryptionByDefault"] == {
-        "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": ["IngestKey", "Arn"]}
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": {"Fn::GetAtt": ["IngestKey", "Arn"]},
     }
 
 

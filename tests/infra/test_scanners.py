@@ -38,20 +38,37 @@ def checkov_reports(checkov_bin: Path, transformed_path: Path) -> dict[str, dict
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE"}
     for name, path in {"template": ROOT / "template.yaml", "transformed": transformed_path}.items():
         run = subprocess.run(
-            [str(checkov_bin), "--file", str(path), "--framework", "cloudformation",
-             "--skip-download", "--output", "json"],
-            capture_output=True, text=True, cwd=ROOT, env=env, check=False,
+            [
+                str(checkov_bin),
+                "--file",
+                str(path),
+                "--framework",
+                "cloudformation",
+                "--skip-download",
+                "--output",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            check=False,
         )
         assert run.returncode in (0, 1), run.stderr
         reports[name] = json.loads(run.stdout)
-    summary = {n: r["summary"] for n, r in reports.items()}
-    print(f"checkov: {json.dumps({n: {k: s[k] for k in ('passed', 'failed', 'skipped')} for n, s in summary.items()})}")
+    counts = {
+        name: {k: report["summary"][k] for k in ("passed", "failed", "skipped")}
+        for name, report in reports.items()
+    }
+    print(f"checkov: {counts}")
     return reports
 
 
 def failures(report: dict[str, Any]) -> list[str]:
-    return [f"{c['check_id']} {c['resource']}: {c['check_name']}"
-            for c in report["results"]["failed_checks"]]
+    return [
+        f"{c['check_id']} {c['resource']}: {c['check_name']}"
+        for c in report["results"]["failed_checks"]
+    ]
 
 
 def test_checkov_finds_no_failed_check_in_the_template(
@@ -77,8 +94,11 @@ def test_every_skipped_check_gives_its_reason_in_the_template(
 ) -> None:
     skipped = checkov_reports["template"]["results"]["skipped_checks"]
 
-    unexplained = [f"{c['check_id']} {c['resource']}" for c in skipped
-                   if len(c["check_result"].get("suppress_comment") or "") < 20]
+    unexplained = [
+        f"{c['check_id']} {c['resource']}"
+        for c in skipped
+        if len(c["check_result"].get("suppress_comment") or "") < 20
+    ]
 
     assert unexplained == []
 
@@ -86,7 +106,10 @@ def test_every_skipped_check_gives_its_reason_in_the_template(
 def test_asl_validator_accepts_the_definition_file(asl_validator_bin: Path) -> None:
     run = subprocess.run(
         [str(asl_validator_bin), "--json-path", "statemachine/ingest.asl.json"],
-        capture_output=True, text=True, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
 
     assert run.returncode == 0, run.stdout + run.stderr
@@ -103,7 +126,10 @@ def test_asl_validator_accepts_the_definition_as_deployed(
 
     run = subprocess.run(
         [str(asl_validator_bin), "--json-path", str(path)],
-        capture_output=True, text=True, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
 
     assert "${" not in deployed
@@ -119,7 +145,10 @@ def test_asl_validator_rejects_a_broken_definition(
 
     run = subprocess.run(
         [str(asl_validator_bin), "--json-path", str(path)],
-        capture_output=True, text=True, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
 
     assert run.returncode != 0
@@ -128,12 +157,17 @@ def test_asl_validator_rejects_a_broken_definition(
 def test_bandit_finds_no_medium_or_high_severity_issue_in_functions() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bandit", "-r", "functions/", "-ll", "--format", "json", "--quiet"],
-        capture_output=True, text=True, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     report = json.loads(run.stdout)
 
-    issues = [f"{i['filename']}:{i['line_number']} {i['test_id']} {i['issue_text']}"
-              for i in report["results"]]
+    issues = [
+        f"{i['filename']}:{i['line_number']} {i['test_id']} {i['issue_text']}"
+        for i in report["results"]
+    ]
 
     assert issues == []
     assert report["metrics"]["_totals"]["loc"] > 0

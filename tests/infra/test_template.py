@@ -37,7 +37,9 @@ def states_of(definition: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
 
 
 def serverless(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
-    return {n: r for n, r in template["Resources"].items() if r["Type"] == f"AWS::Serverless::{kind}"}
+    return {
+        n: r for n, r in template["Resources"].items() if r["Type"] == f"AWS::Serverless::{kind}"
+    }
 
 
 def state_machine(template: dict[str, Any]) -> dict[str, Any]:
@@ -200,8 +202,8 @@ def test_the_schedule_follows_its_rate_and_switch_parameters(template: dict[str,
 def test_the_default_tables_are_the_sample_events_tables(template: dict[str, Any]) -> None:
     sample = json.loads((ROOT / "events" / "state_machine_input.json").read_text())
 
-    assert template["Parameters"]["TablesToQuery"]["Default"].split(",") == (
-        sample["tables_to_query"]
+    assert (
+        template["Parameters"]["TablesToQuery"]["Default"].split(",") == (sample["tables_to_query"])
     )
 
 
@@ -236,9 +238,16 @@ def test_an_alarm_watches_failed_timed_out_and_aborted_executions(
 def test_the_dashboard_shows_every_pipeline_metric(template: dict[str, Any]) -> None:
     body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
 
-    for metric in ["RowsIngested", "BytesWritten", "StepDuration", "FreshnessSeconds",
-                   "ExecutionsSucceeded", "ExecutionsFailed", "ExecutionsTimedOut",
-                   "ExecutionsAborted"]:
+    for metric in [
+        "RowsIngested",
+        "BytesWritten",
+        "StepDuration",
+        "FreshnessSeconds",
+        "ExecutionsSucceeded",
+        "ExecutionsFailed",
+        "ExecutionsTimedOut",
+        "ExecutionsAborted",
+    ]:
         assert metric in body
 
 
