@@ -25,13 +25,13 @@ import io
 import os
 import pathlib
 import re
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, BinaryIO, Literal
 
-import numpy as np
 import pg8000.native
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,7 +39,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from totes_ingest import config
-from totes_ingest.db_connections import as_source_error
 from totes_ingest.errors import (
     IngestError,
     ReconciliationError,
@@ -120,7 +119,7 @@ def extract_to_parquet(
         select = ", ".join(expr for plan in plans for expr in plan.exprs) or "NULL"
         copy_sql = f"COPY (SELECT {select} FROM {source}) TO STDOUT (FORMAT csv)"
         sink = _ParquetSink(path, schema, plans, group_rows, table, window)
-        written = sink.run(lambda stream: db.run(copy_sql, stream=stream))
+        written = sink.run(lambda out: db.run(copy_sql, stream=_CopyStream(conn, out)))
         db.run("COMMIT")
         if written != counted:
             raise ReconciliationError(
@@ -147,6 +146,9 @@ class _Db:
         try:
             return self.conn.run(sql, **kwargs)
         except pg8000.exceptions.DatabaseError as e:
+            # imported here: db_connections brings boto3, which the extract needs not
+            from totes_ingest.db_connections import as_source_error
+
             raise as_source_error(e, "extract", table=self.table, window=self.window) from e
         except (pg8000.exceptions.InterfaceError, OSError) as e:
             raise SourceUnavailable(
@@ -226,13 +228,14 @@ def _array_plan(column: Column, element: Column, ref: str) -> _Plan:
                 f"column {column.name!r} holds a multi-dimensional array; only one-"
                 "dimensional arrays map to a list"
             )
-        lengths = pc.fill_null(counts, 0).to_numpy(zero_copy_only=False).astype(np.int32)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
+        lengths = pc.fill_null(counts, 0)
+        offsets = pa.concat_arrays(
+            [pa.array([0], pa.int32()), pc.cumulative_sum(lengths).cast(pa.int32())]
+        )
         _, payload = _string_payload(pc.fill_null(blocks, ""))
-        values = _parse_elements(inner, payload, int(offsets[-1]))
+        values = _parse_elements(inner, payload, offsets[-1].as_py())
         return pa.ListArray.from_arrays(
-            pa.array(offsets), values, type=column.arrow_type, mask=pc.is_null(counts)
+            offsets, values, type=column.arrow_type, mask=pc.is_null(counts)
         )
 
     return _Plan(column, (cardinality, block), (pa.int32(), pa.string()), finish)
@@ -279,8 +282,9 @@ def _finish_bytea(arrays: Sequence[pa.Array]) -> pa.Array:
     digits = pc.utf8_slice_codeunits(pc.fill_null(text, "\\x"), 2)
     offsets, payload = _string_payload(digits)
     raw = bytes.fromhex(payload.decode("ascii"))
+    half = pc.divide(offsets, pa.scalar(2, pa.int32()))  # two hex digits a byte
     built = pa.Array.from_buffers(
-        pa.binary(), len(text), [None, pa.py_buffer(offsets // 2), pa.py_buffer(raw)]
+        pa.binary(), len(text), [None, half.buffers()[1], pa.py_buffer(raw)]
     )
     return _with_nulls_of(text, built)
 
@@ -291,21 +295,81 @@ def _finish_interval(arrays: Sequence[pa.Array]) -> pa.Array:
     )
 
 
-def _string_payload(text: pa.Array) -> tuple[np.ndarray, bytes]:
-    """A string array's offsets (from 0, int32) and its concatenated bytes."""
+def _string_payload(text: pa.Array) -> tuple[pa.Array, bytes]:
+    """A string array's offsets (int32, from 0) and its values' bytes, concatenated."""
     if len(text) == 0:
-        return np.zeros(1, dtype=np.int32), b""
-    _, offsets_buf, data_buf = text.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[text.offset : text.offset + len(text) + 1]
-    start, end = int(offsets[0]), int(offsets[-1])
-    payload = data_buf[start:end].to_pybytes() if data_buf is not None else b""
-    return (offsets - start).astype(np.int32), payload
+        return pa.array([0], pa.int32()), b""
+    _, offsets_buffer, data = text.buffers()
+    offsets = pa.Array.from_buffers(
+        pa.int32(), len(text) + 1, [None, offsets_buffer], offset=text.offset
+    )
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    payload = data[start:end].to_pybytes() if data is not None else b""
+    return pc.subtract(offsets, pa.scalar(start, pa.int32())), payload
 
 
 def _with_nulls_of(source: pa.Array, built: pa.Array) -> pa.Array:
     if source.null_count == 0:
         return built
     return pc.if_else(pc.is_valid(source), built, pa.nulls(len(built), built.type))
+
+
+# --- the COPY loop: one Python call per buffered chunk of rows, not per row ---
+
+_COPY_DATA = ord("d")
+_LENGTH = struct.Struct("!i")
+
+
+class _CopyStream:
+    """The stream pg8000's COPY OUT writes to, draining CopyData messages in bulk.
+
+    pg8000 dispatches every protocol message through several Python calls; COPY sends
+    one CopyData message per row, which makes that dispatch the extract's cost. So when
+    pg8000 hands over a row, this stream also takes every CopyData message already
+    buffered on the connection (peeking, then consuming exactly the whole messages it
+    parsed) and returns at the first other message (CopyDone, an error, a notice),
+    which pg8000 reads as usual. The protocol state stays pg8000's; if its socket file
+    is not the buffered reader this relies on, rows simply go one by one.
+    """
+
+    def __init__(self, conn: pg8000.native.Connection, out: BinaryIO) -> None:
+        self._write = out.write
+        sock = getattr(conn, "_sock", None)
+        usable = callable(getattr(sock, "peek", None)) and callable(getattr(sock, "read", None))
+        self._sock: Any = sock if usable else None
+
+    def write(self, data: bytes) -> None:
+        self._write(data)
+        if self._sock is not None:
+            self._drain(self._sock)
+
+    def _drain(self, sock: Any) -> None:
+        write, unpack = self._write, _LENGTH.unpack_from
+        while True:
+            buffered: bytes = sock.peek(1)  # what is buffered; reads only if nothing is
+            if not buffered or buffered[0] != _COPY_DATA:
+                return
+            view, end, pos = memoryview(buffered), len(buffered), 0
+            payloads: list[memoryview] = []
+            while pos + 5 <= end and buffered[pos] == _COPY_DATA:
+                stop = pos + 1 + unpack(buffered, pos + 1)[0]
+                if stop > end:
+                    break
+                payloads.append(view[pos + 5 : stop])
+                pos = stop
+            if pos == 0:  # one CopyData message larger than the buffer: read it whole
+                size = unpack(_read_exactly(sock, 5), 1)[0]
+                write(_read_exactly(sock, size - 4))
+                continue
+            write(b"".join(payloads))
+            sock.read(pos)  # already buffered: consumes exactly the parsed messages
+
+
+def _read_exactly(sock: Any, size: int) -> bytes:
+    data: bytes = sock.read(size)
+    if len(data) != size:
+        raise pg8000.exceptions.InterfaceError("network error: connection closed mid-COPY")
+    return data
 
 
 # --- the pipe: pg8000 writes CSV into it, a thread parses it into Parquet row groups ---

@@ -50,7 +50,6 @@ from typing import Any, Literal
 import pg8000.native
 import pyarrow as pa
 
-from totes_ingest.db_connections import as_source_error
 from totes_ingest.errors import SourceError, SourceUnavailable, UnsupportedColumnType
 from totes_ingest.identifiers import quote_ident
 
@@ -168,6 +167,9 @@ def table_columns(
             for name, pg_type, typmod, oid in rows
         ]
     except pg8000.exceptions.DatabaseError as e:
+        # imported here: db_connections brings boto3, which reading the catalog needs not
+        from totes_ingest.db_connections import as_source_error
+
         raise as_source_error(e, "catalog read", table=table, window=window) from e
     except (pg8000.exceptions.InterfaceError, OSError) as e:
         raise SourceUnavailable(
