@@ -89,13 +89,14 @@ def checkov_bin() -> Path:
 
 
 @pytest.fixture(scope="session")
-def asl_validator_bin() -> Path:
+def node_modules() -> Path:
+    """node_modules installed from package-lock.json (asl-validator, mermaid, jsdom)."""
     stamp = NODE_MODULES / ".installed-stamp"
     with _locked("node_modules"):
         if not _fresh(stamp, ROOT / "package.json", ROOT / "package-lock.json"):
             _run(["npm", "ci", "--no-audit", "--no-fund"])
             stamp.touch()
-    return NODE_MODULES / ".bin" / "asl-validator"
+    return NODE_MODULES
 
 
 @pytest.fixture(scope="session")

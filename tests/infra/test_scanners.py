@@ -31,6 +31,11 @@ DEPLOYED_ARNS = {
 
 
 @pytest.fixture(scope="module")
+def asl_validator_bin(node_modules: Path) -> Path:
+    return node_modules / ".bin" / "asl-validator"
+
+
+@pytest.fixture(scope="module")
 def checkov_reports(checkov_bin: Path, transformed_path: Path) -> dict[str, dict[str, Any]]:
     """checkov's JSON report per file: the template, and its SAM transform."""
     reports = {}
