@@ -5,7 +5,8 @@ wires it (DefinitionSubstitutions to function ARNs). moto interprets the ASL
 (``mock_aws(config={"stepfunctions": {"execute_state_machine": True}})``) and calls
 ``lambda.invoke`` for each ``arn:aws:states:::lambda:invoke`` task; this module creates one
 moto Lambda function per ``AWS::Serverless::Function`` of the template and answers those
-invocations in-process by importing the template's ``Handler`` and calling it. A handler's
+invocations in-process by importing the template's ``Handler`` and calling it (moto's Lambda
+backend ``invoke`` is patched for the duration of the execution). A handler's
 exception comes back as Lambda reports it (FunctionError ``Unhandled``, payload with
 ``errorType``), so the ASL's Retry and Catch see the exception's class name.
 
@@ -18,13 +19,14 @@ import decimal
 import importlib
 import io
 import json
+import logging
 import os
 import time
 import traceback
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -292,15 +294,26 @@ def invoke_handler(spec: FunctionSpec, arn: str, event: Any) -> tuple[Any, dict[
 
 def _dispatcher(
     specs: Mapping[str, FunctionSpec],
-    original: Callable[..., str | bytes],
+    original: Callable[..., str | bytes | None],
     on_task: Callable[[TaskReport], None] | None,
-) -> Callable[..., str | bytes]:
-    """A replacement for moto's ``LambdaFunction.invoke`` that runs our handlers."""
+) -> Callable[..., str | bytes | None]:
+    """A replacement for moto's Lambda backend ``invoke`` that runs our handlers.
 
-    def invoke(fn: Any, body: str, request_headers: Any, response_headers: Any) -> str | bytes:
+    Functions not created from the stack keep moto's behaviour.
+    """
+
+    def invoke(
+        backend: Any,
+        function_name: str,
+        qualifier: str | None,
+        body: str,
+        headers: Any,
+        response_headers: Any,
+    ) -> str | bytes | None:
+        fn = backend.get_function(function_name, qualifier)
         spec = specs.get(fn.function_name)
         if spec is None:
-            return original(fn, body, request_headers, response_headers)
+            return original(backend, function_name, qualifier, body, headers, response_headers)
         event = json.loads(body) if body else {}
         started = time.monotonic()
         result, error = invoke_handler(spec, fn.function_arn, event)
@@ -320,9 +333,30 @@ def _dispatcher(
             payload = json.dumps(error)
         if on_task is not None:
             on_task(TaskReport(spec.logical_id, event, result, error, time.monotonic() - started))
-        return payload.encode("utf-8")
+        encoded = payload.encode("utf-8")
+        response_headers["Content-Length"] = str(len(encoded))
+        return encoded
 
     return invoke
+
+
+@contextmanager
+def _lambda_dispatch(
+    specs: Mapping[str, FunctionSpec], on_task: Callable[[TaskReport], None] | None
+) -> Iterator[None]:
+    """Route invocations of the stack's functions to their handlers, in this process.
+
+    Both of moto's Lambda backends are patched: the Docker one (default) and the
+    "simple" one that ``mock_aws(config={"lambda": {"use_docker": False}})`` selects.
+    """
+    from moto.awslambda.models import LambdaBackend
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    with ExitStack() as patches:
+        for backend in (LambdaBackend, LambdaSimpleBackend):
+            replacement = _dispatcher(specs, backend.invoke, on_task)
+            patches.enter_context(mock.patch.object(backend, "invoke", replacement))
+        yield
 
 
 # --- the execution ----------------------------------------------------------------------
@@ -385,6 +419,19 @@ def _environment_applied(environment: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def _quiet_interpreter() -> Iterator[None]:
+    """Mute moto's interpreter, which logs every failed state (caught or not) with a
+    multi-kilobyte repr; the history returned carries the same errors, readably."""
+    interpreter = logging.getLogger("moto.stepfunctions.parser")
+    level = interpreter.level
+    interpreter.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        interpreter.setLevel(level)
 
 
 def _role_arn(iam: Any, name: str, service: str) -> str:
@@ -483,12 +530,12 @@ def run_state_machine(
     handler_env = {name: effective[name] for name in {*template_env, *(environment or {})}}
 
     from moto import mock_aws
-    from moto.awslambda.models import LambdaFunction
 
     # Nested inside the caller's mock: same mocked account, interpreter switched on.
     with (
         mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
         _environment_applied(handler_env),
+        _quiet_interpreter(),
     ):
         lambda_ = boto3.client("lambda")
         iam = boto3.client("iam")
@@ -507,9 +554,8 @@ def run_state_machine(
             roleArn=_role_arn(iam, _STATES_ROLE, "states.amazonaws.com"),
         )["stateMachineArn"]
         specs = {spec.logical_id: spec for spec in stack.functions.values()}
-        original = LambdaFunction.invoke
         started = time.monotonic()
-        with mock.patch.object(LambdaFunction, "invoke", _dispatcher(specs, original, on_task)):
+        with _lambda_dispatch(specs, on_task):
             execution_arn = sfn.start_execution(
                 stateMachineArn=machine_arn,
                 name=f"local-{uuid.uuid4().hex[:12]}",

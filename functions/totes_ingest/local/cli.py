@@ -1,0 +1,496 @@
+"""``totes-ingest``: run the whole pipeline on a laptop, and make data for it to ingest.
+
+``run`` executes the real state machine (statemachine/ingest.asl.json, wired as
+template.yaml wires it) in moto, with the real handlers answering its Lambda tasks in this
+process, against a PostgreSQL (embedded unless ``--database-url``) and a local directory
+standing in for the bucket. ``seed`` fills a database with ToteSys data; ``simulate``
+applies business changes so the next ``run`` has something to ingest.
+
+Nothing here talks to AWS: every AWS call is answered by moto, with fake credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import pg8000.native
+
+from totes_ingest.local import lake_dir
+from totes_ingest.local.dburl import redact, settings_from_url
+from totes_ingest.local.runner import ExecutionResult, TaskReport, run_state_machine
+from totes_ingest.local.seed import SeedError, seed, totesys_tables_present
+from totes_ingest.local.simulate import SimulationError, simulate
+from totes_ingest.local.totesys import TABLES
+
+DATABASE_URL_ENV: Final = "TOTES_DATABASE_URL"
+PGDATA_ENV: Final = "TOTES_PGDATA"
+DEFAULT_PGDATA: Final = Path(".totesys-pg")
+DEFAULT_LAKE: Final = Path("lake")
+DEFAULT_TIMEOUT_S: Final = 900.0
+
+REGION: Final = "eu-west-2"
+LOCAL_BUCKET: Final = "totes-ingest-local"
+LOCAL_SECRET: Final = "totes-ingest/local/totesys"  # noqa: S105 - a name, not a password
+_APPLICATION_NAME: Final = "totes-ingest-local"
+
+# Variables that could send boto3 somewhere other than moto, or fail before it is reached.
+_AWS_VARIABLES_CLEARED: Final = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_LAMBDA",
+    "AWS_ENDPOINT_URL_SFN",
+    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    "AWS_ENDPOINT_URL_IAM",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
+_FAKE_AWS: Final = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+}
+
+
+class CliError(RuntimeError):
+    """A failure explained to the user in one line (exit status 1)."""
+
+
+# --- arguments --------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def _table_list(text: str) -> list[str]:
+    tables = [name.strip() for name in text.split(",") if name.strip()]
+    if not tables:
+        raise argparse.ArgumentTypeError("name at least one table")
+    return tables
+
+
+def _add_database_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        default=os.environ.get(DATABASE_URL_ENV),
+        help=f"the ToteSys PostgreSQL, postgresql://user:password@host:port/db "
+        f"(default: ${DATABASE_URL_ENV}, else an embedded PostgreSQL in ${PGDATA_ENV} "
+        f"or ./{DEFAULT_PGDATA})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="totes-ingest",
+        description="Run the totes-ingest state machine locally (moto, no AWS account) "
+        "and make ToteSys data for it.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="execute the state machine once",
+        description="Execute statemachine/ingest.asl.json with the real handlers, "
+        "in moto, against a PostgreSQL and a local lake directory.",
+    )
+    which = run.add_mutually_exclusive_group()
+    which.add_argument(
+        "--tables",
+        type=_table_list,
+        metavar="A,B",
+        help="tables to ingest (default: all eleven ToteSys tables)",
+    )
+    which.add_argument(
+        "--event",
+        type=Path,
+        metavar="FILE",
+        help="execution input JSON file (- for stdin), e.g. events/state_machine_input.json",
+    )
+    _add_database_url(run)
+    run.add_argument(
+        "--lake",
+        type=Path,
+        default=DEFAULT_LAKE,
+        metavar="DIR",
+        help=f"local stand-in for the bucket (default: ./{DEFAULT_LAKE})",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="print exactly the execution's output JSON on stdout"
+    )
+    run.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"give up on the execution after this long (default: {DEFAULT_TIMEOUT_S:g})",
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="every step on stderr, with the handlers' INFO logs and metrics, "
+        "and the event history of a failed execution",
+    )
+
+    seed_cmd = commands.add_parser(
+        "seed",
+        help="create the ToteSys schema and fill it with sample data",
+        description="Create the ToteSys schema (if absent) and fill it with realistic, "
+        "deterministic data. A database whose ToteSys tables hold rows is refused "
+        "unless --force.",
+    )
+    _add_database_url(seed_cmd)
+    seed_cmd.add_argument(
+        "--scale",
+        type=_positive_float,
+        default=1.0,
+        metavar="N",
+        help="multiply the growing tables (scale 1: 10,000 sales orders; 100: a million)",
+    )
+    seed_cmd.add_argument(
+        "--force", action="store_true", help="empty the ToteSys tables first if they hold rows"
+    )
+
+    sim = commands.add_parser(
+        "simulate",
+        help="apply business changes, for the next run to ingest",
+        description="Insert and update rows as the ToteSys application would "
+        "(last_updated = now()): new orders with their transactions and payments, "
+        "payments received, contacts and addresses edited...",
+    )
+    _add_database_url(sim)
+    sim.add_argument(
+        "--changes",
+        type=_non_negative_int,
+        default=100,
+        metavar="N",
+        help="number of business changes (default: 100)",
+    )
+    sim.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="random seed, to repeat the same choices",
+    )
+    return parser
+
+
+def event_from_args(args: argparse.Namespace) -> Any:
+    """The execution input: ``--event`` file, ``--tables`` list, or every table."""
+    if args.event is not None:
+        try:
+            text = sys.stdin.read() if str(args.event) == "-" else args.event.read_text()
+            return json.loads(text)
+        except OSError as e:
+            raise CliError(f"cannot read {args.event}: {e.strerror}") from e
+        except ValueError as e:
+            raise CliError(f"{args.event} is not JSON: {e}") from e
+    return {"tables_to_query": args.tables or list(TABLES)}
+
+
+# --- database ---------------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def database_url(url: str | None) -> tuple[str, bool]:
+    """The URL to use and whether it is the embedded server (started if needed)."""
+    if url:
+        return url, False
+    from totes_ingest.local.embedded import embedded_database_url
+
+    data_dir = Path(os.environ.get(PGDATA_ENV) or DEFAULT_PGDATA)
+    try:
+        embedded = embedded_database_url(data_dir)
+    except Exception as e:  # pgserver raises its own types; say what failed, chained
+        raise CliError(f"cannot start the embedded PostgreSQL in {data_dir}: {e}") from e
+    say(f"embedded PostgreSQL in {data_dir}")
+    return embedded, True
+
+
+def connect(url: str) -> pg8000.native.Connection:
+    """A connection from a database URL; errors name the URL without its password."""
+    try:
+        settings = settings_from_url(url)
+    except ValueError as e:
+        raise CliError(f"bad database URL {redact(url)}: {e}") from e
+    kwargs = {k: v for k, v in settings.items() if k != "password" or v}
+    try:
+        return pg8000.native.Connection(application_name=_APPLICATION_NAME, **kwargs)
+    except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError) as e:
+        detail = e.args[0].get("M") if e.args and isinstance(e.args[0], dict) else e
+        raise CliError(f"cannot connect to {redact(url)}: {detail}") from e
+
+
+@contextmanager
+def connection(url: str) -> Iterator[pg8000.native.Connection]:
+    conn = connect(url)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _print_counts(counts: Mapping[str, int], out: TextIO) -> None:
+    width = max(len(t) for t in counts)
+    for table, count in counts.items():
+        print(f"{table:<{width}}  {count:>10,}", file=out)
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    url, _ = database_url(args.database_url)
+    say(f"seeding {redact(url)} at scale {args.scale:g}")
+    started = time.perf_counter()
+    with connection(url) as conn:
+        counts = seed(conn, args.scale, force=args.force)
+    _print_counts(counts, sys.stdout)
+    say(f"seeded {sum(counts.values()):,} rows in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    url, _ = database_url(args.database_url)
+    started = time.perf_counter()
+    with connection(url) as conn:
+        counts = simulate(conn, args.changes, seed=args.seed)
+    _print_counts({t: n for t, n in counts.items() if n} or counts, sys.stdout)
+    say(
+        f"{args.changes} changes ({sum(counts.values()):,} row versions) applied to "
+        f"{redact(url)} in {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
+def _ensure_seeded(url: str) -> None:
+    """On first use of the embedded database, create and seed ToteSys."""
+    with connection(url) as conn:
+        if totesys_tables_present(conn):
+            return
+        say("first run: creating and seeding ToteSys (scale 1)")
+        counts = seed(conn)
+    say(f"seeded {sum(counts.values()):,} rows")
+
+
+# --- run ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def fake_aws_environment() -> Iterator[None]:
+    """Fake credentials and a fixed region; nothing that could point boto3 elsewhere."""
+    saved = {name: os.environ.get(name) for name in (*_FAKE_AWS, *_AWS_VARIABLES_CLEARED)}
+    for name in _AWS_VARIABLES_CLEARED:
+        os.environ.pop(name, None)
+    os.environ.update(_FAKE_AWS)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
+def handler_output(*, verbose: bool) -> Iterator[None]:
+    """Keep stdout for the result: what the handlers print (Powertools logs and EMF
+    metrics) goes to stderr when ``verbose``, else nowhere (progress lines say enough).
+
+    Redirected at the file descriptor, since Powertools binds its log stream when a
+    handler module is first imported.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    target = os.dup(2) if verbose else os.open(os.devnull, os.O_WRONLY)
+    os.dup2(target, 1)
+    os.close(target)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+class Progress:
+    """One stderr line per step that matters, from concurrent Map iterations."""
+
+    def __init__(self, out: TextIO, *, verbose: bool) -> None:
+        self.out = out
+        self.verbose = verbose
+        self.lock = threading.Lock()
+
+    def __call__(self, report: TaskReport) -> None:
+        line = describe_task(report, verbose=self.verbose)
+        if line:
+            with self.lock:
+                print(line, file=self.out, flush=True)
+
+
+def describe_task(report: TaskReport, *, verbose: bool = False) -> str | None:
+    """A progress line for one Lambda invocation (None: not worth a line)."""
+    payload = report.payload if isinstance(report.payload, dict) else {}
+    result = report.result if isinstance(report.result, dict) else {}
+    table = str(payload.get("table") or result.get("table") or "")
+    took = f"({report.duration_s:.1f}s)"
+    step = report.function.removesuffix("Function")
+    if report.error is not None:
+        where = f"{table}: " if table else ""
+        return (
+            f"{where}{step} failed {took}: {report.error.get('errorType')}: "
+            f"{report.error.get('errorMessage')}"
+        )
+    if step == "StartRun":
+        return (
+            f"run {result.get('run_id')}: {len(result.get('tables') or [])} tables, "
+            f"rows last updated before {result.get('end_time')} {took}"
+        )
+    if step == "QueryToParquet" and result.get("rows") == 0:
+        return f"{table}: no new rows since {payload.get('start_time') or 'the beginning'} {took}"
+    if step == "WriteToS3":
+        if result.get("status") == "written":
+            return f"{table}: {result.get('rows'):,} rows -> {result.get('key')} {took}"
+        return f"{table}: {result.get('status')} ({result.get('reason')}) {took}"
+    if verbose:
+        return f"{table or '-'}: {step} done {took}"
+    return None
+
+
+def failure_lines(result: ExecutionResult) -> list[str]:
+    """Why the execution failed, one line per failed table where known."""
+    lines = [f"execution {result.status}: {result.error}"]
+    cause: Any = result.cause
+    with suppress(ValueError):
+        cause = json.loads(cause) if isinstance(cause, str) else cause
+    if isinstance(cause, dict) and isinstance(cause.get("failed"), dict):
+        lines.extend(f"  {table}: {reason}" for table, reason in cause["failed"].items())
+    elif isinstance(cause, dict) and "errorMessage" in cause:
+        lines.append(f"  {cause.get('errorType')}: {cause['errorMessage']}")
+    elif cause:
+        lines.append(f"  {cause}")
+    return lines
+
+
+def _handler_environment(verbose: bool) -> dict[str, str]:
+    """What the handlers read, pointing at the local bucket and secret."""
+    return {
+        "INGEST_BUCKET": LOCAL_BUCKET,
+        "DB_SECRET_NAME": LOCAL_SECRET,
+        "DB_SSL_MODE": "disable",
+        "POWERTOOLS_LOG_LEVEL": "INFO" if verbose else "WARNING",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+
+
+def execute(
+    event: Any, url: str, lake: Path, *, timeout_s: float, verbose: bool
+) -> tuple[ExecutionResult, lake_dir.SyncReport]:
+    """One execution inside its own mocked AWS account, the lake synced around it."""
+    import boto3
+    from moto import mock_aws
+
+    lake_dir.prepare(lake)
+    settings = settings_from_url(url)
+    with (
+        fake_aws_environment(),
+        mock_aws(
+            config={
+                "stepfunctions": {"execute_state_machine": True},
+                "lambda": {"use_docker": False},
+            }
+        ),
+    ):
+        s3 = boto3.client("s3")
+        s3.create_bucket(
+            Bucket=LOCAL_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+        )
+        boto3.client("secretsmanager").create_secret(
+            Name=LOCAL_SECRET, SecretString=json.dumps(settings)
+        )
+        uploaded = lake_dir.upload(s3, LOCAL_BUCKET, lake)
+        if uploaded:
+            say(f"lake {lake}: {len(uploaded)} objects")
+        with handler_output(verbose=verbose):
+            result = run_state_machine(
+                event,
+                timeout_s=timeout_s,
+                environment=_handler_environment(verbose),
+                on_task=Progress(sys.stderr, verbose=verbose),
+            )
+        synced = lake_dir.download(s3, LOCAL_BUCKET, lake, uploaded)
+    return result, synced
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    event = event_from_args(args)
+    lake_dir.prepare(args.lake)
+    url, embedded = database_url(args.database_url)
+    if embedded:
+        _ensure_seeded(url)
+    else:
+        connect(url).close()  # fail early, and clearly, on a wrong URL
+    say(f"source {redact(url)}; lake {args.lake}")
+    result, synced = execute(event, url, args.lake, timeout_s=args.timeout, verbose=args.verbose)
+    say(
+        f"lake {args.lake}: {synced.written} files written, {synced.deleted} deleted, "
+        f"{synced.unchanged} unchanged"
+    )
+    if not result.succeeded:
+        for line in failure_lines(result):
+            say(line)
+        if args.verbose:
+            say(result.describe())
+        return 1
+    say(
+        f"execution SUCCEEDED in {result.duration_s:.1f}s: "
+        f"{len(result.output or {})} tables with new rows"
+    )
+    if args.json:
+        print(json.dumps(result.output))
+    else:
+        for table, key in (result.output or {}).items():
+            print(f"{table}\t{key}")
+    return 0
+
+
+_COMMANDS: Final = {"run": cmd_run, "seed": cmd_seed, "simulate": cmd_simulate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``totes-ingest`` console script; the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (CliError, SeedError, SimulationError, lake_dir.LakeDirError) as e:
+        say(f"totes-ingest {args.command}: {e}")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
