@@ -1,19 +1,23 @@
 """The local runner: moto interprets a state machine, our process answers its Lambda calls.
 
-A tiny throwaway template and state machine (handlers in tests/helpers_runner_handlers.py)
-pin down dispatch, error mapping, Retry/Catch by error name, timeouts and history; the
-last tests check that the real template loads and wires completely.
+A tiny throwaway template and state machine, with handlers defined in this module, pin
+down dispatch, error mapping, Retry/Catch by error name, timeouts and history; the last
+tests check that the real template loads and wires completely.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from moto import mock_aws
 
 from totes_ingest.local.runner import (
     TEMPLATE_PATH,
@@ -27,6 +31,10 @@ from totes_ingest.local.runner import (
 )
 
 pytestmark = pytest.mark.integration
+
+# The throwaway handlers below are named by this module's own import name, whatever the
+# test layout makes it.
+HANDLERS = __name__
 
 TEMPLATE = """\
 AWSTemplateFormatVersion: "2010-09-09"
@@ -49,12 +57,12 @@ Resources:
   StartFunction:
     Type: AWS::Serverless::Function
     Properties:
-      Handler: helpers_runner_handlers.start
+      Handler: {handlers}.start
       MemorySize: 512
   WorkFunction:
     Type: AWS::Serverless::Function
     Properties:
-      Handler: helpers_runner_handlers.work
+      Handler: {handlers}.work
       Timeout: 2
   Machine:
     Type: AWS::Serverless::StateMachine
@@ -145,9 +153,62 @@ ASL = {
 }
 
 
+# --- throwaway handlers ---------------------------------------------------------------
+
+_attempts: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+class BoomError(Exception):
+    """A permanent failure the test state machine catches by name."""
+
+
+class Transient(Exception):
+    """A failure the test state machine retries by name."""
+
+
+def start(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if event.get("fail_at_start"):
+        raise BoomError(f"cannot start: {event['fail_at_start']}")
+    return {
+        "items": event["items"],
+        "context": {
+            "function_name": context.function_name,
+            "memory_limit_in_mb": context.memory_limit_in_mb,
+            "invoked_function_arn": context.invoked_function_arn,
+            "aws_request_id": context.aws_request_id,
+            "remaining_ms": context.get_remaining_time_in_millis(),
+        },
+        "env": {name: os.environ.get(name) for name in event.get("env", [])},
+    }
+
+
+def work(event: dict[str, Any], context: Any) -> Any:
+    item = event["item"]
+    kind, _, arg = item.partition(":")
+    if kind == "boom":
+        raise BoomError(f"item {item} exploded")
+    if kind == "value":
+        raise ValueError(f"item {item} is not valid")
+    if kind == "flaky":
+        with _lock:
+            _attempts[arg] = _attempts.get(arg, 0) + 1
+            attempt = _attempts[arg]
+        if attempt == 1:
+            raise Transient(f"item {item} failed once")
+        return {"item": item, "attempts": attempt}
+    if kind == "sleep":
+        time.sleep(float(arg))
+    if kind == "decimal":
+        return {"item": item, "amount": Decimal("2.50")}
+    if kind == "unserialisable":
+        return {"item": item, "when": object()}
+    return {"item": item, "doubled": item * 2}
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Stack:
-    (tmp_path / "template.yaml").write_text(TEMPLATE)
+    (tmp_path / "template.yaml").write_text(TEMPLATE.replace("{handlers}", HANDLERS))
     (tmp_path / "machine.asl.json").write_text(json.dumps(ASL))
     return load_stack(tmp_path / "template.yaml")
 
@@ -160,7 +221,7 @@ def test_load_stack_reads_handlers_settings_and_substitutions(stack: Stack) -> N
     start, work = stack.functions["StartFunction"], stack.functions["WorkFunction"]
 
     assert (start.handler, start.memory_mb, start.timeout_s) == (
-        "helpers_runner_handlers.start",
+        f"{HANDLERS}.start",
         512,
         30,
     )
@@ -208,7 +269,7 @@ def test_handler_exception_reaches_catch_under_its_class_name(aws_env: None, sta
     cause = json.loads(boom["cause"])
     assert cause["errorType"] == "BoomError"
     assert cause["errorMessage"] == "item boom exploded"
-    assert any("helpers_runner_handlers.py" in line for line in cause["stackTrace"])
+    assert any("test_local_runner.py" in line for line in cause["stackTrace"])
 
 
 def test_retry_by_error_name_runs_the_handler_again(aws_env: None, stack: Stack) -> None:
@@ -300,6 +361,15 @@ def test_runner_can_be_called_twice_in_one_mock(aws_env: None, stack: Stack) -> 
     assert first.succeeded
     assert second.succeeded
     assert second.output["results"] == [{"item": "y", "doubled": "yy"}]
+
+
+def test_dispatch_works_with_motos_simple_lambda_backend_too(aws_env: None, stack: Stack) -> None:
+    with mock_aws(config={"lambda": {"use_docker": False}}):
+        result = run_state_machine(_event("a", "boom"), timeout_s=30, stack=stack)
+
+    assert result.succeeded, result.describe()
+    assert result.output["results"][0] == {"item": "a", "doubled": "aa"}
+    assert result.output["results"][1]["caught"] == "BoomError"
 
 
 def test_runner_refuses_to_run_outside_mock_aws(stack: Stack) -> None:
