@@ -1,0 +1,284 @@
+"""Every S3 request a step really makes is allowed by its role, as the template grants it.
+
+The real step code runs against moto while a hook records each S3 request; each request
+is translated into the IAM action(s) and resource(s) S3 authorizes it by, and evaluated
+against the step's role from the transformed template (IAM wildcards: ``*`` any run,
+``?`` one character). A HEAD or GET answered 404 also needs s3:ListBucket: without it S3
+answers 403, which the lake code would take for a failure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pg8000.native
+import pytest
+
+from tests.conftest import BUCKET
+from totes_ingest import pipeline
+from totes_ingest.format_time import format_time
+from totes_ingest.lake import Claim, Lake, claim_key, staging_key
+
+pytestmark = pytest.mark.infra
+
+T0 = datetime(2026, 11, 25, 9, 0, 0, 1)
+T1 = datetime(2026, 11, 25, 9, 5, 0, 2)
+BIG = b"x" * (9 * 1024 * 1024)  # past boto3's 8 MB threshold: multipart upload and copy
+PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "eu-west-2", "AWS::AccountId": "123456789012"}
+
+Grant = tuple[str, str]
+
+
+# -- the roles, as deployed -----------------------------------------------------------
+
+
+def resolve(value: Any) -> str:
+    """An ARN of the transformed template with the stack's bucket created (CreateBucket)."""
+    if isinstance(value, str):
+        for name, pseudo in PSEUDO.items():
+            value = value.replace("${" + name + "}", pseudo)
+        return value
+    ((function, argument),) = value.items()
+    if function == "Ref":
+        return BUCKET if argument == "IngestBucket" else PSEUDO.get(argument, str(argument))
+    if function == "Fn::If":
+        return resolve(argument[1])
+    if function == "Fn::GetAtt":
+        return f"arn:aws:resource:::{argument[0]}"
+    if function == "Fn::Sub":
+        pattern, variables = (argument, {}) if isinstance(argument, str) else argument
+        for name, variable in variables.items():
+            pattern = pattern.replace("${" + name + "}", resolve(variable))
+        return resolve(pattern)
+    raise AssertionError(f"unexpected intrinsic {function}")
+
+
+def iam_glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(
+        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    )
+
+
+def allowed_by(transformed: dict[str, Any], role: str) -> Callable[[Grant], bool]:
+    statements = []
+    for policy in transformed["Resources"][role]["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            branch = statement["Fn::If"][1] if "Fn::If" in statement else statement
+            if "Effect" in branch:
+                statements.append(branch)
+    rules = [
+        (
+            [iam_glob(a) for a in _list(s["Action"])],
+            [iam_glob(resolve(r)) for r in _list(s["Resource"])],
+        )
+        for s in statements
+        if s["Effect"] == "Allow"
+    ]
+
+    def allows(grant: Grant) -> bool:
+        action, resource = grant
+        return any(
+            any(a.fullmatch(action) for a in actions)
+            and any(r.fullmatch(resource) for r in resources)
+            for actions, resources in rules
+        )
+
+    return allows
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# -- what the step code asks of S3 ----------------------------------------------------
+
+
+class Recorder:
+    """The S3 requests a boto3 client makes, with the status each was answered with."""
+
+    def __init__(self, client: Any):
+        self.calls: list[dict[str, Any]] = []
+        client.meta.events.register("before-parameter-build.s3.*", self._before)
+        client.meta.events.register("after-call.s3.*", self._after)
+
+    def _before(
+        self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any
+    ) -> None:
+        call = {"operation": model.name, "params": dict(params), "status": None}
+        context["recorded_call"] = call
+        self.calls.append(call)
+
+    def _after(self, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["recorded_call"]["status"] = parsed["ResponseMetadata"]["HTTPStatusCode"]
+
+    def needs(self) -> set[Grant]:
+        return {grant for call in self.calls for grant in needed_grants(call)}
+
+
+def needed_grants(call: dict[str, Any]) -> list[Grant]:
+    operation, params = call["operation"], call["params"]
+    bucket = f"arn:aws:s3:::{params['Bucket']}"
+    key = f"{bucket}/{params.get('Key')}"
+    if operation in ("ListObjectsV2", "ListObjects"):
+        return [("s3:ListBucket", bucket)]
+    if operation in ("GetObject", "HeadObject"):
+        missing = [("s3:ListBucket", bucket)] if call["status"] == 404 else []
+        return [("s3:GetObject", key), *missing]
+    if operation in ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"):
+        return [("s3:PutObject", key)]
+    if operation in ("CopyObject", "UploadPartCopy"):
+        source = params["CopySource"]
+        if isinstance(source, dict):
+            source = f"{source['Bucket']}/{source['Key']}"
+        return [("s3:PutObject", key), ("s3:GetObject", f"arn:aws:s3:::{source}")]
+    if operation == "AbortMultipartUpload":
+        return [("s3:AbortMultipartUpload", key)]
+    if operation == "ListParts":
+        return [("s3:ListMultipartUploadParts", key)]
+    if operation == "DeleteObject":
+        return [("s3:DeleteObject", key)]
+    raise AssertionError(f"the step calls S3 {operation}: map it to its IAM action here")
+
+
+@pytest.fixture
+def recorder(s3: Any) -> Recorder:
+    return Recorder(s3)
+
+
+def denied(transformed: dict[str, Any], step: str, recorder: Recorder) -> list[Grant]:
+    allows = allowed_by(transformed, f"{step}Role")
+    return sorted(grant for grant in recorder.needs() if not allows(grant))
+
+
+def payload(table: str, **more: Any) -> dict[str, Any]:
+    return {"table": table, "end_time": format_time(T1), "run_id": "run-sim", **more}
+
+
+# -- the steps ------------------------------------------------------------------------
+
+
+def test_get_last_ingest_time_may_read_an_empty_tables_watermark(
+    s3: Any, recorder: Recorder, transformed: dict[str, Any]
+) -> None:
+    pipeline.find_watermark(payload("staff"), Lake(s3, BUCKET))
+
+    assert recorder.calls
+    assert denied(transformed, "GetLastIngestTime", recorder) == []
+
+
+def test_get_last_ingest_time_may_finish_an_interrupted_multipart_commit(
+    s3: Any, recorder: Recorder, transformed: dict[str, Any]
+) -> None:
+    # GIVEN a claim whose staged object was never copied to its table key
+    staged = staging_key("staff", None, T0)
+    s3.put_object(Bucket=BUCKET, Key=staged, Body=BIG)
+    claim = Claim(
+        run_id="run-old",
+        final_key="staff/2026/11/25/090000000001.parquet",
+        staging_key=staged,
+        rows=3,
+    )
+    s3.put_object(Bucket=BUCKET, Key=claim_key("staff", None), Body=claim.to_json())
+    recorder.calls.clear()
+
+    # WHEN the watermark is looked up
+    result = pipeline.find_watermark(payload("staff"), Lake(s3, BUCKET))
+
+    # THEN the commit was finished, with nothing the role does not grant
+    assert result["last_key"] == claim.final_key
+    assert {c["operation"] for c in recorder.calls} >= {"UploadPartCopy", "DeleteObject"}
+    assert denied(transformed, "GetLastIngestTime", recorder) == []
+
+
+def test_get_last_ingest_time_may_remove_a_void_claim(
+    s3: Any, recorder: Recorder, transformed: dict[str, Any]
+) -> None:
+    claim = Claim(
+        run_id="run-old",
+        final_key="staff/2026/11/25/090000000001.parquet",
+        staging_key=staging_key("staff", None, T0),
+        rows=3,
+    )
+    s3.put_object(Bucket=BUCKET, Key=claim_key("staff", None), Body=claim.to_json())
+    recorder.calls.clear()
+
+    pipeline.find_watermark(payload("staff"), Lake(s3, BUCKET))
+
+    assert any(
+        c["params"].get("Key", "").startswith("_claims/")
+        for c in recorder.calls
+        if c["operation"] == "DeleteObject"
+    )
+    assert denied(transformed, "GetLastIngestTime", recorder) == []
+
+
+def test_write_to_s3_may_commit_a_multipart_window(
+    s3: Any, recorder: Recorder, transformed: dict[str, Any]
+) -> None:
+    s3.put_object(Bucket=BUCKET, Key=staging_key("staff", None, T1), Body=BIG)
+    recorder.calls.clear()
+
+    result = pipeline.commit_table(payload("staff", start_time=None, rows=3), Lake(s3, BUCKET))
+
+    assert result["status"] == "written"
+    assert denied(transformed, "WriteToS3", recorder) == []
+
+
+def test_write_to_s3_may_lose_a_race_for_the_window(
+    s3: Any, recorder: Recorder, transformed: dict[str, Any]
+) -> None:
+    # GIVEN another run already committed the window starting at the same watermark
+    lake = Lake(s3, BUCKET)
+    s3.put_object(Bucket=BUCKET, Key=staging_key("staff", None, T0), Body=b"theirs")
+    lake.commit("staff", None, T0, "run-other", 1)
+    s3.put_object(Bucket=BUCKET, Key=staging_key("staff", None, T1), Body=b"mine")
+    recorder.calls.clear()
+
+    result = pipeline.commit_table(payload("staff", start_time=None, rows=1), lake)
+
+    assert result["status"] == "skipped"
+    assert denied(transformed, "WriteToS3", recorder) == []
+
+
+@pytest.mark.integration
+def test_query_to_parquet_may_stage_a_window_and_read_the_previous_files_schema(
+    s3: Any, recorder: Recorder, transformed: dict[str, Any], totesys_settings: dict[str, Any]
+) -> None:
+    # GIVEN a committed previous file and a new currency row in the database
+    previous = "currency/2026/11/25/090000000001.parquet"
+    s3.put_object(Bucket=BUCKET, Key=previous, Body=b"old", Metadata={"columns": "a int32"})
+    conn = pg8000.native.Connection(**{k: v for k, v in totesys_settings.items() if v != ""})
+    conn.run(
+        "INSERT INTO currency (currency_id, currency_code, created_at, last_updated) "
+        "VALUES (1, 'GBP', :t, :t)",
+        t=datetime(2026, 11, 25, 9, 2),
+    )
+    recorder.calls.clear()
+
+    try:
+        result = pipeline.stage_table(
+            payload("currency", start_time=format_time(T0), last_key=previous),
+            conn,
+            Lake(s3, BUCKET),
+            row_group_rows=1024,
+        )
+    finally:
+        conn.close()
+
+    assert result["rows"] == 1
+    assert denied(transformed, "QueryToParquet", recorder) == []
+
+
+def test_the_grants_of_one_step_do_not_cover_another_steps_requests(
+    s3: Any, recorder: Recorder, transformed: dict[str, Any]
+) -> None:
+    s3.put_object(Bucket=BUCKET, Key=staging_key("staff", None, T1), Body=b"rows")
+    recorder.calls.clear()
+
+    pipeline.commit_table(payload("staff", start_time=None, rows=3), Lake(s3, BUCKET))
+
+    assert denied(transformed, "QueryToParquet", recorder) != []
+    assert len(denied(transformed, "StartRun", recorder)) == len(recorder.needs())
