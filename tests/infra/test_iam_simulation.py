@@ -38,9 +38,10 @@ Grant = tuple[str, str]
 def resolve(value: Any) -> str:
     """An ARN of the transformed template with the stack's bucket created (CreateBucket)."""
     if isinstance(value, str):
+        text = value
         for name, pseudo in PSEUDO.items():
-            value = value.replace("${" + name + "}", pseudo)
-        return value
+            text = text.replace("${" + name + "}", pseudo)
+        return text
     ((function, argument),) = value.items()
     if function == "Ref":
         return BUCKET if argument == "IngestBucket" else PSEUDO.get(argument, str(argument))
