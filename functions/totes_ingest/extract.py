@@ -1,10 +1,11 @@
 """One table's window of rows to a Parquet file, streamed.
 
-The rows travel as ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` through pg8000 into an
-OS pipe, and a second thread parses the pipe with pyarrow's streaming CSV reader (typed
-by the catalog schema, never inferred) and writes Parquet row groups. No Python object
-is made per row, the two halves overlap (pyarrow releases the GIL), and memory is
-bounded by the row-group size, not by the table.
+The rows travel as ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` through pg8000, are
+gathered into chunks of whole rows (a few MB), and a second thread parses each chunk
+with pyarrow's CSV reader (typed by the catalog schema, never inferred) and writes
+Parquet row groups. No Python object is made per row, the two halves overlap (pyarrow
+releases the GIL), and memory is bounded by the chunk and row-group sizes, not by the
+table.
 
 The window is counted and copied inside one REPEATABLE READ, READ ONLY transaction, so
 the count and the file describe the same snapshot; a mismatch is a ReconciliationError.
@@ -20,17 +21,16 @@ with no faithful Arrow form (NaN in numeric(p, s), an infinite or BC date, time
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
-import os
 import pathlib
+import queue
 import re
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import pg8000.native
 import pyarrow as pa
@@ -61,10 +61,10 @@ SESSION_SETTINGS = (
     "SET LOCAL extra_float_digits = 3",
     "SET LOCAL bytea_output = 'hex'",
 )
-# CSV bytes per parsed block: also the largest row the reader can take.
-CSV_BLOCK_BYTES = 8 << 20
-_PIPE_BYTES = 1 << 20
-_F_SETPIPE_SZ = 1031  # Linux fcntl
+# CSV bytes parsed at a time (whole rows: a larger row is a chunk of its own), and
+# how many chunks may wait for the writer. Together with the row group they bound memory.
+CHUNK_BYTES = 2 << 20
+_QUEUED_CHUNKS = 4
 
 _SRC = "_totes_src"
 _CONVERT = {
@@ -118,8 +118,8 @@ def extract_to_parquet(
         plans = [_plan(column, f"{_SRC}.{quote_ident(column.name)}") for column in columns]
         select = ", ".join(expr for plan in plans for expr in plan.exprs) or "NULL"
         copy_sql = f"COPY (SELECT {select} FROM {source}) TO STDOUT (FORMAT csv)"
-        sink = _ParquetSink(path, schema, plans, group_rows, table, window)
-        written = sink.run(lambda out: db.run(copy_sql, stream=_CopyStream(conn, out)))
+        sink = _ParquetSink(conn, path, schema, plans, group_rows, table, window)
+        written = sink.run(lambda stream: db.run(copy_sql, stream=stream))
         db.run("COMMIT")
         if written != counted:
             raise ReconciliationError(
@@ -314,55 +314,76 @@ def _with_nulls_of(source: pa.Array, built: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_valid(source), built, pa.nulls(len(built), built.type))
 
 
-# --- the COPY loop: one Python call per buffered chunk of rows, not per row ---
+# --- the COPY loop: whole rows in chunks, one Python call per buffered run of rows ---
 
 _COPY_DATA = ord("d")
 _LENGTH = struct.Struct("!i")
 
 
 class _CopyStream:
-    """The stream pg8000's COPY OUT writes to, draining CopyData messages in bulk.
+    """The stream pg8000's COPY OUT writes to: rows, gathered into chunks of whole rows.
 
-    pg8000 dispatches every protocol message through several Python calls; COPY sends
-    one CopyData message per row, which makes that dispatch the extract's cost. So when
-    pg8000 hands over a row, this stream also takes every CopyData message already
+    pg8000 dispatches every protocol message through several Python calls, and COPY
+    sends one CopyData message per row, so that dispatch would be the extract's cost.
+    When pg8000 hands over a row, this stream also takes every CopyData message already
     buffered on the connection (peeking, then consuming exactly the whole messages it
     parsed) and returns at the first other message (CopyDone, an error, a notice),
-    which pg8000 reads as usual. The protocol state stays pg8000's; if its socket file
-    is not the buffered reader this relies on, rows simply go one by one.
+    which pg8000 reads as usual: the protocol state stays pg8000's. If the socket file
+    is not the buffered reader this relies on, rows simply arrive one by one.
+
+    Every CopyData message is one row, so each chunk handed to ``emit`` ends at a row
+    boundary and is parsed on its own: no row can straddle two blocks, whatever its size.
     """
 
-    def __init__(self, conn: pg8000.native.Connection, out: BinaryIO) -> None:
-        self._write = out.write
+    def __init__(
+        self, conn: pg8000.native.Connection, emit: Callable[[bytes], None], chunk_bytes: int
+    ) -> None:
+        self._emit = emit
+        self._chunk_bytes = chunk_bytes
+        self._parts: list[bytes | memoryview] = []
+        self._size = 0
         sock = getattr(conn, "_sock", None)
         usable = callable(getattr(sock, "peek", None)) and callable(getattr(sock, "read", None))
         self._sock: Any = sock if usable else None
 
     def write(self, data: bytes) -> None:
-        self._write(data)
+        self._parts.append(data)
+        self._size += len(data)
         if self._sock is not None:
             self._drain(self._sock)
+        if self._size >= self._chunk_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand over the rows gathered so far (called at the end of the COPY, too)."""
+        if self._parts:
+            chunk = b"".join(self._parts)
+            self._parts.clear()  # in place: _drain holds the list
+            self._size = 0
+            self._emit(chunk)
 
     def _drain(self, sock: Any) -> None:
-        write, unpack = self._write, _LENGTH.unpack_from
+        parts, unpack = self._parts, _LENGTH.unpack_from
         while True:
             buffered: bytes = sock.peek(1)  # what is buffered; reads only if nothing is
             if not buffered or buffered[0] != _COPY_DATA:
                 return
             view, end, pos = memoryview(buffered), len(buffered), 0
-            payloads: list[memoryview] = []
             while pos + 5 <= end and buffered[pos] == _COPY_DATA:
                 stop = pos + 1 + unpack(buffered, pos + 1)[0]
                 if stop > end:
                     break
-                payloads.append(view[pos + 5 : stop])
+                parts.append(view[pos + 5 : stop])
                 pos = stop
             if pos == 0:  # one CopyData message larger than the buffer: read it whole
                 size = unpack(_read_exactly(sock, 5), 1)[0]
-                write(_read_exactly(sock, size - 4))
-                continue
-            write(b"".join(payloads))
-            sock.read(pos)  # already buffered: consumes exactly the parsed messages
+                parts.append(_read_exactly(sock, size - 4))
+                self._size += size - 4
+            else:
+                sock.read(pos)  # already buffered: consumes exactly the parsed messages
+                self._size += pos
+            if self._size >= self._chunk_bytes:
+                self.flush()
 
 
 def _read_exactly(sock: Any, size: int) -> bytes:
@@ -372,14 +393,15 @@ def _read_exactly(sock: Any, size: int) -> bytes:
     return data
 
 
-# --- the pipe: pg8000 writes CSV into it, a thread parses it into Parquet row groups ---
+# --- the writer thread: parses chunks of CSV into batches, writes Parquet row groups ---
 
 
 class _ParquetSink:
-    """Parses the CSV written into a pipe, in a thread, into a Parquet file."""
+    """Receives CSV chunks from the COPY and writes them, in a thread, as Parquet."""
 
     def __init__(
         self,
+        conn: pg8000.native.Connection,
         path: pathlib.Path,
         schema: pa.Schema,
         plans: list[_Plan],
@@ -387,52 +409,54 @@ class _ParquetSink:
         table: str,
         window: str,
     ) -> None:
+        self.conn = conn
         self.path = path
         self.schema = schema
         self.plans = plans
         self.row_group_rows = row_group_rows
         self.table = table
         self.window = window
-        self.names = [f"c{i}" for i, _ in enumerate(t for p in plans for t in p.csv_types)]
+        types = [t for plan in plans for t in plan.csv_types]
+        self.names = [f"c{i}" for i in range(len(types))]
+        self.convert = pacsv.ConvertOptions(
+            column_types=dict(zip(self.names, types, strict=True)), **_CONVERT
+        )
         self.rows = 0
         self.error: BaseException | None = None
+        # A bounded queue: the COPY waits for the writer rather than filling memory.
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
 
-    def run(self, copy: Callable[[BinaryIO], object]) -> int:
-        """Call ``copy`` with a writable stream; return the rows written to the file."""
-        read_fd, write_fd = os.pipe()
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(write_fd, _F_SETPIPE_SZ, _PIPE_BYTES)
-        reader = open(read_fd, "rb", buffering=_PIPE_BYTES)  # noqa: SIM115 - closed by thread
-        thread = threading.Thread(target=self._consume, args=(reader,), name="parquet-writer")
+    def run(self, copy: Callable[[_CopyStream], object]) -> int:
+        """Call ``copy`` with the stream to COPY into; return the rows written to the file."""
+        thread = threading.Thread(target=self._consume, name="parquet-writer", daemon=True)
         thread.start()
         try:
-            with open(write_fd, "wb", buffering=_PIPE_BYTES) as stream:
-                copy(stream)
+            stream = _CopyStream(self.conn, self.chunks.put, CHUNK_BYTES)
+            copy(stream)
+            stream.flush()
         finally:
+            self.chunks.put(None)
             thread.join()
         if self.error is not None:
             raise self._translated(self.error) from self.error
         return self.rows
 
-    def _consume(self, reader: BinaryIO) -> None:
+    def _consume(self) -> None:
         try:
-            with reader:
-                try:
-                    self._write_parquet(reader)
-                except BaseException as e:  # handed to the main thread by run()
-                    self.error = e
-                    while reader.read(_PIPE_BYTES):  # drain, so the COPY ends cleanly
-                        pass
-        except BaseException as e:
-            self.error = self.error or e
+            self._write_parquet()
+        except BaseException as e:  # handed to the main thread by run()
+            self.error = e
+            while self.chunks.get() is not None:  # drain, so the COPY ends cleanly
+                pass
 
-    def _write_parquet(self, reader: BinaryIO) -> None:
+    def _write_parquet(self) -> None:
         with pq.ParquetWriter(self.path, self.schema, compression=COMPRESSION) as writer:
             pending: list[pa.RecordBatch] = []
             pending_rows = 0
-            for batch in self._batches(reader):
-                pending.append(batch)
-                pending_rows += batch.num_rows
+            while (chunk := self.chunks.get()) is not None:
+                for batch in self._parsed(chunk):
+                    pending.append(batch)
+                    pending_rows += batch.num_rows
                 if pending_rows >= self.row_group_rows:
                     pending, pending_rows = self._flush(writer, pending, full_only=True)
             self._flush(writer, pending, full_only=False)
@@ -450,21 +474,16 @@ class _ParquetSink:
         rest = table.slice(whole)
         return rest.to_batches(), rest.num_rows
 
-    def _batches(self, reader: BinaryIO) -> Iterator[pa.RecordBatch]:
-        if not reader.peek(1):  # type: ignore[attr-defined]
-            return  # an empty window: pyarrow refuses an empty CSV
-        types = [t for plan in self.plans for t in plan.csv_types]
-        csv = pacsv.open_csv(
-            reader,
+    def _parsed(self, chunk: bytes) -> Iterator[pa.RecordBatch]:
+        table = pacsv.read_csv(
+            pa.py_buffer(chunk),
             read_options=pacsv.ReadOptions(
-                column_names=self.names, block_size=CSV_BLOCK_BYTES, use_threads=False
+                column_names=self.names, block_size=len(chunk) + 1, use_threads=False
             ),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict(zip(self.names, types, strict=True)), **_CONVERT
-            ),
+            convert_options=self.convert,
         )
-        for batch in csv:
+        for batch in table.to_batches():
             yield self._finished(batch)
 
     def _finished(self, batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -128,6 +128,27 @@ def test_row_groups_hold_at_most_row_group_rows(
     assert result.rows == 2500
 
 
+def test_every_row_arrives_when_the_copy_spans_many_chunks(
+    conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)  # ~100 rows a chunk
+    _items(conn, 20_000)
+    result, table = _extract(conn, tmp_path, row_group_rows=3000)
+    assert result.rows == 20_000
+    assert table.column("item_id").to_pylist() == list(range(1, 20_001))
+
+
+def test_a_row_larger_than_a_chunk_arrives_whole(
+    conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)
+    _items(conn, 3)
+    conn.run("UPDATE item SET name = repeat('x,\"y\"' || chr(10), 100000) WHERE item_id = 2")
+    _, table = _extract(conn, tmp_path)
+    names = {row["item_id"]: row["name"] for row in table.to_pylist()}
+    assert names == {1: "item 1", 2: 'x,"y"\n' * 100000, 3: "item 3"}
+
+
 def test_the_row_group_size_defaults_to_the_configured_one(
     conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
