@@ -6,8 +6,11 @@ per test process.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,12 +32,21 @@ SECRET_NAME = "totes-ingest/test/totesys"
 
 
 @pytest.fixture(scope="session")
-def server_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """pg8000 settings of the PostgreSQL server the tests use (maintenance database)."""
+def server_settings() -> Iterator[dict[str, Any]]:
+    """pg8000 settings of the PostgreSQL server the tests use (maintenance database).
+
+    The embedded server's data lives outside pytest's rotating temporary folders (another
+    pytest process may delete those) in a folder its unprivileged server user can reach.
+    """
     url = os.environ.get("TOTES_DATABASE_URL")
-    if not url:
-        url = embedded_database_url(tmp_path_factory.mktemp("pgdata"))
-    return settings_from_url(url)
+    if url:
+        yield settings_from_url(url)
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="totes-test-pg-"))
+    data_dir.chmod(0o755)
+    # Registered first so it runs last: after pgserver's own exit hook stops the server.
+    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
+    yield settings_from_url(embedded_database_url(data_dir / "data"))
 
 
 def _connect(settings: dict[str, Any]) -> pg8000.native.Connection:
@@ -83,7 +95,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """moto for every AWS API, with fake credentials so nothing can reach AWS."""
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - moto's fake credentials
+        "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_SESSION_TOKEN": "testing",
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,

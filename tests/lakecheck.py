@@ -1,0 +1,84 @@
+"""Reading the lake back and comparing it with the database, for the tests."""
+
+from __future__ import annotations
+
+import io
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tests.conftest import BUCKET
+from totes_ingest.generate_file_key import parse_file_key
+
+
+def lake_keys(s3: Any, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return sorted(keys)
+
+
+def table_files(s3: Any, table: str) -> list[str]:
+    return [k for k in lake_keys(s3, f"{table}/") if parse_file_key(k)]
+
+
+def read_file(s3: Any, key: str) -> pa.Table:
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return pq.read_table(io.BytesIO(body))
+
+
+def read_table(s3: Any, table: str) -> list[dict[str, Any]]:
+    """Every row version of ``table`` in the lake, oldest file first."""
+    rows: list[dict[str, Any]] = []
+    for key in table_files(s3, table):
+        rows.extend(read_file(s3, key).to_pylist())
+    return rows
+
+
+def database_rows(conn: Any, table: str) -> list[dict[str, Any]]:
+    rows = conn.run(f'SELECT * FROM "{table}"')
+    names = [c["name"] for c in conn.columns]
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def same_value(lake: Any, db: Any) -> bool:
+    """Equal, reading an unconstrained numeric's exact text as the Decimal it is."""
+    if isinstance(db, Decimal) and isinstance(lake, str):
+        return str(db) == lake
+    return bool(lake == db) and type(lake) is type(db)
+
+
+def newest_versions(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
+    newest: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        current = newest.get(row[key])
+        if current is None or row["last_updated"] >= current["last_updated"]:
+            newest[row[key]] = row
+    return newest
+
+
+def mismatches(conn: Any, s3: Any, table: str) -> list[str]:
+    """Differences between the newest lake version of each row and the database row."""
+    key = f"{table}_id"
+    lake = newest_versions(read_table(s3, table), key)
+    db = {row[key]: row for row in database_rows(conn, table)}
+    problems = [f"{table} {pk}: missing from the lake" for pk in db.keys() - lake.keys()]
+    problems += [f"{table} {pk}: not in the database" for pk in lake.keys() - db.keys()]
+    for pk in db.keys() & lake.keys():
+        for column, value in db[pk].items():
+            if not same_value(lake[pk].get(column), value):
+                problems.append(f"{table} {pk}.{column}: {lake[pk].get(column)!r} != {value!r}")
+    return problems
+
+
+def duplicated_versions(s3: Any, table: str) -> list[tuple[Any, Any]]:
+    seen: set[tuple[Any, Any]] = set()
+    duplicates: list[tuple[Any, Any]] = []
+    for row in read_table(s3, table):
+        version = (row[f"{table}_id"], row["last_updated"])
+        if version in seen:
+            duplicates.append(version)
+        seen.add(version)
+    return duplicates
