@@ -17,12 +17,15 @@ DB_SSL_MODE: Final = "DB_SSL_MODE"
 # Seconds subtracted from the database clock when this role cannot see other sessions'
 # transactions in pg_stat_activity (see window.commit_safe_end_time).
 END_TIME_FALLBACK_LAG_SECONDS: Final = "END_TIME_FALLBACK_LAG_SECONDS"
+# Seconds the end bound trails the database clock even when every session is visible.
+END_TIME_SAFETY_MARGIN_SECONDS: Final = "END_TIME_SAFETY_MARGIN_SECONDS"
 # Rows per Parquet row group: the unit of streaming and so the bound on memory.
 ROW_GROUP_ROWS: Final = "ROW_GROUP_ROWS"
 STATEMENT_TIMEOUT_MS: Final = "STATEMENT_TIMEOUT_MS"
 
 DEFAULT_SSL_MODE: Final = "require"
 DEFAULT_FALLBACK_LAG_SECONDS: Final = 300.0
+DEFAULT_SAFETY_MARGIN_SECONDS: Final = 1.0
 DEFAULT_ROW_GROUP_ROWS: Final = 131_072
 DEFAULT_STATEMENT_TIMEOUT_MS: Final = 600_000
 
@@ -47,6 +50,10 @@ def ssl_mode() -> str:
 
 def fallback_lag_seconds() -> float:
     return float(os.environ.get(END_TIME_FALLBACK_LAG_SECONDS, DEFAULT_FALLBACK_LAG_SECONDS))
+
+
+def safety_margin_seconds() -> float:
+    return float(os.environ.get(END_TIME_SAFETY_MARGIN_SECONDS, DEFAULT_SAFETY_MARGIN_SECONDS))
 
 
 def row_group_rows() -> int:

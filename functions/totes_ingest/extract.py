@@ -336,7 +336,7 @@ class _CopyStream:
     """
 
     def __init__(
-        self, conn: pg8000.native.Connection, emit: Callable[[bytes], None], chunk_bytes: int
+        self, conn: pg8000.native.Connection, emit: Callable[[_Chunk], None], chunk_bytes: int
     ) -> None:
         self._emit = emit
         self._chunk_bytes = chunk_bytes
@@ -357,10 +357,13 @@ class _CopyStream:
     def flush(self) -> None:
         """Hand over the rows gathered so far (called at the end of the COPY, too)."""
         if self._parts:
-            chunk = b"".join(self._parts)
+            data = b"".join(self._parts)
+            # One line break per row means no value holds one, and the CSV parser can
+            # skip the slower quote-aware row splitting.
+            plain = data.count(b"\n") == len(self._parts) and b"\r" not in data
             self._parts.clear()  # in place: _drain holds the list
             self._size = 0
-            self._emit(chunk)
+            self._emit(_Chunk(data, line_breaks_in_values=not plain))
 
     def _drain(self, sock: Any) -> None:
         parts, unpack = self._parts, _LENGTH.unpack_from
@@ -384,6 +387,14 @@ class _CopyStream:
                 self._size += pos
             if self._size >= self._chunk_bytes:
                 self.flush()
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Whole CSV rows, and whether any value in them holds a line break."""
+
+    data: bytes
+    line_breaks_in_values: bool
 
 
 def _read_exactly(sock: Any, size: int) -> bytes:
@@ -424,7 +435,7 @@ class _ParquetSink:
         self.rows = 0
         self.error: BaseException | None = None
         # A bounded queue: the COPY waits for the writer rather than filling memory.
-        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
+        self.chunks: queue.Queue[_Chunk | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
 
     def run(self, copy: Callable[[_CopyStream], object]) -> int:
         """Call ``copy`` with the stream to COPY into; return the rows written to the file."""
@@ -450,7 +461,12 @@ class _ParquetSink:
                 pass
 
     def _write_parquet(self) -> None:
-        with pq.ParquetWriter(self.path, self.schema, compression=COMPRESSION) as writer:
+        # Dictionaries pay off for strings (dates as varchar, names, codes); for ids,
+        # amounts and timestamps they cost CPU and, with zstd, make the file larger.
+        strings = [f.name for f in self.schema if pa.types.is_string(f.type)]
+        with pq.ParquetWriter(
+            self.path, self.schema, compression=COMPRESSION, use_dictionary=strings or False
+        ) as writer:
             pending: list[pa.RecordBatch] = []
             pending_rows = 0
             while (chunk := self.chunks.get()) is not None:
@@ -474,13 +490,13 @@ class _ParquetSink:
         rest = table.slice(whole)
         return rest.to_batches(), rest.num_rows
 
-    def _parsed(self, chunk: bytes) -> Iterator[pa.RecordBatch]:
+    def _parsed(self, chunk: _Chunk) -> Iterator[pa.RecordBatch]:
         table = pacsv.read_csv(
-            pa.py_buffer(chunk),
+            pa.py_buffer(chunk.data),
             read_options=pacsv.ReadOptions(
-                column_names=self.names, block_size=len(chunk) + 1, use_threads=False
+                column_names=self.names, block_size=len(chunk.data) + 1, use_threads=False
             ),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            parse_options=pacsv.ParseOptions(newlines_in_values=chunk.line_breaks_in_values),
             convert_options=self.convert,
         )
         for batch in table.to_batches():

@@ -26,7 +26,11 @@ class TablesFailed(IngestError):
 def run_ingest(event: object, conn: Any, lake: Lake) -> dict[str, str]:
     """Run every step for every table of ``event``; raise TablesFailed naming the failures."""
     run = pipeline.start_run(
-        event, conn, fallback_lag_seconds=config.fallback_lag_seconds(), max_concurrency=1
+        event,
+        conn,
+        fallback_lag_seconds=config.fallback_lag_seconds(),
+        safety_margin_seconds=config.safety_margin_seconds(),
+        max_concurrency=1,
     )
     results: list[dict[str, Any]] = []
     for table in run["tables"]:

@@ -56,11 +56,16 @@ def _start(payload: Mapping[str, Any], table: str) -> datetime | None:
 
 
 def start_run(
-    event: object, conn: Any, *, fallback_lag_seconds: float, max_concurrency: int
+    event: object,
+    conn: Any,
+    *,
+    fallback_lag_seconds: float,
+    max_concurrency: int,
+    safety_margin_seconds: float = 1.0,
 ) -> Payload:
     """Validate the execution input and fix the run's end time from the database clock."""
     tables = validate_event(event, conn)
-    bound = commit_safe_end_time(conn, fallback_lag_seconds)
+    bound = commit_safe_end_time(conn, fallback_lag_seconds, safety_margin_seconds)
     end_time = format_time(bound.end_time)
     run_id = f"run-{uuid.uuid4().hex}"
     logger.info(

@@ -6,6 +6,11 @@ the start time of the writing transaction, so the bound is the database clock ca
 the start of the oldest transaction still open in the database. Transactions that start
 later take a later ``now()``, so they land in the next window.
 
+A backend takes its transaction's timestamp a moment before it publishes it in
+``pg_stat_activity``, so the clock is also pulled back by a small safety margin
+(``END_TIME_SAFETY_MARGIN_SECONDS``, default 1 s) to cover a transaction that began just
+before the bound was read.
+
 When this role cannot see other sessions in ``pg_stat_activity`` (it lacks
 ``pg_read_all_stats``), the cap cannot be computed; the bound then trails the clock by a
 configurable lag (``END_TIME_FALLBACK_LAG_SECONDS``), which must exceed the longest
@@ -47,7 +52,9 @@ class EndBound:
     fallback_lag_used: bool
 
 
-def commit_safe_end_time(conn: Any, fallback_lag_seconds: float) -> EndBound:
+def commit_safe_end_time(
+    conn: Any, fallback_lag_seconds: float, safety_margin_seconds: float = 1.0
+) -> EndBound:
     """The exclusive end bound of this run's windows, in the database's own time."""
     try:
         clock, oldest_open, hidden = conn.run(_END_BOUND_SQL, ingest_application=APPLICATION_NAME)[
@@ -57,7 +64,7 @@ def commit_safe_end_time(conn: Any, fallback_lag_seconds: float) -> EndBound:
         raise as_source_error(e, "end bound query") from e
     except (pg8000.exceptions.InterfaceError, OSError) as e:
         raise SourceUnavailable(f"database connection lost: {type(e).__name__}") from e
-    end = clock
+    end = clock - timedelta(seconds=safety_margin_seconds)
     held_back = oldest_open is not None and oldest_open < end
     if held_back:
         end = oldest_open

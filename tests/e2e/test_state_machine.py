@@ -49,6 +49,12 @@ def logs() -> Iterator[Captured]:
     ingest_logger._logger.removeHandler(handler)
 
 
+@pytest.fixture(autouse=True)
+def no_safety_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No writer runs beside these tests, so a run may read right up to the clock."""
+    monkeypatch.setenv("END_TIME_SAFETY_MARGIN_SECONDS", "0")
+
+
 @pytest.fixture
 def source(db_secret: dict[str, Any], s3: Any) -> Iterator[Any]:
     """A seeded ToteSys database behind the secret, and an empty ingest bucket."""
@@ -80,7 +86,8 @@ def test_first_run_ingests_every_table_with_values_equal_to_the_database(
     assert sorted(output) == sorted(TABLES)
     for table, key in output.items():
         assert table_files(s3, table) == [key]
-        assert key.startswith(f"{table}/") and key.endswith(".parquet")
+        assert key.startswith(f"{table}/")
+        assert key.endswith(".parquet")
         assert mismatches(source, s3, table) == []
     assert not [k for k in lake_keys(s3) if k.startswith("_staging/")]
     assert {r["table"] for r in logs.at("INFO") if r["message"] == "Wrote parquet"} == set(TABLES)

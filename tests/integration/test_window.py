@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 def test_with_no_open_transaction_the_bound_is_the_database_clock(conn: Any) -> None:
     before = conn.run("SELECT clock_timestamp()::timestamp")[0][0]
-    bound = commit_safe_end_time(conn, fallback_lag_seconds=300)
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=0)
     after = conn.run("SELECT clock_timestamp()::timestamp")[0][0]
     assert before <= bound.end_time <= after
     assert not bound.held_back_by_open_transaction
@@ -34,7 +34,7 @@ def test_an_open_writing_transaction_holds_the_bound_at_its_start(
     started = writer.run("SELECT now()::timestamp")[0][0]
     time.sleep(0.05)
     # WHEN the run's end bound is computed
-    bound = commit_safe_end_time(conn, fallback_lag_seconds=300)
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=0)
     # THEN the uncommitted row is not below it, so the next window will include it
     assert bound.held_back_by_open_transaction
     assert bound.end_time == started
@@ -48,9 +48,16 @@ def test_sessions_of_the_ingest_itself_do_not_hold_the_bound(
     other = pg8000.native.Connection(application_name="totes-ingest", **db_settings)
     other.run("BEGIN")
     other.run("SELECT 1")
-    bound = commit_safe_end_time(conn, fallback_lag_seconds=300)
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=0)
     assert not bound.held_back_by_open_transaction
     other.close()
+
+
+def test_the_bound_trails_the_clock_by_the_safety_margin(conn: Any) -> None:
+    before = conn.run("SELECT clock_timestamp()::timestamp")[0][0]
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=2)
+    assert (bound.clock - bound.end_time).total_seconds() == 2
+    assert bound.clock >= before
 
 
 def test_when_other_sessions_are_hidden_the_bound_trails_by_the_fallback_lag(

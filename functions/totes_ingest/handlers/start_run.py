@@ -23,6 +23,7 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             event,
             conn,
             fallback_lag_seconds=config.fallback_lag_seconds(),
+            safety_margin_seconds=config.safety_margin_seconds(),
             max_concurrency=max_concurrency,
         )
     finally:
