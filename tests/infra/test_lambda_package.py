@@ -7,6 +7,7 @@ them, and the unzipped total is held against Lambda's 250 MB limit.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -26,11 +27,26 @@ def size_of(folder: Path) -> int:
 
 @pytest.fixture(scope="module")
 def package(lambda_dependencies: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deps + code in one folder, as .aws-sam/build/<Function>/ would hold it."""
+    """deps + code in one folder, as .aws-sam/build/<Function>/ would hold it.
+
+    The cached dependencies are hard-linked, not copied: same bytes, a fraction of the time.
+    """
     target = tmp_path_factory.mktemp("package") / "QueryToParquetFunction"
-    shutil.copytree(lambda_dependencies, target, ignore=shutil.ignore_patterns(".installed-stamp"))
+    shutil.copytree(
+        lambda_dependencies,
+        target,
+        ignore=shutil.ignore_patterns(".installed-stamp"),
+        copy_function=_link_or_copy,
+    )
     shutil.copytree(ROOT / "functions", target, ignore=BUILD_EXCLUDES, dirs_exist_ok=True)
     return target
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def test_the_unzipped_package_fits_lambdas_250_mb_limit(package: Path) -> None:
