@@ -149,6 +149,20 @@ def test_a_row_larger_than_a_chunk_arrives_whole(
     assert names == {1: "item 1", 2: 'x,"y"\n' * 100000, 3: "item 3"}
 
 
+def test_line_breaks_inside_values_survive_chunking(
+    conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN small chunks, some holding values with line breaks and some not
+    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)
+    _items(conn, 5000)
+    conn.run("UPDATE item SET name = name || chr(13) || chr(10) || 'x' WHERE item_id % 997 = 0")
+    conn.run("UPDATE item SET name = chr(13) || name WHERE item_id % 1009 = 0")
+    # WHEN extracted THEN every value is exactly the database's
+    _, table = _extract(conn, tmp_path)
+    expected = dict(conn.run("SELECT item_id, name FROM item"))
+    assert {row["item_id"]: row["name"] for row in table.to_pylist()} == expected
+
+
 def test_the_row_group_size_defaults_to_the_configured_one(
     conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
