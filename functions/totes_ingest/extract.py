@@ -67,6 +67,7 @@ CHUNK_BYTES = 2 << 20
 _QUEUED_CHUNKS = 4
 
 _SRC = "_totes_src"
+_IN_TRANSACTION = (b"T", b"E")  # pg8000's last ReadyForQuery status: in a (failed) block
 _CONVERT = {
     "null_values": [""],
     "strings_can_be_null": True,
@@ -105,6 +106,8 @@ def extract_to_parquet(
     group_rows = row_group_rows or config.row_group_rows()
     if group_rows < 1:
         raise ValueError(f"row_group_rows must be positive, not {group_rows}")
+    if getattr(conn, "_transaction_status", None) in _IN_TRANSACTION:
+        raise ValueError("extract_to_parquet needs a connection outside any transaction")
     db = _Db(conn, table, window)
     try:
         db.run(

@@ -163,6 +163,63 @@ def test_line_breaks_inside_values_survive_chunking(
     assert {row["item_id"]: row["name"] for row in table.to_pylist()} == expected
 
 
+def test_notices_raised_mid_copy_lose_no_row(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    # GIVEN a view that interleaves NoticeResponse messages with the rows
+    _items(conn, 3000)
+    conn.run(
+        "CREATE FUNCTION noisy(i int) RETURNS int LANGUAGE plpgsql AS"
+        " $$ BEGIN IF i % 100 = 0 THEN RAISE NOTICE 'row %', i; END IF; RETURN i; END $$"
+    )
+    conn.run("CREATE VIEW noisy_item AS SELECT noisy(item_id) AS id, last_updated FROM item")
+    # WHEN it is extracted THEN every row arrives, once
+    result, table = _extract(conn, tmp_path, table="noisy_item")
+    assert any(b"row 3000" in notice.get(b"M", b"") for notice in conn.notices)
+    assert result.rows == 3000
+    assert sorted(table.column("id").to_pylist()) == list(range(1, 3001))
+
+
+class _UnpeekableSocket:
+    """A socket file without peek(): the extract must fall back to pg8000's row-by-row."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def read(self, size: int) -> bytes:
+        return self._sock.read(size)
+
+    def write(self, data: bytes) -> int:
+        return self._sock.write(data)
+
+    def flush(self) -> None:
+        self._sock.flush()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def test_rows_arrive_one_by_one_when_the_socket_cannot_be_peeked(
+    conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(conn, "_sock", _UnpeekableSocket(conn._sock))
+    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)
+    _items(conn, 2000)
+    result, table = _extract(conn, tmp_path)
+    assert result.rows == 2000
+    assert table.column("item_id").to_pylist() == list(range(1, 2001))
+
+
+def test_a_connection_inside_a_transaction_is_refused(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    _items(conn, 1)
+    conn.run("BEGIN")
+    with pytest.raises(ValueError, match="outside any transaction"):
+        _extract(conn, tmp_path)
+    conn.run("ROLLBACK")
+
+
 def test_the_row_group_size_defaults_to_the_configured_one(
     conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
