@@ -340,26 +340,47 @@ def handler_output(*, verbose: bool) -> Iterator[None]:
 
 
 class Progress:
-    """One stderr line per step that matters, from concurrent Map iterations."""
+    """One stderr line per step that matters, from concurrent Map iterations.
+
+    Times are per table, from the start of its first step, so a table's line says how
+    long the whole table took.
+    """
 
     def __init__(self, out: TextIO, *, verbose: bool) -> None:
         self.out = out
         self.verbose = verbose
         self.lock = threading.Lock()
+        self.table_started: dict[str, float] = {}
 
     def __call__(self, report: TaskReport) -> None:
-        line = describe_task(report, verbose=self.verbose)
-        if line:
-            with self.lock:
+        payload = report.payload if isinstance(report.payload, dict) else {}
+        table = payload.get("table")
+        now = time.monotonic()
+        with self.lock:
+            elapsed = None
+            if isinstance(table, str):
+                started = self.table_started.setdefault(table, now - report.duration_s)
+                elapsed = now - started
+            line = describe_task(report, verbose=self.verbose, elapsed_s=elapsed)
+            if line:
                 print(line, file=self.out, flush=True)
 
 
-def describe_task(report: TaskReport, *, verbose: bool = False) -> str | None:
-    """A progress line for one Lambda invocation (None: not worth a line)."""
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def describe_task(
+    report: TaskReport, *, verbose: bool = False, elapsed_s: float | None = None
+) -> str | None:
+    """A progress line for one Lambda invocation (None: not worth a line).
+
+    ``elapsed_s`` is the table's time so far; without it, the invocation's own time.
+    """
     payload = report.payload if isinstance(report.payload, dict) else {}
     result = report.result if isinstance(report.result, dict) else {}
     table = str(payload.get("table") or result.get("table") or "")
-    took = f"({report.duration_s:.1f}s)"
+    took = f"({report.duration_s if elapsed_s is None else elapsed_s:.1f}s)"
     step = report.function.removesuffix("Function")
     if report.error is not None:
         where = f"{table}: " if table else ""
@@ -369,7 +390,7 @@ def describe_task(report: TaskReport, *, verbose: bool = False) -> str | None:
         )
     if step == "StartRun":
         return (
-            f"run {result.get('run_id')}: {len(result.get('tables') or [])} tables, "
+            f"run {result.get('run_id')}: {_count(len(result.get('tables') or []), 'table')}, "
             f"rows last updated before {result.get('end_time')} {took}"
         )
     if step == "QueryToParquet" and result.get("rows") == 0:
@@ -470,7 +491,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     say(
         f"execution SUCCEEDED in {result.duration_s:.1f}s: "
-        f"{len(result.output or {})} tables with new rows"
+        f"{_count(len(result.output or {}), 'table')} with new rows"
     )
     if args.json:
         print(json.dumps(result.output))
