@@ -26,7 +26,12 @@ import pg8000.native
 
 from totes_ingest.local import lake_dir
 from totes_ingest.local.dburl import redact, settings_from_url
-from totes_ingest.local.runner import ExecutionResult, TaskReport, run_state_machine
+from totes_ingest.local.runner import (
+    ExecutionResult,
+    TaskReport,
+    TemplateError,
+    run_state_machine,
+)
 from totes_ingest.local.seed import SeedError, seed, totesys_tables_present
 from totes_ingest.local.simulate import SimulationError, simulate
 from totes_ingest.local.totesys import TABLES
@@ -509,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (CliError, SeedError, SimulationError, lake_dir.LakeDirError) as e:
+    except (CliError, SeedError, SimulationError, lake_dir.LakeDirError, TemplateError) as e:
         say(f"totes-ingest {args.command}: {e}")
         return 1
     except KeyboardInterrupt:
