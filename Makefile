@@ -3,18 +3,32 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
+NODE_STAMP := node_modules/.installed-stamp
 ARGS ?=
 
-.PHONY: install run seed simulate test unit lint typecheck bench chaos clean diagram lock
+.PHONY: install tools run seed simulate test unit infra lint typecheck bench chaos clean diagram lock
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -r requirements/dev.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(CHECKOV_STAMP): requirements/checkov.txt
+	$(PYTHON) -m venv --clear $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements/checkov.txt
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+tools: $(CHECKOV_STAMP) $(NODE_STAMP) ## checkov's own venv and the node tools used by tests/infra
 
 run: $(STAMP) ## Run the whole state machine locally (embedded PostgreSQL, ./lake as the bucket)
 	$(VENV)/bin/totes-ingest run $(ARGS)
@@ -25,21 +39,27 @@ seed: $(STAMP)
 simulate: $(STAMP)
 	$(VENV)/bin/totes-ingest simulate $(ARGS)
 
-test: $(STAMP) ## The whole test suite
+test: $(STAMP) tools ## The whole test suite
 	$(PY) -m pytest $(ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest -m unit $(ARGS)
 
+infra: $(STAMP) tools ## Offline deployment checks: template, ASL, package, scanners
+	$(PY) -m pytest -m infra $(ARGS)
+
+diagram: $(STAMP) ## Regenerate docs/architecture.md from statemachine/ingest.asl.json
+	$(PY) statemachine/diagram.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check functions tests benchmarks
-	$(VENV)/bin/ruff format --check functions tests benchmarks
+	$(VENV)/bin/ruff check functions tests benchmarks statemachine
+	$(VENV)/bin/ruff format --check functions tests benchmarks statemachine
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .aws-sam
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules build .pytest_cache .mypy_cache .ruff_cache .aws-sam
 
 lock: ## Re-pin requirements/dev.txt from requirements/dev.in
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock

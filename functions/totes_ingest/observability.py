@@ -26,10 +26,14 @@ tracer = Tracer(service=SERVICE)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def put_metric(name: str, unit: MetricUnit, value: float, table: str | None) -> None:
-    """One CloudWatch EMF metric, dimensioned by table."""
+def put_metric(
+    name: str, unit: MetricUnit, value: float, table: str | None, step: str | None = None
+) -> None:
+    """One CloudWatch EMF metric, dimensioned by table (and step, for durations)."""
     namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE)
     dimensions = {"table": table} if table else {}
+    if step:
+        dimensions["step"] = step
     with single_metric(
         name=name, unit=unit, value=value, namespace=namespace, default_dimensions=dimensions
     ):
@@ -68,6 +72,7 @@ def step(name: str) -> Callable[[F], F]:
                     MetricUnit.Seconds,
                     time.perf_counter() - started,
                     table if isinstance(table, str) else None,
+                    step=name,
                 )
 
         return wrapper  # type: ignore[return-value]

@@ -46,12 +46,6 @@ LAMBDA_PLATFORMS = ("manylinux_2_34_aarch64", "manylinux_2_28_aarch64", "manylin
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "infra: offline checks of the deployment (template, ASL, package, scanners)"
-    )
-
-
 # -- installing the tools ---------------------------------------------------------------
 
 

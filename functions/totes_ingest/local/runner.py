@@ -75,7 +75,7 @@ _CfnLoader.add_multi_constructor("!", _construct_tag)
 def load_template(path: Path) -> dict[str, Any]:
     """Parse a SAM/CloudFormation template, keeping intrinsic functions as long-form dicts."""
     try:
-        document = yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        document = yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506  # nosec B506
     except (OSError, yaml.YAMLError) as e:
         raise TemplateError(f"cannot read template {path}: {e}") from e
     if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):

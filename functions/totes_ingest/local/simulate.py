@@ -34,7 +34,7 @@ class _Activity:
         self.rng = rng
         self.max_id: dict[str, int] = {}
         for table in TABLES:
-            value = conn.run(f'SELECT max({_ID_COLUMNS[table]}) FROM "{table}"')[0][0]
+            value = conn.run(f'SELECT max({_ID_COLUMNS[table]}) FROM "{table}"')[0][0]  # nosec B608
             if value is None:
                 raise SimulationError(f"table {table} is empty: seed the database first")
             self.max_id[table] = int(value)
@@ -48,7 +48,7 @@ class _Activity:
         values = ", ".join([*(f":{name}" for name in row), "now()", "now()"])
         new_id = int(
             self.conn.run(
-                f'INSERT INTO "{table}" ({columns}) VALUES ({values}) '
+                f'INSERT INTO "{table}" ({columns}) VALUES ({values}) '  # nosec B608
                 f"RETURNING {_ID_COLUMNS[table]}",
                 **row,
             )[0][0]
@@ -59,7 +59,7 @@ class _Activity:
     def update(self, table: str, row_id: int, changes: dict[str, Any]) -> int:
         assignments = ", ".join(f"{name} = :{name}" for name in changes)
         self.conn.run(
-            f'UPDATE "{table}" SET {assignments}, last_updated = now() '
+            f'UPDATE "{table}" SET {assignments}, last_updated = now() '  # nosec B608
             f"WHERE {_ID_COLUMNS[table]} = :row_id",
             row_id=row_id,
             **changes,
