@@ -102,3 +102,28 @@ def test_the_watermark_lookup_follows_pagination_past_a_thousand_keys(s3: Any) -
         s3.put_object(Bucket=BUCKET, Key=f"design/{end:%Y/%m/%d/%H%M%S%f}.parquet", Body=b"")
     watermark, _ = Lake(s3, BUCKET).resolve_watermark("design")
     assert watermark == datetime(2026, 1, 1, 16, 40)
+
+
+def test_stray_objects_never_move_the_watermark(s3: Any) -> None:
+    lake = Lake(s3, BUCKET)
+    _stage(s3, "staff", None, T0, b"a")
+    lake.commit("staff", None, T0, "run-a", 1)
+    for stray in [
+        "staff/2030/01/01/notes.txt",
+        "staff/9999/x/readme",
+        "staff/2031/1/1/0.parquet",
+        "staff/2032/01/01/999999999999.parquet.tmp",
+    ]:
+        s3.put_object(Bucket=BUCKET, Key=stray, Body=b"")
+    assert lake.resolve_watermark("staff") == (T0, "staff/2026/11/25/090000000001.parquet")
+
+
+def test_the_watermark_is_found_across_years_months_and_days(s3: Any) -> None:
+    for key in [
+        "design/2025/12/31/235959999999.parquet",
+        "design/2026/02/01/000000000000.parquet",
+        "design/2026/01/31/120000000000.parquet",
+    ]:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"")
+    watermark, _ = Lake(s3, BUCKET).resolve_watermark("design")
+    assert watermark == datetime(2026, 2, 1)
