@@ -29,7 +29,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def put_metric(
     name: str, unit: MetricUnit, value: float, table: str | None, step: str | None = None
 ) -> None:
-    """One CloudWatch EMF metric, dimensioned by table (and step, for durations)."""
+    """One CloudWatch EMF metric, dimensioned by table (and step, for durations).
+
+    Honours ``POWERTOOLS_METRICS_DISABLED`` (which ``single_metric`` itself ignores).
+    """
+    if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in ("1", "true"):
+        return
     namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE)
     dimensions = {"table": table} if table else {}
     if step:
