@@ -1,0 +1,1 @@
+"""Chaos tests: exactly-once ingestion under concurrent writers, faults and overlapping runs."""

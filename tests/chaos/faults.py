@@ -1,0 +1,289 @@
+"""Faults injected into a running pipeline, every decision drawn from the chaos seed.
+
+Three kinds:
+
+- **step faults**: a pipeline step or a commit-protocol operation (``pipeline.start_run``,
+  ``pipeline.find_watermark``, ``pipeline.stage_table``, ``Lake.commit``, ``Lake._finish``)
+  raises either *before* doing its work or *after* it succeeded (the work is done, the
+  caller never hears of it). The error is one the ASL retries (SourceUnavailable,
+  LakeUnavailable) or :class:`ChaosCrash`, which it does not.
+- **S3 faults**: a request of the handlers' S3 clients fails with SlowDown or
+  InternalError (retried by the ASL) or AccessDenied (not retried), before reaching the
+  bucket or after the bucket carried it out (a lost response). botocore's own retries
+  are bypassed, as if they had all been used up.
+- **session kills**: :class:`SessionKiller` calls ``pg_terminate_backend`` on the
+  pipeline's database sessions (``application_name = 'totes-ingest'``).
+
+A decision is a function of the seed, the site, the subject (table) and how many times
+that site was reached for that subject, so a seed always yields the same plan whatever
+the threads' interleaving; the interleaving itself (and so the exact outcome) is up to
+the scheduler.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pg8000.native
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import _connect
+from totes_ingest import aws, pipeline
+from totes_ingest.config import CLAIMS_PREFIX, STAGING_PREFIX
+from totes_ingest.db_connections import APPLICATION_NAME
+from totes_ingest.errors import IngestError, LakeUnavailable, SourceUnavailable
+from totes_ingest.handlers import get_last_ingest_time, query_to_parquet, write_to_s3
+from totes_ingest.lake import Lake
+
+Moment = Literal["before", "after"]
+
+
+class ChaosCrash(RuntimeError):
+    """A step killed by the chaos test with an error the state machine does not retry."""
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """How hard one round of executions is hit."""
+
+    name: str
+    step_rate: float  # chance that one call of a step site fails
+    s3_rate: float  # chance that one S3 request fails
+    kill_interval_s: tuple[float, float] | None  # pause between session kills
+
+
+CALM = Intensity("calm", 0.0, 0.0, None)
+LIGHT = Intensity("light", 0.05, 0.01, (1.0, 3.0))
+HEAVY = Intensity("heavy", 0.15, 0.04, (0.3, 1.2))
+
+# S3 error codes, their HTTP status and relative frequency.
+_S3_ERRORS: tuple[tuple[str, int, int], ...] = (
+    ("SlowDown", 503, 45),
+    ("InternalError", 500, 40),
+    ("AccessDenied", 403, 15),
+)
+
+
+class FaultPlan:
+    """Decides, injects and records faults; off (``enabled = False``) until switched on."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.enabled = False
+        self.intensity = CALM
+        self.injected: Counter[str] = Counter()
+        self.journal: list[str] = []
+        # Staging/claim keys whose DeleteObject was refused before reaching the bucket.
+        self.refused_deletes: set[str] = set()
+        self._reached: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+
+    def _draw(self, site: str, subject: str) -> random.Random | None:
+        """The random source of this call of ``site``, or None when faults are off."""
+        with self._lock:
+            if not self.enabled:
+                return None
+            n = self._reached[(site, subject)]
+            self._reached[(site, subject)] += 1
+        return random.Random(f"{self.seed}/{site}/{subject}/{n}")
+
+    def record(self, kind: str, detail: str) -> None:
+        with self._lock:
+            self.injected[kind] += 1
+            self.journal.append(f"{time.monotonic() - self._started:8.2f}s {kind} {detail}")
+
+    # -- step faults -------------------------------------------------------------------
+
+    def wrap_step(
+        self,
+        site: str,
+        function: Callable[..., Any],
+        subject_of: Callable[[tuple[Any, ...]], str],
+        retried_before: type[IngestError],
+        retried_after: type[IngestError],
+    ) -> Callable[..., Any]:
+        """``function``, failing at random before or after its work."""
+
+        @functools.wraps(function)
+        def faulty(*args: Any, **kwargs: Any) -> Any:
+            subject = subject_of(args)
+            rng = self._draw(site, subject)
+            fault: tuple[Moment, bool] | None = None
+            if rng is not None and rng.random() < self.intensity.step_rate:
+                fault = (rng.choice(("before", "after")), rng.random() < 0.7)
+            if fault is not None and fault[0] == "before":
+                raise self._step_error(site, subject, fault, retried_before)
+            result = function(*args, **kwargs)
+            if fault is not None:
+                raise self._step_error(site, subject, fault, retried_after)
+            return result
+
+        return faulty
+
+    def _step_error(
+        self, site: str, subject: str, fault: tuple[Moment, bool], retried: type[IngestError]
+    ) -> Exception:
+        moment, is_retried = fault
+        name = retried.__name__ if is_retried else ChaosCrash.__name__
+        self.record(f"step {site} {moment} {name}", subject)
+        message = f"chaos: {site} killed {moment} its work"
+        return retried(message, table=subject) if is_retried else ChaosCrash(message)
+
+    # -- S3 faults ---------------------------------------------------------------------
+
+    def faulty_s3_client(self, make: Callable[[], Any]) -> Callable[[], Any]:
+        """A replacement for ``s3_client()`` whose clients fail at random."""
+
+        def s3_client() -> Any:
+            client = make()
+            client.meta.events.register("before-parameter-build.s3", self._before_s3)
+            client.meta.events.register("after-call.s3", self._after_s3)
+            return client
+
+        return s3_client
+
+    def _before_s3(
+        self, params: Mapping[str, Any], model: Any, context: dict[str, Any], **_: Any
+    ) -> None:
+        key = str(params.get("Key") or params.get("Prefix") or "")
+        operation = str(model.name)
+        rng = self._draw(f"s3 {operation}", _table_of(key))
+        if rng is None or rng.random() >= self.intensity.s3_rate:
+            return
+        codes, statuses, weights = zip(*_S3_ERRORS, strict=True)
+        i = rng.choices(range(len(codes)), weights=weights)[0]
+        moment: Moment = "before" if rng.random() < 0.6 else "after"
+        fault = (operation, key, codes[i], statuses[i], moment)
+        if moment == "after":
+            context["chaos_fault"] = fault
+            return
+        if operation == "DeleteObject":
+            with self._lock:
+                self.refused_deletes.add(key)
+        raise self._s3_error(fault)
+
+    def _after_s3(self, http_response: Any, context: dict[str, Any], **_: Any) -> None:
+        fault = context.pop("chaos_fault", None)
+        # Only a request the bucket carried out can lose its response.
+        if fault is not None and http_response.status_code < 300:
+            raise self._s3_error(fault)
+
+    def _s3_error(self, fault: tuple[str, str, str, int, Moment]) -> ClientError:
+        operation, key, code, status, moment = fault
+        self.record(f"s3 {operation} {moment} {code}", key)
+        return ClientError(
+            {
+                "Error": {"Code": code, "Message": f"chaos: {code}"},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            },
+            operation,
+        )
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Put the faulty steps and S3 clients in place (inert while ``enabled`` is off)."""
+
+        def table_arg(args: tuple[Any, ...]) -> str:
+            return str(args[1])  # Lake methods: (self, table, ...)
+
+        def payload_table(args: tuple[Any, ...]) -> str:
+            payload = args[0] if args else None
+            return str(payload.get("table", "run")) if isinstance(payload, Mapping) else "run"
+
+        steps: list[
+            tuple[Any, str, Callable[[tuple[Any, ...]], str], type[IngestError], type[IngestError]]
+        ] = [
+            (pipeline, "start_run", payload_table, SourceUnavailable, SourceUnavailable),
+            (pipeline, "find_watermark", payload_table, LakeUnavailable, LakeUnavailable),
+            (pipeline, "stage_table", payload_table, SourceUnavailable, LakeUnavailable),
+            (Lake, "commit", table_arg, LakeUnavailable, LakeUnavailable),
+            (Lake, "_finish", table_arg, LakeUnavailable, LakeUnavailable),
+        ]
+        for owner, name, subject_of, before, after in steps:
+            original = getattr(owner, name)
+            monkeypatch.setattr(
+                owner, name, self.wrap_step(name, original, subject_of, before, after)
+            )
+        faulty_client = self.faulty_s3_client(aws.s3_client)
+        for module in (aws, get_last_ingest_time, query_to_parquet, write_to_s3):
+            monkeypatch.setattr(module, "s3_client", faulty_client)
+
+
+def _table_of(key: str) -> str:
+    for prefix in (STAGING_PREFIX, CLAIMS_PREFIX):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key.split("/", 1)[0]
+
+
+class SessionKiller:
+    """A thread that terminates the pipeline's database sessions now and then."""
+
+    def __init__(self, settings: Mapping[str, Any], plan: FaultPlan) -> None:
+        self.settings = dict(settings)
+        self.plan = plan
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-session-killer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise RuntimeError("the session killer did not stop")
+        if self.error is not None:
+            raise RuntimeError("the session killer failed") from self.error
+
+    def stop_quietly(self, timeout_s: float = 10.0) -> None:
+        """Stop and wait, reporting nothing (cleanup after a failure)."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        rng = random.Random(f"{self.plan.seed}/session-killer")
+        try:
+            conn = _connect(self.settings)
+        except BaseException as e:
+            self.error = e
+            return
+        try:
+            while True:
+                interval = self.plan.intensity.kill_interval_s
+                pause = rng.uniform(*interval) if interval else 0.25
+                if self._stop.wait(pause):
+                    return
+                if self.plan.enabled and self.plan.intensity.kill_interval_s is not None:
+                    self._kill(conn, rng)
+        except BaseException as e:
+            self.error = e
+        finally:
+            conn.close()
+
+    def _kill(self, conn: pg8000.native.Connection, rng: random.Random) -> None:
+        sessions = [
+            row[0]
+            for row in conn.run(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = :app AND pid <> pg_backend_pid() ORDER BY pid",
+                app=APPLICATION_NAME,
+            )
+        ]
+        if not sessions:
+            return
+        victims = sessions if rng.random() < 0.2 else [rng.choice(sessions)]
+        for pid in victims:
+            ((killed,),) = conn.run("SELECT pg_terminate_backend(:pid)", pid=pid)
+            if killed:
+                self.plan.record("db terminate session", f"pid {pid}")

@@ -1,0 +1,137 @@
+"""ToteSys's application, busy: threads inserting and updating rows in transactions.
+
+Each writer has its own connection and makes the business changes of
+``totes_ingest.local.simulate`` (every row it touches gets ``last_updated = now()``, the
+start of its transaction), one to three of them per transaction, sleeping 0-300 ms after
+``START TRANSACTION`` and between statements, so transactions commit well after the time
+they stamp on their rows. One in ten is rolled back; one that fails (a deadlock between
+writers, a foreign key to an id a rolled-back transaction never created) is rolled back
+and counted as aborted.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pg8000.exceptions
+import pg8000.native
+
+from tests.conftest import _connect
+from totes_ingest.local.simulate import CHANGES, _Activity
+
+MAX_PAUSE_S = 0.3
+ROLLBACK_RATE = 0.1
+# Long lock waits behind another writer's sleeping transaction end as aborts, not hangs.
+STATEMENT_TIMEOUT_MS = 5000
+
+
+@dataclass
+class WriterStats:
+    committed: int = 0
+    rolled_back: int = 0
+    aborted: int = 0
+    versions: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: WriterStats) -> None:
+        self.committed += other.committed
+        self.rolled_back += other.rolled_back
+        self.aborted += other.aborted
+        self.versions += other.versions
+
+
+class Writers:
+    """``count`` writer threads, seeded from ``seed``; :meth:`stop` joins and reports."""
+
+    def __init__(self, settings: Mapping[str, Any], seed: int, count: int = 3) -> None:
+        self.settings = dict(settings)
+        self._stop = threading.Event()
+        self._stats = [WriterStats() for _ in range(count)]
+        self._errors: list[BaseException] = []
+        self._threads = [
+            threading.Thread(
+                target=self._write,
+                args=(random.Random(f"{seed}/writer/{i}"), self._stats[i]),
+                name=f"chaos-writer-{i}",
+                daemon=True,
+            )
+            for i in range(count)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout_s: float = 20.0) -> WriterStats:
+        """Stop writing, wait for the threads (their connections closed) and sum up."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [thread.name for thread in self._threads if thread.is_alive()]
+        if stuck:
+            raise RuntimeError(f"writers did not stop: {stuck}")
+        if self._errors:
+            raise RuntimeError(f"{len(self._errors)} writer(s) failed") from self._errors[0]
+        total = WriterStats()
+        for stats in self._stats:
+            total.add(stats)
+        return total
+
+    def stop_quietly(self, timeout_s: float = 20.0) -> None:
+        """Stop and wait, reporting nothing (cleanup after a failure)."""
+        self._stop.set()
+        for thread in self._threads:
+            if thread.ident is not None:
+                thread.join(timeout_s)
+
+    def _write(self, rng: random.Random, stats: WriterStats) -> None:
+        try:
+            conn = _connect(self.settings)
+        except BaseException as e:
+            self._errors.append(e)
+            return
+        try:
+            conn.run(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            activity = _Activity(conn, rng)
+            kinds, weights = zip(*CHANGES, strict=True)
+            while not self._stop.is_set():
+                changes = rng.choices(kinds, weights=weights, k=rng.choice((1, 1, 2, 3)))
+                self._transaction(conn, activity, rng, changes, stats)
+                time.sleep(rng.uniform(0.0, 0.05))
+        except BaseException as e:
+            self._errors.append(e)
+        finally:
+            conn.close()
+
+    def _transaction(
+        self,
+        conn: pg8000.native.Connection,
+        activity: _Activity,
+        rng: random.Random,
+        changes: list[Any],
+        stats: WriterStats,
+    ) -> None:
+        conn.run("START TRANSACTION")
+        try:
+            versions: Counter[str] = Counter()
+            time.sleep(rng.uniform(0.0, MAX_PAUSE_S))
+            for change in changes:
+                versions += change(activity)
+                time.sleep(rng.uniform(0.0, MAX_PAUSE_S))
+        except pg8000.exceptions.DatabaseError:
+            conn.run("ROLLBACK")
+            stats.aborted += 1
+            return
+        if rng.random() < ROLLBACK_RATE:
+            conn.run("ROLLBACK")
+            stats.rolled_back += 1
+        else:
+            conn.run("COMMIT")
+            stats.committed += 1
+            stats.versions += versions
