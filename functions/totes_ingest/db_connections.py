@@ -113,8 +113,22 @@ def open_connection(
     except pg8000.exceptions.DatabaseError as e:
         raise as_source_error(e, "connect") from e
     except (pg8000.exceptions.InterfaceError, OSError) as e:
+        # A server that refuses the login (FATAL) closes the socket; pg8000 may then
+        # report the broken pipe, with the server's reason as its context.
+        refusal = _database_error_in(e)
+        if refusal is not None:
+            raise as_source_error(refusal, "connect") from e
         raise SourceUnavailable(f"cannot connect to the database: {type(e).__name__}") from e
     return conn
+
+
+def _database_error_in(error: BaseException) -> pg8000.exceptions.DatabaseError | None:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, pg8000.exceptions.DatabaseError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def as_source_error(

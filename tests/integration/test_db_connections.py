@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -101,3 +103,38 @@ def test_a_missing_database_is_a_permanent_error(db_settings: dict[str, Any]) ->
 
 def test_secret_json_round_trip_keeps_only_connection_keys(db_secret: dict[str, Any]) -> None:
     assert set(json.loads(json.dumps(db_secret))) >= {"user", "database"}
+
+
+@pytest.fixture
+def password_role(server_settings: dict[str, Any], conn: Any) -> Iterator[str]:
+    """A role that must authenticate with a password (needs the embedded server's pg_hba)."""
+    socket = server_settings.get("unix_sock")
+    if not socket:
+        pytest.skip("needs the embedded server, whose pg_hba.conf the test can edit")
+    hba = Path(socket).parent / "pg_hba.conf"
+    original = hba.read_text()
+    conn.run("CREATE ROLE pw_user LOGIN PASSWORD 'right-Pa55word'")
+    hba.write_text("local all pw_user scram-sha-256\n" + original)
+    conn.run("SELECT pg_reload_conf()")
+    try:
+        yield "pw_user"
+    finally:
+        hba.write_text(original)
+        conn.run("SELECT pg_reload_conf()")
+        conn.run("DROP ROLE pw_user")
+
+
+def test_a_wrong_password_is_a_permanent_error_that_never_shows_it(
+    db_settings: dict[str, Any], password_role: str
+) -> None:
+    settings = {**db_settings, "user": password_role, "password": PASSWORD}
+    with pytest.raises(SourceError, match="password authentication failed") as raised:
+        open_connection(settings)
+    assert PASSWORD not in str(raised.value)
+    assert "right-Pa55word" not in str(raised.value)
+
+
+def test_the_right_password_connects(db_settings: dict[str, Any], password_role: str) -> None:
+    conn = open_connection({**db_settings, "user": password_role, "password": "right-Pa55word"})
+    assert conn.run("SELECT current_user") == [[password_role]]
+    close_db_connection(conn)
