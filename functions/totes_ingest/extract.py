@@ -25,13 +25,17 @@ import io
 import pathlib
 import queue
 import re
+import socket
+import ssl
 import struct
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
+import numpy as np
 import pg8000.native
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -119,8 +123,9 @@ def extract_to_parquet(
         source = f"{quote_ident(table)} AS {_SRC} WHERE {predicate}"
         ((counted,),) = db.run(f"SELECT count(*) FROM {source}")
         plans = [_plan(column, f"{_SRC}.{quote_ident(column.name)}") for column in columns]
-        select = ", ".join(expr for plan in plans for expr in plan.exprs) or "NULL"
+        select = ", ".join(expr for plan in plans for expr in plan.exprs)
         copy_sql = f"COPY (SELECT {select} FROM {source}) TO STDOUT (FORMAT csv)"
+        _widen_read_buffer(conn)
         sink = _ParquetSink(conn, path, schema, plans, group_rows, table, window)
         written = sink.run(lambda stream: db.run(copy_sql, stream=stream))
         db.run("COMMIT")
@@ -321,6 +326,37 @@ def _with_nulls_of(source: pa.Array, built: pa.Array) -> pa.Array:
 
 _COPY_DATA = ord("d")
 _LENGTH = struct.Struct("!i")
+_VECTOR_MIN_BYTES = 16 << 10  # below this, numpy's per-call cost outweighs the loop's
+_READ_BUFFER_BYTES = 1 << 20
+_widened: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _widen_read_buffer(conn: pg8000.native.Connection) -> None:
+    """Give pg8000's plain (TCP or unix) socket a 1 MB read buffer instead of 8 KB.
+
+    Larger peeks let the framing above work on a few large buffers instead of many
+    small ones. The swap happens only if nothing is waiting in the old buffer (checked
+    without blocking), so no byte of the protocol is lost; a TLS socket is left alone,
+    as it yields one record (16 KB at most) a read whatever the buffer.
+    """
+    sock, usock = getattr(conn, "_sock", None), getattr(conn, "_usock", None)
+    if not isinstance(sock, io.BufferedRWPair) or sock in _widened:
+        return
+    if not isinstance(usock, socket.socket) or isinstance(usock, ssl.SSLSocket):
+        return
+    timeout = usock.gettimeout()
+    try:
+        usock.settimeout(0.0)
+        waiting = sock.peek(1)  # b"" when nothing is buffered nor arriving
+    except OSError:
+        return
+    finally:
+        usock.settimeout(timeout)
+    if waiting:
+        return
+    wide = usock.makefile(mode="rwb", buffering=_READ_BUFFER_BYTES)
+    _widened.add(wide)
+    conn._sock = wide
 
 
 class _CopyStream:
@@ -345,6 +381,7 @@ class _CopyStream:
         self._chunk_bytes = chunk_bytes
         self._parts: list[bytes | memoryview] = []
         self._size = 0
+        self._rows = 0
         sock = getattr(conn, "_sock", None)
         usable = callable(getattr(sock, "peek", None)) and callable(getattr(sock, "read", None))
         self._sock: Any = sock if usable else None
@@ -352,6 +389,7 @@ class _CopyStream:
     def write(self, data: bytes) -> None:
         self._parts.append(data)
         self._size += len(data)
+        self._rows += 1
         if self._sock is not None:
             self._drain(self._sock)
         if self._size >= self._chunk_bytes:
@@ -363,9 +401,9 @@ class _CopyStream:
             data = b"".join(self._parts)
             # One line break per row means no value holds one, and the CSV parser can
             # skip the slower quote-aware row splitting.
-            plain = data.count(b"\n") == len(self._parts) and b"\r" not in data
+            plain = data.count(b"\n") == self._rows and b"\r" not in data
             self._parts.clear()  # in place: _drain holds the list
-            self._size = 0
+            self._size = self._rows = 0
             self._emit(_Chunk(data, line_breaks_in_values=not plain))
 
     def _drain(self, sock: Any) -> None:
@@ -374,22 +412,59 @@ class _CopyStream:
             buffered: bytes = sock.peek(1)  # what is buffered; reads only if nothing is
             if not buffered or buffered[0] != _COPY_DATA:
                 return
-            view, end, pos = memoryview(buffered), len(buffered), 0
-            while pos + 5 <= end and buffered[pos] == _COPY_DATA:
+            end, pos, rows = len(buffered), 0, 0
+            if end >= _VECTOR_MIN_BYTES:
+                pos, rows, payloads = _leading_copy_data(buffered)
+                if rows:
+                    parts.append(payloads)
+            view = memoryview(buffered)
+            while pos + 5 <= end and buffered[pos] == _COPY_DATA:  # the rest, one by one
                 stop = pos + 1 + unpack(buffered, pos + 1)[0]
                 if stop > end:
                     break
                 parts.append(view[pos + 5 : stop])
                 pos = stop
+                rows += 1
             if pos == 0:  # one CopyData message larger than the buffer: read it whole
                 size = unpack(_read_exactly(sock, 5), 1)[0]
                 parts.append(_read_exactly(sock, size - 4))
                 self._size += size - 4
+                self._rows += 1
             else:
                 sock.read(pos)  # already buffered: consumes exactly the parsed messages
                 self._size += pos
+                self._rows += rows
             if self._size >= self._chunk_bytes:
                 self.flush()
+
+
+def _leading_copy_data(buffered: bytes) -> tuple[int, int, bytes]:
+    """The CopyData messages at the start of ``buffered``, found without a Python loop.
+
+    Returns (bytes they span, how many, their payloads concatenated). Every CSV row ends
+    with a line break, so a message starts at 0 and after a line break, where a ``d``
+    follows; a candidate counts only if the previous counted message ends exactly there,
+    so a line break inside a value (or a length byte equal to 10) stops the run and the
+    caller parses the rest one message at a time. The result is always exact.
+    """
+    data = np.frombuffer(buffered, dtype=np.uint8)
+    size = len(data)
+    after_break = np.flatnonzero((data[:-1] == 10) & (data[1:] == _COPY_DATA)) + 1
+    starts = np.concatenate((np.zeros(1, dtype=np.int64), after_break))
+    starts = starts[starts <= size - 5]
+    header = data[starts[:, None] + np.arange(1, 5)].astype(np.int64)
+    stops = starts + 1 + ((header[:, 0] << 24) | (header[:, 1] << 16) | (header[:, 2] << 8))
+    stops += header[:, 3]
+    chained = np.flatnonzero(stops[:-1] != starts[1:])
+    count = int(chained[0]) + 1 if len(chained) else len(starts)
+    while count and stops[count - 1] > size:  # the last message may be cut off
+        count -= 1
+    if count == 0:
+        return 0, 0, b""
+    end = int(stops[count - 1])
+    keep = np.ones(end, dtype=bool)
+    keep[(starts[:count, None] + np.arange(5)).ravel()] = False
+    return end, count, data[:end][keep].tobytes()
 
 
 @dataclass(frozen=True)
