@@ -12,12 +12,14 @@ with the database:
   does not hold its ``last_updated`` (windows must chain without gap or overlap);
 - *chain breaks*: a committed file without the claim for its window's start naming it;
 - *staged leftovers*: ``_staging/`` objects of committed windows (the commit deletes
-  them); those whose deletion the chaos itself refused are reported apart.
+  them); those whose deletion the chaos refused, or that a ghost staged again after the
+  commit, are reported apart.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -39,6 +41,9 @@ class TaskTally:
         self._lock = threading.Lock()
         self.invocations: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        # Failures that are not an injected error itself: the pipeline's own reaction to
+        # a fault (a lost connection, a vanished staged object...), by normalized message.
+        self.collateral: Counter[str] = Counter()
         self.written = 0
         self.rows_written = 0
         self.skipped = 0  # lost the claim to an overlapping execution
@@ -49,7 +54,11 @@ class TaskTally:
         with self._lock:
             self.invocations[report.function] += 1
             if report.error is not None:
-                self.errors[f"{report.function} {report.error.get('errorType')}"] += 1
+                kind = str(report.error.get("errorType"))
+                self.errors[f"{report.function} {kind}"] += 1
+                message = str(report.error.get("errorMessage", ""))
+                if not _INJECTED.search(message):
+                    self.collateral[f"{kind}: {_normalized(message)}"] += 1
                 return
             result = report.result if isinstance(report.result, dict) else {}
             if report.function == "StartRunFunction":
@@ -64,6 +73,16 @@ class TaskTally:
                     self.rows_written += int(result.get("rows", 0))
                 elif result.get("status") == "skipped":
                     self.skipped += 1
+
+
+_INJECTED = re.compile(r"chaos: |: (SlowDown|InternalError|AccessDenied)\b")
+
+
+def _normalized(message: str) -> str:
+    """``message`` without its table, window, keys and numbers."""
+    message = message.split("; table=", 1)[0]
+    message = re.sub(r"\S+/\S+", "<key>", message)
+    return re.sub(r"\d+", "N", message)[:120]
 
 
 class LogTally(logging.Handler):
@@ -90,8 +109,9 @@ class LakeAudit:
     staged_leftovers: list[str] = field(default_factory=list)
     staged_orphans: int = 0  # staged windows never committed (lifecycle expires them)
 
-    def unexplained_leftovers(self, refused_deletes: set[str]) -> list[str]:
-        return [key for key in self.staged_leftovers if key not in refused_deletes]
+    def unexplained_leftovers(self, explained: set[str]) -> list[str]:
+        """Leftovers not accounted for by ``explained`` keys (refused deletes, ghosts)."""
+        return [key for key in self.staged_leftovers if key not in explained]
 
 
 def audit_lake(conn: Any, s3: Any, tables: Iterable[str]) -> LakeAudit:

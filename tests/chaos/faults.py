@@ -13,6 +13,10 @@ Three kinds:
   are bypassed, as if they had all been used up.
 - **session kills**: :class:`SessionKiller` calls ``pg_terminate_backend`` on the
   pipeline's database sessions (``application_name = 'totes-ingest'``).
+- **ghost invocations**: Lambda runs a function at least once, not exactly once (a
+  service-side retry may run it again while, or after, the first attempt runs). A ghost
+  is a second run of a task's handler with the same event, in its own thread, a moment
+  later, whose result nobody reads.
 
 A decision is a function of the seed, the site, the subject (table) and how many times
 that site was reached for that subject, so a seed always yields the same plan whatever
@@ -22,6 +26,7 @@ the scheduler.
 
 from __future__ import annotations
 
+import copy
 import functools
 import random
 import threading
@@ -42,6 +47,7 @@ from totes_ingest.db_connections import APPLICATION_NAME
 from totes_ingest.errors import IngestError, LakeUnavailable, SourceUnavailable
 from totes_ingest.handlers import get_last_ingest_time, query_to_parquet, write_to_s3
 from totes_ingest.lake import Lake
+from totes_ingest.local import runner
 
 Moment = Literal["before", "after"]
 
@@ -58,11 +64,13 @@ class Intensity:
     step_rate: float  # chance that one call of a step site fails
     s3_rate: float  # chance that one S3 request fails
     kill_interval_s: tuple[float, float] | None  # pause between session kills
+    ghost_rate: float = 0.0  # chance that a task's handler also runs as a ghost
 
 
 CALM = Intensity("calm", 0.0, 0.0, None)
-LIGHT = Intensity("light", 0.05, 0.01, (1.0, 3.0))
-HEAVY = Intensity("heavy", 0.15, 0.04, (0.3, 1.2))
+LIGHT = Intensity("light", 0.05, 0.01, (1.0, 3.0), ghost_rate=0.02)
+HEAVY = Intensity("heavy", 0.15, 0.04, (0.3, 1.2), ghost_rate=0.05)
+GHOST_DELAY_S = (0.0, 1.5)
 
 # S3 error codes, their HTTP status and relative frequency.
 _S3_ERRORS: tuple[tuple[str, int, int], ...] = (
@@ -83,6 +91,9 @@ class FaultPlan:
         self.journal: list[str] = []
         # Staging/claim keys whose DeleteObject was refused before reaching the bucket.
         self.refused_deletes: set[str] = set()
+        # Staging keys uploaded by ghosts (maybe after their window's commit cleaned up).
+        self.ghost_staged: set[str] = set()
+        self._ghosts: list[threading.Thread] = []
         self._reached: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._started = time.monotonic()
@@ -188,6 +199,49 @@ class FaultPlan:
             operation,
         )
 
+    # -- ghost invocations -------------------------------------------------------------
+
+    def haunted(self, invoke: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
+        """A replacement for the runner's ``invoke_handler`` that sometimes adds a ghost."""
+
+        def invoke_handler(spec: Any, arn: str, event: Any) -> tuple[Any, Any]:
+            subject = str(event.get("table", "run")) if isinstance(event, Mapping) else "run"
+            rng = self._draw(f"ghost {spec.logical_id}", subject)
+            if rng is not None and rng.random() < self.intensity.ghost_rate:
+                delay = rng.uniform(*GHOST_DELAY_S)
+                self.record(f"ghost {spec.logical_id}", f"{subject} after {delay:.2f}s")
+                ghost = threading.Thread(
+                    target=self._haunt,
+                    args=(invoke, spec, arn, copy.deepcopy(event), delay),
+                    name=f"chaos-ghost-{spec.logical_id}",
+                    daemon=True,
+                )
+                with self._lock:
+                    self._ghosts.append(ghost)
+                ghost.start()
+            return invoke(spec, arn, event)
+
+        return invoke_handler
+
+    def _haunt(
+        self, invoke: Callable[..., tuple[Any, Any]], spec: Any, arn: str, event: Any, delay: float
+    ) -> None:
+        time.sleep(delay)
+        result, _ = invoke(spec, arn, event)
+        if isinstance(result, dict) and isinstance(result.get("staging_key"), str):
+            with self._lock:
+                self.ghost_staged.add(result["staging_key"])
+
+    def join_ghosts(self, timeout_s: float = 120.0) -> None:
+        """Wait for every ghost (they use the deployment, so before closing it)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            ghosts = list(self._ghosts)
+        for ghost in ghosts:
+            ghost.join(max(0.0, deadline - time.monotonic()))
+        if any(ghost.is_alive() for ghost in ghosts):
+            raise RuntimeError("ghost invocations did not finish")
+
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Put the faulty steps and S3 clients in place (inert while ``enabled`` is off)."""
 
@@ -212,6 +266,7 @@ class FaultPlan:
             monkeypatch.setattr(
                 owner, name, self.wrap_step(name, original, subject_of, before, after)
             )
+        monkeypatch.setattr(runner, "invoke_handler", self.haunted(runner.invoke_handler))
         faulty_client = self.faulty_s3_client(aws.s3_client)
         for module in (aws, get_last_ingest_time, query_to_parquet, write_to_s3):
             monkeypatch.setattr(module, "s3_client", faulty_client)

@@ -4,7 +4,9 @@ Each writer has its own connection and makes the business changes of
 ``totes_ingest.local.simulate`` (every row it touches gets ``last_updated = now()``, the
 start of its transaction), one to three of them per transaction, sleeping 0-300 ms after
 ``START TRANSACTION`` and between statements, so transactions commit well after the time
-they stamp on their rows. One in ten is rolled back; one that fails (a deadlock between
+they stamp on their rows; a few (``LONG_RATE``) pause for seconds, holding every run's
+end bound back at their start, so that overlapping executions often share an end time.
+One in ten is rolled back; one that fails (a deadlock between
 writers, a foreign key to an id a rolled-back transaction never created) is rolled back
 and counted as aborted.
 """
@@ -26,6 +28,8 @@ from tests.conftest import _connect
 from totes_ingest.local.simulate import CHANGES, _Activity
 
 MAX_PAUSE_S = 0.3
+LONG_RATE = 0.03
+LONG_PAUSE_S = (1.0, 3.0)
 ROLLBACK_RATE = 0.1
 # Long lock waits behind another writer's sleeping transaction end as aborts, not hangs.
 STATEMENT_TIMEOUT_MS = 5000
@@ -120,7 +124,8 @@ class Writers:
         conn.run("START TRANSACTION")
         try:
             versions: Counter[str] = Counter()
-            time.sleep(rng.uniform(0.0, MAX_PAUSE_S))
+            long = rng.random() < LONG_RATE
+            time.sleep(rng.uniform(*LONG_PAUSE_S) if long else rng.uniform(0.0, MAX_PAUSE_S))
             for change in changes:
                 versions += change(activity)
                 time.sleep(rng.uniform(0.0, MAX_PAUSE_S))
