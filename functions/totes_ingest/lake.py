@@ -19,11 +19,11 @@ rewrites the same objects instead of adding duplicates.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from aws_lambda_powertools import Logger
 from boto3.exceptions import S3TransferFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -32,8 +32,9 @@ from totes_ingest.config import CLAIMS_PREFIX, STAGING_PREFIX
 from totes_ingest.errors import LakeError
 from totes_ingest.generate_file_key import generate_file_key, parse_file_key
 from totes_ingest.get_last_ingest_time import get_latest_filename
+from totes_ingest.observability import logger
 
-logger = Logger(child=True)
+T = TypeVar("T")
 
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _CLAIM_TAKEN = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
@@ -90,27 +91,30 @@ class Lake:
 
     # -- small S3 helpers, each translating failures into the project's errors ----------
 
-    def _get(self, key: str, *, table: str) -> bytes | None:
+    def _unless_missing(self, action: str, key: str, table: str, call: Callable[[], T]) -> T | None:
+        """``call()``, or None if ``key`` does not exist; other failures become lake errors."""
         try:
-            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return call()
         except ClientError as e:
             if error_code(e) in _NOT_FOUND:
                 return None
-            raise as_lake_error(e, f"read of {key}", table=table) from e
+            raise as_lake_error(e, f"{action} of {key}", table=table) from e
         except BotoCoreError as e:
-            raise as_lake_error(e, f"read of {key}", table=table) from e
-        return body
+            raise as_lake_error(e, f"{action} of {key}", table=table) from e
+
+    def _get(self, key: str, *, table: str) -> bytes | None:
+        def read() -> bytes:
+            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return body
+
+        return self._unless_missing("read", key, table, read)
 
     def _head(self, key: str, *, table: str) -> dict[str, Any] | None:
-        try:
-            head: dict[str, Any] = self.s3.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as e:
-            if error_code(e) in _NOT_FOUND:
-                return None
-            raise as_lake_error(e, f"head of {key}", table=table) from e
-        except BotoCoreError as e:
-            raise as_lake_error(e, f"head of {key}", table=table) from e
-        return head
+        def head() -> dict[str, Any]:
+            found: dict[str, Any] = self.s3.head_object(Bucket=self.bucket, Key=key)
+            return found
+
+        return self._unless_missing("head", key, table, head)
 
     def exists(self, key: str, *, table: str) -> bool:
         return self._head(key, table=table) is not None

@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools import Logger
-
-logger = Logger(child=True)
+from totes_ingest.observability import logger
 
 
 def query_db(

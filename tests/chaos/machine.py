@@ -37,7 +37,6 @@ from totes_ingest.local.runner import (
     TaskReport,
     _aws_is_mocked,
     _deploy_functions,
-    _environment_applied,
     _history,
     _lambda_dispatch,
     _quiet_interpreter,
@@ -47,6 +46,21 @@ from totes_ingest.local.runner import (
 )
 
 _POLL_INTERVAL_S = 0.05
+
+
+@contextmanager
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Set ``variables`` for the deployment's lifetime (handlers run in this process)."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextmanager
@@ -100,7 +114,7 @@ class LocalDeployment:
             opening.enter_context(
                 mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
             )
-            opening.enter_context(_environment_applied(handler_env))
+            opening.enter_context(_environment(handler_env))
             opening.enter_context(_quiet_interpreter())
             opening.enter_context(atomic_conditional_puts())
             iam = boto3.client("iam")

@@ -30,6 +30,7 @@ from totes_ingest.local.runner import (
     ExecutionResult,
     TaskReport,
     TemplateError,
+    environment_applied,
     run_state_machine,
 )
 from totes_ingest.local.seed import SeedError, seed, totesys_tables_present
@@ -309,18 +310,8 @@ def _ensure_seeded(url: str) -> None:
 @contextmanager
 def fake_aws_environment() -> Iterator[None]:
     """Fake credentials and a fixed region; nothing that could point boto3 elsewhere."""
-    saved = {name: os.environ.get(name) for name in (*_FAKE_AWS, *_AWS_VARIABLES_CLEARED)}
-    for name in _AWS_VARIABLES_CLEARED:
-        os.environ.pop(name, None)
-    os.environ.update(_FAKE_AWS)
-    try:
+    with environment_applied(_FAKE_AWS, unset=_AWS_VARIABLES_CLEARED):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextmanager

@@ -25,7 +25,7 @@ import time
 import traceback
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -407,9 +407,14 @@ def _aws_is_mocked() -> bool:
 
 
 @contextmanager
-def _environment_applied(environment: Mapping[str, str]) -> Iterator[None]:
-    """Set variables for the execution (the handlers run in this process), then restore."""
-    saved = {name: os.environ.get(name) for name in environment}
+def environment_applied(
+    environment: Mapping[str, str], *, unset: Iterable[str] = ()
+) -> Iterator[None]:
+    """Set (and unset) variables for a while (the handlers run in this process), then restore."""
+    unset = tuple(unset)
+    saved = {name: os.environ.get(name) for name in (*environment, *unset)}
+    for name in unset:
+        os.environ.pop(name, None)
     os.environ.update(environment)
     try:
         yield
@@ -534,7 +539,7 @@ def run_state_machine(
     # Nested inside the caller's mock: same mocked account, interpreter switched on.
     with (
         mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
-        _environment_applied(handler_env),
+        environment_applied(handler_env),
         _quiet_interpreter(),
     ):
         lambda_ = boto3.client("lambda")
