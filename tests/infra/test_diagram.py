@@ -43,6 +43,12 @@ def test_the_checked_in_architecture_is_what_the_definition_draws(
     assert DOCUMENT.read_text() == diagram.render(asl), "run `make diagram`"
 
 
+def test_the_readme_shows_the_same_flowchart(diagram: ModuleType, asl: dict[str, Any]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert readme == diagram.readme_with_diagram(readme, asl), "run `make diagram`"
+    assert diagram.mermaid(asl) in DOCUMENT.read_text()
+
+
 def test_the_diagram_shows_every_state_including_the_maps_inner_states(
     diagram: ModuleType, asl: dict[str, Any]
 ) -> None:
