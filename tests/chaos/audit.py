@@ -94,6 +94,8 @@ class LogTally(logging.Handler):
         self._guard = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith(("totes-ingest", "service_undefined")):
+            return
         with self._guard:
             self.messages[f"{record.levelname} {record.getMessage()}"] += 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.chaos.audit import LogTally
-from totes_ingest import config, lake, observability
+from totes_ingest import config, observability
 
 
 @pytest.fixture
@@ -27,16 +28,12 @@ def pipeline_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[LogTally]:
     tally = LogTally()
     service_logger = observability.logger._logger
     saved = list(service_logger.handlers)
-    service_logger.handlers = [tally]
-    # The lake's child logger is not under the service's logger when the module is
-    # imported without POWERTOOLS_SERVICE_NAME set (as here): count its lines too.
-    lake_logger = lake.logger._logger
-    detached = not lake_logger.name.startswith(f"{service_logger.name}.")
-    if detached:
-        lake_logger.addHandler(tally)
+    service_logger.handlers = []
+    # On the root logger: the pipeline's lines propagate there, including those of a
+    # module-level child logger created before POWERTOOLS_SERVICE_NAME was set.
+    logging.getLogger().addHandler(tally)
     try:
         yield tally
     finally:
+        logging.getLogger().removeHandler(tally)
         service_logger.handlers = saved
-        if detached:
-            lake_logger.removeHandler(tally)
