@@ -121,13 +121,16 @@ def extract_to_parquet(
         columns = table_columns(conn, table, window=window)
         schema = schema_of(columns)
         source = f"{quote_ident(table)} AS {_SRC} WHERE {predicate}"
-        ((counted,),) = db.run(f"SELECT count(*) FROM {source}")
         plans = [_plan(column, f"{_SRC}.{quote_ident(column.name)}") for column in columns]
         select = ", ".join(expr for plan in plans for expr in plan.exprs)
         copy_sql = f"COPY (SELECT {select} FROM {source}) TO STDOUT (FORMAT csv)"
         _widen_read_buffer(conn)
         sink = _ParquetSink(conn, path, schema, plans, group_rows, table, window)
-        written = sink.run(lambda stream: db.run(copy_sql, stream=stream))
+        written, ((counted,),) = sink.run(
+            lambda stream: db.run(copy_sql, stream=stream),
+            # the same snapshot, counted while the writer thread finishes the file
+            then=lambda: db.run(f"SELECT count(*) FROM {source}"),
+        )
         db.run("COMMIT")
         if written != counted:
             raise ReconciliationError(
@@ -515,20 +518,26 @@ class _ParquetSink:
         # A bounded queue: the COPY waits for the writer rather than filling memory.
         self.chunks: queue.Queue[_Chunk | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
 
-    def run(self, copy: Callable[[_CopyStream], object]) -> int:
-        """Call ``copy`` with the stream to COPY into; return the rows written to the file."""
+    def run(
+        self, copy: Callable[[_CopyStream], object], then: Callable[[], Any]
+    ) -> tuple[int, Any]:
+        """Call ``copy`` with the stream to COPY into, then ``then`` while the last rows
+        are still being written; return the rows written to the file and ``then()``."""
         thread = threading.Thread(target=self._consume, name="parquet-writer", daemon=True)
         thread.start()
         try:
             stream = _CopyStream(self.conn, self.chunks.put, CHUNK_BYTES)
-            copy(stream)
-            stream.flush()
+            try:
+                copy(stream)
+                stream.flush()
+            finally:
+                self.chunks.put(None)
+            then_result = then()
         finally:
-            self.chunks.put(None)
             thread.join()
         if self.error is not None:
             raise self._translated(self.error) from self.error
-        return self.rows
+        return self.rows, then_result
 
     def _consume(self) -> None:
         try:
