@@ -128,6 +128,28 @@ class Lake:
         body = self._get(key, table=table)
         return None if body is None else Claim.from_json(body)
 
+    def _read_claim_version(self, key: str, *, table: str) -> tuple[Claim, str] | None:
+        """The claim at ``key`` and its ETag (which names this very version of it)."""
+
+        def read() -> tuple[Claim, str]:
+            response = self.s3.get_object(Bucket=self.bucket, Key=key)
+            return Claim.from_json(response["Body"].read()), str(response["ETag"])
+
+        return self._unless_missing("read", key, table, read)
+
+    def _delete_version(self, key: str, etag: str, *, table: str) -> bool:
+        """Delete ``key`` only if it is still the version ``etag``; False if it changed or
+        is gone (S3 conditional delete, If-Match)."""
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+        except ClientError as e:
+            if error_code(e) in _CLAIM_TAKEN | _NOT_FOUND:
+                return False
+            raise as_lake_error(e, f"delete of {key}", table=table) from e
+        except BotoCoreError as e:
+            raise as_lake_error(e, f"delete of {key}", table=table) from e
+        return True
+
     def delete(self, key: str, *, table: str) -> None:
         with lake_errors(f"delete of {key}", table=table):
             self.s3.delete_object(Bucket=self.bucket, Key=key)
@@ -140,18 +162,22 @@ class Lake:
             last_key = get_latest_filename(self.s3, self.bucket, table)
             parsed = parse_file_key(last_key) if last_key else None
             watermark = parsed[1] if parsed else None
-            claim = self.read_claim(claim_key(table, watermark), table=table)
-            if claim is None or self.exists(claim.final_key, table=table):
+            key = claim_key(table, watermark)
+            found = self._read_claim_version(key, table=table)
+            if found is None or self.exists(found[0].final_key, table=table):
                 return watermark, last_key
+            claim, etag = found
             if self._finish(table, claim):
                 logger.warning(
                     "Finished an interrupted commit",
                     extra={"table": table, "key": claim.final_key, "claimed_by": claim.run_id},
                 )
-            else:
+            elif self._delete_version(key, etag, table=table):
                 # Claimed, never copied, and the staged object is gone: nothing of it
-                # was committed, so the claim is void.
-                self.delete(claim_key(table, watermark), table=table)
+                # was committed, so the claim is void. Only the version read is removed:
+                # a removal held up in flight must not remove the claim of a run that
+                # removed this one itself meanwhile and committed (a second window from
+                # the same watermark would follow). If it changed, look again.
                 logger.warning(
                     "Removed a void claim", extra={"table": table, "claimed_by": claim.run_id}
                 )
