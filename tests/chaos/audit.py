@@ -82,7 +82,7 @@ def _normalized(message: str) -> str:
     """``message`` without its table, window, keys and numbers."""
     message = message.split("; table=", 1)[0]
     message = re.sub(r"\S+/\S+", "<key>", message)
-    return re.sub(r"\d+", "N", message)[:120]
+    return re.sub(r"\d{5,}", "N", message)[:120]
 
 
 class LogTally(logging.Handler):

@@ -9,8 +9,9 @@ Three kinds:
   LakeUnavailable) or :class:`ChaosCrash`, which it does not.
 - **S3 faults**: a request of the handlers' S3 clients fails with SlowDown or
   InternalError (retried by the ASL) or AccessDenied (not retried), before reaching the
-  bucket or after the bucket carried it out (a lost response). botocore's own retries
-  are bypassed, as if they had all been used up.
+  bucket or after the bucket carried it out (a lost response); botocore's own retries
+  are bypassed, as if they had all been used up. Or it is held up for up to a second
+  (throttled and retried by the client) and then carried out.
 - **session kills**: :class:`SessionKiller` calls ``pg_terminate_backend`` on the
   pipeline's database sessions (``application_name = 'totes-ingest'``).
 - **ghost invocations**: Lambda runs a function at least once, not exactly once (a
@@ -65,6 +66,7 @@ class Intensity:
     s3_rate: float  # chance that one S3 request fails
     kill_interval_s: tuple[float, float] | None  # pause between session kills
     ghost_rate: float = 0.0  # chance that a task's handler also runs as a ghost
+    s3_delay_s: tuple[float, float] = (0.05, 1.0)  # how long a held-up S3 request waits
 
 
 CALM = Intensity("calm", 0.0, 0.0, None)
@@ -169,6 +171,12 @@ class FaultPlan:
         operation = str(model.name)
         rng = self._draw(f"s3 {operation}", _table_of(key))
         if rng is None or rng.random() >= self.intensity.s3_rate:
+            return
+        if rng.random() < 0.3:
+            # Held up, as by S3 throttling and the client's retries: then carried out.
+            delay = rng.uniform(*self.intensity.s3_delay_s)
+            self.record(f"s3 {operation} delayed", f"{key} by {delay:.2f}s")
+            time.sleep(delay)
             return
         codes, statuses, weights = zip(*_S3_ERRORS, strict=True)
         i = rng.choices(range(len(codes)), weights=weights)[0]

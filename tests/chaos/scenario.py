@@ -3,7 +3,7 @@ catch up with clean runs, audit the lake.
 
 Rounds follow each other until the chaos period is over: each round picks an intensity
 (calm, light, heavy; the first is heavy and ingests the whole seeded database), one to
-three executions (three in ten rounds overlap), their tables (all, or a random subset)
+three executions (half the rounds overlap), their tables (all, or a random subset)
 and how far apart they start (0-1.5 s). Everything is drawn from the seed.
 """
 

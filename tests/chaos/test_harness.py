@@ -25,7 +25,9 @@ from totes_ingest.errors import LakeUnavailable
 from totes_ingest.local.runner import TaskReport
 from totes_ingest.local.seed import seed
 
-ALWAYS = Intensity("always", step_rate=1.0, s3_rate=1.0, kill_interval_s=(0.05, 0.1))
+ALWAYS = Intensity(
+    "always", step_rate=1.0, s3_rate=1.0, kill_interval_s=(0.05, 0.1), s3_delay_s=(0.0, 0.01)
+)
 
 
 def _outcomes(seed_value: int, calls: int) -> list[str]:
@@ -67,22 +69,31 @@ def test_a_disabled_plan_injects_nothing() -> None:
 
 @pytest.mark.integration
 def test_s3_faults_fail_a_request_before_or_after_the_bucket_carries_it_out(s3: Any) -> None:
-    # GIVEN a client whose every request fails
+    # GIVEN a client whose every request is hit
     plan = FaultPlan(5)
     plan.enabled, plan.intensity = True, ALWAYS
     client = plan.faulty_s3_client(lambda: boto3.client("s3", region_name=REGION))()
-    # WHEN it writes and deletes keys
-    for i in range(40):
-        with pytest.raises(ClientError):
+    # WHEN it writes keys, then deletes them
+    failed_puts = 0
+    for i in range(60):
+        try:
             client.put_object(Bucket=BUCKET, Key=f"t/{i}", Body=b"x")
+        except ClientError:
+            failed_puts += 1
     stored = {item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
     for key in sorted(stored):
-        with pytest.raises(ClientError):
+        with contextlib.suppress(ClientError):
             client.delete_object(Bucket=BUCKET, Key=key)
-    # THEN "after" faults wrote the object (the response was lost), "before" ones did not
-    after = sum(n for kind, n in plan.injected.items() if kind.startswith("s3 PutObject after"))
-    assert len(stored) == after
-    assert 0 < after < 40
+    # THEN a held-up request is carried out, one failed "after" the bucket was written
+    # (its response lost), one failed "before" it never reached the bucket
+    puts = {kind: n for kind, n in plan.injected.items() if kind.startswith("s3 PutObject")}
+    delayed = puts.get("s3 PutObject delayed", 0)
+    after = sum(n for kind, n in puts.items() if " after " in kind)
+    before = sum(n for kind, n in puts.items() if " before " in kind)
+    assert delayed + after + before == 60
+    assert min(delayed, after, before) > 0
+    assert failed_puts == after + before
+    assert len(stored) == delayed + after
     left = {item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
     assert left == plan.refused_deletes
 
