@@ -262,6 +262,23 @@ def test_an_infinite_timestamp_is_refused_naming_the_column(
         _round_trip(conn, tmp_path, "timestamp", ["'2024-01-01'", "'infinity'"])
 
 
+@pytest.mark.parametrize(
+    ("column_type", "value"),
+    [
+        ("date", "'infinity'"),
+        ("date", "'0044-03-15 BC'"),
+        ("time", "'24:00:00'"),
+        ("timestamptz", "'-infinity'"),
+    ],
+)
+def test_values_arrow_cannot_hold_are_refused_naming_the_column(
+    conn: pg8000.native.Connection, tmp_path: Path, column_type: str, value: str
+) -> None:
+    with pytest.raises(UnsupportedColumnType, match=r"'v'.*table=t"):
+        _round_trip(conn, tmp_path, column_type, ["NULL", value])
+    assert not (tmp_path / "t.parquet").exists()
+
+
 def test_intervals_keep_months_days_and_microseconds_apart(
     conn: pg8000.native.Connection, tmp_path: Path
 ) -> None:
