@@ -337,7 +337,7 @@ _widened: weakref.WeakSet[Any] = weakref.WeakSet()
 def _widen_read_buffer(conn: pg8000.native.Connection) -> None:
     """Give pg8000's plain (TCP or unix) socket a 1 MB read buffer instead of 8 KB.
 
-    Larger peeks let the framing above work on a few large buffers instead of many
+    Larger peeks let the COPY stream below frame a few large buffers instead of many
     small ones. The swap happens only if nothing is waiting in the old buffer (checked
     without blocking), so no byte of the protocol is lost; a TLS socket is left alone,
     as it yields one record (16 KB at most) a read whatever the buffer.
