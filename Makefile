@@ -51,6 +51,9 @@ infra: $(STAMP) tools ## Offline deployment checks: template, ASL, package, scan
 diagram: $(STAMP) ## Regenerate docs/architecture.md from statemachine/ingest.asl.json
 	$(PY) statemachine/diagram.py
 
+bench: $(STAMP) ## Time the extract against ADBC, the seed's approach and psql at N and 4N rows
+	$(PY) benchmarks/extract_bench.py $(ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check functions tests benchmarks statemachine
 	$(VENV)/bin/ruff format --check functions tests benchmarks statemachine
