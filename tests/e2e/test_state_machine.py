@@ -82,7 +82,8 @@ def test_the_sample_input_is_every_totesys_table(repo_root: Any) -> None:
 def test_first_run_ingests_every_table_with_values_equal_to_the_database(
     source: Any, s3: Any, logs: Captured
 ) -> None:
-    output = succeeded(run())
+    result = run()
+    output = succeeded(result)
     assert sorted(output) == sorted(TABLES)
     for table, key in output.items():
         assert table_files(s3, table) == [key]
@@ -90,7 +91,10 @@ def test_first_run_ingests_every_table_with_values_equal_to_the_database(
         assert key.endswith(".parquet")
         assert mismatches(source, s3, table) == []
     assert not [k for k in lake_keys(s3) if k.startswith("_staging/")]
-    assert {r["table"] for r in logs.at("INFO") if r["message"] == "Wrote parquet"} == set(TABLES)
+    wrote = [r for r in logs.at("INFO") if r["message"] == "Wrote parquet"]
+    assert {r["table"] for r in wrote} == set(TABLES)
+    # every line names the execution it belongs to
+    assert {r["execution"] for r in wrote} == {result.execution_arn.rsplit(":", 1)[-1]}
 
 
 def test_an_immediate_second_run_returns_nothing_and_writes_nothing(
