@@ -12,8 +12,9 @@ with the database:
   does not hold its ``last_updated`` (windows must chain without gap or overlap);
 - *chain breaks*: a committed file without the claim for its window's start naming it;
 - *staged leftovers*: ``_staging/`` objects of committed windows (the commit deletes
-  them); those whose deletion the chaos refused, or that a ghost staged again after the
-  commit, are reported apart.
+  them); those whose deletion the chaos refused, or that were uploaded again after the
+  commit deleted them (by a ghost, or an overlapping execution with the same window that
+  failed before its own commit), are reported apart.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ class LakeAudit:
     staged_orphans: int = 0  # staged windows never committed (lifecycle expires them)
 
     def unexplained_leftovers(self, explained: set[str]) -> list[str]:
-        """Leftovers not accounted for by ``explained`` keys (refused deletes, ghosts)."""
+        """Leftovers not accounted for by ``explained`` keys (refused deletes, uploads
+        after the delete)."""
         return [key for key in self.staged_leftovers if key not in explained]
 
 

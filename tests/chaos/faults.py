@@ -74,6 +74,8 @@ LIGHT = Intensity("light", 0.05, 0.01, (1.0, 3.0), ghost_rate=0.02)
 HEAVY = Intensity("heavy", 0.15, 0.04, (0.3, 1.2), ghost_rate=0.05)
 GHOST_DELAY_S = (0.0, 1.5)
 
+_STAGING_EVENTS = {"PutObject": "put", "CompleteMultipartUpload": "put", "DeleteObject": "delete"}
+
 # S3 error codes, their HTTP status and relative frequency.
 _S3_ERRORS: tuple[tuple[str, int, int], ...] = (
     ("SlowDown", 503, 45),
@@ -93,8 +95,8 @@ class FaultPlan:
         self.journal: list[str] = []
         # Staging/claim keys whose DeleteObject was refused before reaching the bucket.
         self.refused_deletes: set[str] = set()
-        # Staging keys uploaded by ghosts (maybe after their window's commit cleaned up).
-        self.ghost_staged: set[str] = set()
+        # What became of each staging key, in the order the bucket answered: "put", "delete".
+        self._staging: dict[str, list[str]] = {}
         self._ghosts: list[threading.Thread] = []
         self._reached: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
@@ -169,6 +171,7 @@ class FaultPlan:
     ) -> None:
         key = str(params.get("Key") or params.get("Prefix") or "")
         operation = str(model.name)
+        context["chaos_request"] = (operation, key)
         rng = self._draw(f"s3 {operation}", _table_of(key))
         if rng is None or rng.random() >= self.intensity.s3_rate:
             return
@@ -191,10 +194,26 @@ class FaultPlan:
         raise self._s3_error(fault)
 
     def _after_s3(self, http_response: Any, context: dict[str, Any], **_: Any) -> None:
+        carried_out = http_response.status_code < 300
+        operation, key = context.get("chaos_request", ("", ""))
+        event = _STAGING_EVENTS.get(operation)
+        if carried_out and event and key.startswith(STAGING_PREFIX):
+            with self._lock:
+                self._staging.setdefault(key, []).append(event)
         fault = context.pop("chaos_fault", None)
         # Only a request the bucket carried out can lose its response.
-        if fault is not None and http_response.status_code < 300:
+        if fault is not None and carried_out:
             raise self._s3_error(fault)
+
+    def restaged(self) -> set[str]:
+        """Staging keys written again after they were deleted: a late upload (a ghost, a
+        slow or overlapping execution) that no commit of its own followed."""
+        with self._lock:
+            return {
+                key
+                for key, events in self._staging.items()
+                if events[-1] == "put" and "delete" in events
+            }
 
     def _s3_error(self, fault: tuple[str, str, str, int, Moment]) -> ClientError:
         operation, key, code, status, moment = fault
@@ -235,10 +254,7 @@ class FaultPlan:
         self, invoke: Callable[..., tuple[Any, Any]], spec: Any, arn: str, event: Any, delay: float
     ) -> None:
         time.sleep(delay)
-        result, _ = invoke(spec, arn, event)
-        if isinstance(result, dict) and isinstance(result.get("staging_key"), str):
-            with self._lock:
-                self.ghost_staged.add(result["staging_key"])
+        invoke(spec, arn, event)
 
     def join_ghosts(self, timeout_s: float = 120.0) -> None:
         """Wait for every ghost (they use the deployment, so before closing it)."""

@@ -110,7 +110,9 @@ class ChaosReport:
         rounds, tasks, audit, writers = self.rounds, self.tasks, self.audit, self.writers
         statuses = ", ".join(f"{k.lower()} {n}" for k, n in sorted(rounds.statuses.items()))
         finals = ", ".join(result.status.lower() for result in self.final)
-        leftovers = len(audit.staged_leftovers)
+        leftovers = audit.staged_leftovers
+        refused = len([key for key in leftovers if key in self.plan.refused_deletes])
+        restaged = len([key for key in leftovers if key in self.plan.restaged()])
         unexplained = len(audit.unexplained_leftovers(self.explained_leftovers()))
         return "\n".join(
             [
@@ -137,12 +139,13 @@ class ChaosReport:
                 f"of uncommitted windows {audit.staged_orphans}",
                 f"lost {len(audit.lost)}, duplicated {len(audit.duplicated)}, misplaced "
                 f"{len(audit.misplaced)}, chain breaks {len(audit.chain_breaks)}, staged "
-                f"leftovers of committed windows {leftovers} ({unexplained} unexplained)",
+                f"leftovers of committed windows {len(leftovers)} (delete refused {refused}, "
+                f"uploaded again after the commit {restaged}, unexplained {unexplained})",
             ]
         )
 
     def explained_leftovers(self) -> set[str]:
-        return self.plan.refused_deletes | self.plan.ghost_staged
+        return self.plan.refused_deletes | self.plan.restaged()
 
     def problems(self) -> dict[str, list[str]]:
         found = {
