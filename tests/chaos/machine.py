@@ -9,7 +9,8 @@ iteration, in its own thread.
 
 moto's ``PutObject`` with ``If-None-Match: *`` checks for the key and then writes it, so
 two concurrent claims can both succeed, which S3 never allows (conditional writes are
-atomic there). :func:`atomic_conditional_puts` restores S3's semantics; without it an
+atomic there); its ``DeleteObject`` with ``If-Match`` checks the ETag and then deletes,
+the same way. :func:`atomic_conditional_writes` restores S3's semantics; without it an
 overlap test would find duplicates made by the mock, not by the pipeline.
 """
 
@@ -64,18 +65,24 @@ def _environment(variables: Mapping[str, str]) -> Iterator[None]:
 
 
 @contextmanager
-def atomic_conditional_puts() -> Iterator[None]:
-    """Make moto's PutObject one atomic step, as S3's conditional writes are."""
+def atomic_conditional_writes() -> Iterator[None]:
+    """Make moto's PutObject and DeleteObject atomic steps (one at a time), as S3's
+    conditional writes and deletes (If-None-Match, If-Match) are."""
     from moto.s3.responses import S3Response
 
-    original = S3Response.put_object
     lock = threading.Lock()
 
-    def put_object(self: Any) -> Any:
-        with lock:
-            return original(self)
+    def atomic(method: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def locked(self: Any) -> Any:
+            with lock:
+                return method(self)
 
-    with mock.patch.object(S3Response, "put_object", put_object):
+        return locked
+
+    with (
+        mock.patch.object(S3Response, "put_object", atomic(S3Response.put_object)),
+        mock.patch.object(S3Response, "delete_object", atomic(S3Response.delete_object)),
+    ):
         yield
 
 
@@ -116,7 +123,7 @@ class LocalDeployment:
             )
             opening.enter_context(_environment(handler_env))
             opening.enter_context(_quiet_interpreter())
-            opening.enter_context(atomic_conditional_puts())
+            opening.enter_context(atomic_conditional_writes())
             iam = boto3.client("iam")
             self._sfn = boto3.client("stepfunctions")
             arns = _deploy_functions(boto3.client("lambda"), iam, self.stack)
