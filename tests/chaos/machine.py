@@ -7,11 +7,12 @@ template, same ASL, same in-process handlers, built from the runner's own pieces
 then starts any number of executions side by side: moto runs each execution, and each Map
 iteration, in its own thread.
 
-moto's ``PutObject`` with ``If-None-Match: *`` checks for the key and then writes it, so
-two concurrent claims can both succeed, which S3 never allows (conditional writes are
-atomic there); its ``DeleteObject`` with ``If-Match`` checks the ETag and then deletes,
-the same way. :func:`atomic_conditional_writes` restores S3's semantics; without it an
-overlap test would find duplicates made by the mock, not by the pipeline.
+moto's S3 handlers are not safe under concurrent requests, where S3 is: ``PutObject``
+with ``If-None-Match: *`` checks for the key and then writes it (two racing claims can
+both win), ``DeleteObject`` with ``If-Match`` checks the ETag and then deletes, and a
+listing racing a delete fails with a ``KeyError`` naming the deleted key.
+:func:`serialized_s3` makes each S3 request one atomic step; without it an overlap test
+finds duplicates and failures made by the mock, not by the pipeline.
 """
 
 from __future__ import annotations
@@ -65,23 +66,22 @@ def _environment(variables: Mapping[str, str]) -> Iterator[None]:
 
 
 @contextmanager
-def atomic_conditional_writes() -> Iterator[None]:
-    """Make moto's PutObject and DeleteObject atomic steps (one at a time), as S3's
-    conditional writes and deletes (If-None-Match, If-Match) are."""
+def serialized_s3() -> Iterator[None]:
+    """Make each of moto's S3 requests one atomic step, as each S3 request is on S3."""
     from moto.s3.responses import S3Response
 
-    lock = threading.Lock()
+    lock = threading.RLock()
 
-    def atomic(method: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def locked(self: Any) -> Any:
+    def atomic(handler: Callable[..., Any]) -> Callable[..., Any]:
+        def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
             with lock:
-                return method(self)
+                return handler(self, *args, **kwargs)
 
         return locked
 
     with (
-        mock.patch.object(S3Response, "put_object", atomic(S3Response.put_object)),
-        mock.patch.object(S3Response, "delete_object", atomic(S3Response.delete_object)),
+        mock.patch.object(S3Response, "_bucket_response", atomic(S3Response._bucket_response)),
+        mock.patch.object(S3Response, "_key_response", atomic(S3Response._key_response)),
     ):
         yield
 
@@ -123,7 +123,7 @@ class LocalDeployment:
             )
             opening.enter_context(_environment(handler_env))
             opening.enter_context(_quiet_interpreter())
-            opening.enter_context(atomic_conditional_writes())
+            opening.enter_context(serialized_s3())
             iam = boto3.client("iam")
             self._sfn = boto3.client("stepfunctions")
             arns = _deploy_functions(boto3.client("lambda"), iam, self.stack)

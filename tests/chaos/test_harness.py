@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.chaos.faults import HEAVY, ChaosCrash, FaultPlan, Intensity, SessionKiller
-from tests.chaos.machine import LocalDeployment, atomic_conditional_writes
+from tests.chaos.machine import LocalDeployment, serialized_s3
 from tests.conftest import BUCKET, REGION, _connect
 from tests.lakecheck import duplicated_versions, mismatches, table_files
 from totes_ingest.db_connections import APPLICATION_NAME
@@ -163,7 +163,7 @@ def test_conditional_puts_have_one_winner_as_on_s3(s3: Any) -> None:
         # moto alone lets several racing claims win ...
         assert max(winners(f"plain/{i}") for i in range(5)) > 1
         # ... S3, and moto made atomic, exactly one
-        with atomic_conditional_writes():
+        with serialized_s3():
             assert [winners(f"atomic/{i}") for i in range(5)] == [1] * 5
 
 
