@@ -39,8 +39,11 @@ seed: $(STAMP)
 simulate: $(STAMP)
 	$(VENV)/bin/totes-ingest simulate $(ARGS)
 
-test: $(STAMP) tools ## The whole test suite
-	$(PY) -m pytest $(ARGS)
+test: $(STAMP) tools ## The whole test suite (without the long soak: see chaos)
+	$(PY) -m pytest -m "not slow" -n auto $(ARGS)
+
+chaos: $(STAMP) ## Long chaos soak (TOTES_CHAOS_SECONDS, default 240; TOTES_CHAOS_SEED replays a plan) and the audit's mutation checks
+	$(PY) -m pytest -m slow -s tests/chaos $(ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest -m unit $(ARGS)

@@ -205,7 +205,11 @@ class Lake:
                 raise as_lake_error(e, f"claim {key}", table=table) from e
             existing = self.read_claim(key, table=table)
             if existing != mine:
-                self.delete(staged, table=table)
+                # Two runs held back to the same end time stage the same key: leave it to
+                # the winner's copy unless that copy is already done.
+                shared = existing is not None and existing.staging_key == staged
+                if not shared or self.exists(final, table=table):
+                    self.delete(staged, table=table)
                 owner = existing.run_id if existing else "another run"
                 return CommitResult(
                     "skipped",

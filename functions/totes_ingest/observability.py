@@ -48,9 +48,7 @@ def put_metric(
 def bind_keys(event: Mapping[str, Any]) -> None:
     """Tie this thread's log lines to the execution and table of ``event``."""
     logger.thread_safe_clear_keys()
-    keys = {
-        k: event[k] for k in ("execution", "run_id", "table") if isinstance(event.get(k), str)
-    }
+    keys = {k: event[k] for k in ("execution", "run_id", "table") if isinstance(event.get(k), str)}
     if keys:
         logger.thread_safe_append_keys(**keys)
 

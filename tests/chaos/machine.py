@@ -11,22 +11,21 @@ moto's S3 handlers are not safe under concurrent requests, where S3 is: ``PutObj
 with ``If-None-Match: *`` checks for the key and then writes it (two racing claims can
 both win), ``DeleteObject`` with ``If-Match`` checks the ETag and then deletes, and a
 listing racing a delete fails with a ``KeyError`` naming the deleted key.
-:func:`serialized_s3` makes each S3 request one atomic step; without it an overlap test
-finds duplicates and failures made by the mock, not by the pipeline.
+:func:`totes_ingest.local.runner.serialized_s3` makes each S3 request one atomic step;
+without it an overlap test finds duplicates and failures made by the mock, not by the
+pipeline.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from types import TracebackType
 from typing import Any
-from unittest import mock
 
 import boto3
 from moto import mock_aws
@@ -43,47 +42,13 @@ from totes_ingest.local.runner import (
     _lambda_dispatch,
     _quiet_interpreter,
     _role_arn,
+    environment_applied,
     load_stack,
+    serialized_s3,
     substitute,
 )
 
 _POLL_INTERVAL_S = 0.05
-
-
-@contextmanager
-def _environment(variables: Mapping[str, str]) -> Iterator[None]:
-    """Set ``variables`` for the deployment's lifetime (handlers run in this process)."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextmanager
-def serialized_s3() -> Iterator[None]:
-    """Make each of moto's S3 requests one atomic step, as each S3 request is on S3."""
-    from moto.s3.responses import S3Response
-
-    lock = threading.RLock()
-
-    def atomic(handler: Callable[..., Any]) -> Callable[..., Any]:
-        def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
-            with lock:
-                return handler(self, *args, **kwargs)
-
-        return locked
-
-    with (
-        mock.patch.object(S3Response, "_bucket_response", atomic(S3Response._bucket_response)),
-        mock.patch.object(S3Response, "_key_response", atomic(S3Response._key_response)),
-    ):
-        yield
 
 
 class LocalDeployment:
@@ -121,7 +86,7 @@ class LocalDeployment:
             opening.enter_context(
                 mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
             )
-            opening.enter_context(_environment(handler_env))
+            opening.enter_context(environment_applied(handler_env))
             opening.enter_context(_quiet_interpreter())
             opening.enter_context(serialized_s3())
             iam = boto3.client("iam")

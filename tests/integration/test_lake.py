@@ -127,3 +127,16 @@ def test_the_watermark_is_found_across_years_months_and_days(s3: Any) -> None:
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"")
     watermark, _ = Lake(s3, BUCKET).resolve_watermark("design")
     assert watermark == datetime(2026, 2, 1)
+
+
+def test_a_loser_sharing_the_winners_staged_object_leaves_it_for_the_winner(s3: Any) -> None:
+    # GIVEN two runs held back to the same end time, so they staged the same key
+    lake = Lake(s3, BUCKET)
+    _stage(s3, "staff", T0, T1, b"same window")
+    mine = Claim("run-a", "staff/2026/11/25/090500000002.parquet", staging_key("staff", T0, T1), 1)
+    s3.put_object(Bucket=BUCKET, Key=claim_key("staff", T0), Body=mine.to_json())
+    # WHEN the loser (run-b) tries to commit before the winner (run-a) has copied
+    loser = lake.commit("staff", T0, T1, "run-b", 1)
+    # THEN it is skipped without removing the staged object, and the winner still commits
+    assert loser.status == "skipped"
+    assert lake.commit("staff", T0, T1, "run-a", 1).status == "written"

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 import traceback
 import uuid
@@ -427,6 +428,32 @@ def environment_applied(
 
 
 @contextmanager
+def serialized_s3() -> Iterator[None]:
+    """Make each of moto's S3 requests one atomic step, as each S3 request is on S3.
+
+    moto's S3 is not safe under concurrent requests: a conditional put checks, then
+    writes (two racing claims could both win), and a listing racing a delete fails with
+    a ``KeyError``. The Map runs tables side by side, so every execution needs this.
+    """
+    from moto.s3.responses import S3Response
+
+    lock = threading.RLock()
+
+    def atomic(handler: Callable[..., Any]) -> Callable[..., Any]:
+        def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return handler(self, *args, **kwargs)
+
+        return locked
+
+    with (
+        mock.patch.object(S3Response, "_bucket_response", atomic(S3Response._bucket_response)),
+        mock.patch.object(S3Response, "_key_response", atomic(S3Response._key_response)),
+    ):
+        yield
+
+
+@contextmanager
 def _quiet_interpreter() -> Iterator[None]:
     """Mute moto's interpreter, which logs every failed state (caught or not) with a
     multi-kilobyte repr; the history returned carries the same errors, readably."""
@@ -541,6 +568,7 @@ def run_state_machine(
         mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
         environment_applied(handler_env),
         _quiet_interpreter(),
+        serialized_s3(),
     ):
         lambda_ = boto3.client("lambda")
         iam = boto3.client("iam")
