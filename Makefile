@@ -31,13 +31,13 @@ $(NODE_STAMP): package.json package-lock.json
 tools: $(CHECKOV_STAMP) $(NODE_STAMP) ## checkov's own venv and the node tools used by tests/infra
 
 run: $(STAMP) ## Run the whole state machine locally (embedded PostgreSQL, ./lake as the bucket)
-	$(VENV)/bin/totes-ingest run $(ARGS)
+	@$(VENV)/bin/totes-ingest run $(ARGS)
 
 seed: $(STAMP)
-	$(VENV)/bin/totes-ingest seed $(ARGS)
+	@$(VENV)/bin/totes-ingest seed $(ARGS)
 
 simulate: $(STAMP)
-	$(VENV)/bin/totes-ingest simulate $(ARGS)
+	@$(VENV)/bin/totes-ingest simulate $(ARGS)
 
 test: $(STAMP) tools ## The whole test suite (without the long soak: see chaos)
 	$(PY) -m pytest -m "not slow" -n auto $(ARGS)
