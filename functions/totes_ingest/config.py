@@ -22,12 +22,15 @@ END_TIME_SAFETY_MARGIN_SECONDS: Final = "END_TIME_SAFETY_MARGIN_SECONDS"
 # Rows per Parquet row group: the unit of streaming and so the bound on memory.
 ROW_GROUP_ROWS: Final = "ROW_GROUP_ROWS"
 STATEMENT_TIMEOUT_MS: Final = "STATEMENT_TIMEOUT_MS"
+# Tables ingested at once: StartRun hands it to the Map (MaxConcurrencyPath).
+MAX_CONCURRENCY: Final = "MAX_CONCURRENCY"
 
 DEFAULT_SSL_MODE: Final = "require"
 DEFAULT_FALLBACK_LAG_SECONDS: Final = 300.0
 DEFAULT_SAFETY_MARGIN_SECONDS: Final = 1.0
 DEFAULT_ROW_GROUP_ROWS: Final = 131_072
 DEFAULT_STATEMENT_TIMEOUT_MS: Final = 600_000
+DEFAULT_MAX_CONCURRENCY: Final = 4
 
 STAGING_PREFIX: Final = "_staging/"
 CLAIMS_PREFIX: Final = "_claims/"
@@ -62,3 +65,10 @@ def row_group_rows() -> int:
 
 def statement_timeout_ms() -> int:
     return int(os.environ.get(STATEMENT_TIMEOUT_MS, DEFAULT_STATEMENT_TIMEOUT_MS))
+
+
+def max_concurrency() -> int:
+    value = int(os.environ.get(MAX_CONCURRENCY, DEFAULT_MAX_CONCURRENCY))
+    if value < 1:
+        raise ValueError(f"{MAX_CONCURRENCY} must be at least 1, not {value}")
+    return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -16,7 +15,6 @@ from totes_ingest.observability import logger, step, tracer
 @tracer.capture_lambda_handler(capture_response=False)
 @step("StartRun")
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
-    max_concurrency = int(os.environ.get("MAX_CONCURRENCY", "4"))
     conn = connect_to_db()
     try:
         return pipeline.start_run(
@@ -24,7 +22,7 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             conn,
             fallback_lag_seconds=config.fallback_lag_seconds(),
             safety_margin_seconds=config.safety_margin_seconds(),
-            max_concurrency=max_concurrency,
+            max_concurrency=config.max_concurrency(),
         )
     finally:
         close_db_connection(conn)
