@@ -179,17 +179,4 @@ class LocalDeployment:
     def _result(
         self, arn: str, described: dict[str, Any] | None, duration: float, timeout_s: float
     ) -> ExecutionResult:
-        history = _history(self._sfn, arn)
-        if described is None:
-            cause = f"no result within {timeout_s:g} s"
-            return ExecutionResult("TIMED_OUT", None, "LocalTimeout", cause, history, arn, duration)
-        output = described.get("output")
-        return ExecutionResult(
-            status=described["status"],
-            output=json.loads(output) if output is not None else None,
-            error=described.get("error"),
-            cause=described.get("cause"),
-            history=history,
-            execution_arn=arn,
-            duration_s=duration,
-        )
+        return ExecutionResult.of(described, _history(self._sfn, arn), arn, duration, timeout_s)

@@ -375,6 +375,30 @@ class ExecutionResult:
     execution_arn: str = ""
     duration_s: float = 0.0
 
+    @classmethod
+    def of(
+        cls,
+        described: Mapping[str, Any] | None,
+        history: list[dict[str, Any]],
+        execution_arn: str,
+        duration_s: float,
+        timeout_s: float,
+    ) -> ExecutionResult:
+        """From ``describe_execution`` (None: still running after ``timeout_s``)."""
+        if described is None:
+            cause = f"no result within {timeout_s:g} s"
+            return cls("TIMED_OUT", None, "LocalTimeout", cause, history, execution_arn, duration_s)
+        output = described.get("output")
+        return cls(
+            status=described["status"],
+            output=json.loads(output) if output is not None else None,
+            error=described.get("error"),
+            cause=described.get("cause"),
+            history=history,
+            execution_arn=execution_arn,
+            duration_s=duration_s,
+        )
+
     @property
     def succeeded(self) -> bool:
         return self.status == "SUCCEEDED"
@@ -603,23 +627,4 @@ def run_state_machine(
                 )
         duration = time.monotonic() - started
         history = _history(sfn, execution_arn)
-    if described is None:
-        return ExecutionResult(
-            "TIMED_OUT",
-            None,
-            "LocalTimeout",
-            f"no result within {timeout_s:g} s",
-            history,
-            execution_arn,
-            duration,
-        )
-    output = described.get("output")
-    return ExecutionResult(
-        status=described["status"],
-        output=json.loads(output) if output is not None else None,
-        error=described.get("error"),
-        cause=described.get("cause"),
-        history=history,
-        execution_arn=execution_arn,
-        duration_s=duration,
-    )
+    return ExecutionResult.of(described, history, execution_arn, duration, timeout_s)
