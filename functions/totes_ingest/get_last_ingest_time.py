@@ -6,7 +6,8 @@ import re
 from datetime import datetime
 from typing import Any
 
-from totes_ingest.aws import lake_errors, s3_client
+from totes_ingest import aws
+from totes_ingest.aws import lake_errors
 from totes_ingest.generate_file_key import parse_file_key
 from totes_ingest.identifiers import is_valid_table_name
 
@@ -23,8 +24,8 @@ def get_latest_filename(s3_client: Any, bucket_name: str, table_name: str) -> st
     if not is_valid_table_name(table_name):
         raise ValueError(f"not a valid table name: {table_name!r}")
     with lake_errors("list", table=table_name):
-        return _newest_in(s3_client, bucket_name, table_name, f"{table_name}/", _FOLDERS)
-    return None  # pragma: no cover - lake_errors re-raises
+        newest = _newest_in(s3_client, bucket_name, table_name, f"{table_name}/", _FOLDERS)
+    return newest
 
 
 # The date folders below a table's prefix, from the top: yyyy/, mm/, dd/.
@@ -60,14 +61,10 @@ def get_last_ingest_time(
     bucket_name: str, table_name: str, s3_client: Any | None = None
 ) -> datetime | None:
     """End time of the last committed window of ``table_name``; None: ingest everything."""
-    client = s3_client if s3_client is not None else _default_client()
+    client = s3_client if s3_client is not None else aws.s3_client()
     key = get_latest_filename(client, bucket_name, table_name)
     if key is None:
         return None
     parsed = parse_file_key(key)
     assert parsed is not None  # get_latest_filename only returns parseable keys
     return parsed[1]
-
-
-def _default_client() -> Any:
-    return s3_client()

@@ -102,13 +102,6 @@ class Lake:
         except BotoCoreError as e:
             raise as_lake_error(e, f"{action} of {key}", table=table) from e
 
-    def _get(self, key: str, *, table: str) -> bytes | None:
-        def read() -> bytes:
-            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            return body
-
-        return self._unless_missing("read", key, table, read)
-
     def _head(self, key: str, *, table: str) -> dict[str, Any] | None:
         def head() -> dict[str, Any]:
             found: dict[str, Any] = self.s3.head_object(Bucket=self.bucket, Key=key)
@@ -123,10 +116,6 @@ class Lake:
         """User metadata of ``key`` (empty if the object is gone)."""
         head = self._head(key, table=table) or {}
         return dict(head.get("Metadata", {}))
-
-    def read_claim(self, key: str, *, table: str) -> Claim | None:
-        body = self._get(key, table=table)
-        return None if body is None else Claim.from_json(body)
 
     def _read_claim_version(self, key: str, *, table: str) -> tuple[Claim, str] | None:
         """The claim at ``key`` and its ETag (which names this very version of it)."""
@@ -149,6 +138,10 @@ class Lake:
         except BotoCoreError as e:
             raise as_lake_error(e, f"delete of {key}", table=table) from e
         return True
+
+    def read_claim(self, key: str, *, table: str) -> Claim | None:
+        found = self._read_claim_version(key, table=table)
+        return None if found is None else found[0]
 
     def delete(self, key: str, *, table: str) -> None:
         with lake_errors(f"delete of {key}", table=table):

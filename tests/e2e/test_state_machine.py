@@ -7,9 +7,10 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
 
-from tests.conftest import _connect
+from tests.conftest import REGION, SECRET_NAME, _connect
 from tests.lakecheck import duplicated_versions, lake_keys, mismatches, table_files
 from totes_ingest.local.runner import ExecutionResult, run_state_machine
 from totes_ingest.local.seed import seed
@@ -192,17 +193,12 @@ def test_bad_input_fails_with_a_named_error_and_changes_nothing(
 
 
 def test_no_credential_appears_in_logs_outputs_or_history(
-    source: Any, s3: Any, logs: Captured, monkeypatch: pytest.MonkeyPatch
+    source: Any, s3: Any, logs: Captured, db_secret: dict[str, Any]
 ) -> None:
     # GIVEN a secret with a password (trust authentication ignores it)
-    import boto3
-
-    from tests.conftest import REGION, SECRET_NAME
-
     password = "Pa55-never-log-me"
-    secret = {**source_settings(source), "password": password}
     boto3.client("secretsmanager", region_name=REGION).put_secret_value(
-        SecretId=SECRET_NAME, SecretString=json.dumps(secret)
+        SecretId=SECRET_NAME, SecretString=json.dumps({**db_secret, "password": password})
     )
     source.run("ALTER TABLE staff ADD COLUMN bonus money")
     # WHEN runs succeed, fail per table, and fail on input
@@ -213,15 +209,3 @@ def test_no_credential_appears_in_logs_outputs_or_history(
     )
     assert "Wrote parquet" in seen
     assert password not in seen
-
-
-def source_settings(conn: Any) -> dict[str, Any]:
-    import boto3
-
-    from tests.conftest import REGION, SECRET_NAME
-
-    value = boto3.client("secretsmanager", region_name=REGION).get_secret_value(
-        SecretId=SECRET_NAME
-    )
-    settings: dict[str, Any] = json.loads(value["SecretString"])
-    return settings

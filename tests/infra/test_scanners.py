@@ -108,14 +108,19 @@ def test_every_skipped_check_gives_its_reason_in_the_template(
     assert unexplained == []
 
 
-def test_asl_validator_accepts_the_definition_file(asl_validator_bin: Path) -> None:
-    run = subprocess.run(
-        [str(asl_validator_bin), "--json-path", "statemachine/ingest.asl.json"],
+def validate_asl(validator: Path, path: str) -> subprocess.CompletedProcess[str]:
+    """Run asl-validator on the definition at ``path``."""
+    return subprocess.run(
+        [str(validator), "--json-path", path],
         capture_output=True,
         text=True,
         cwd=ROOT,
         check=False,
     )
+
+
+def test_asl_validator_accepts_the_definition_file(asl_validator_bin: Path) -> None:
+    run = validate_asl(asl_validator_bin, "statemachine/ingest.asl.json")
 
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -129,13 +134,7 @@ def test_asl_validator_accepts_the_definition_as_deployed(
     path = tmp_path / "deployed.asl.json"
     path.write_text(deployed)
 
-    run = subprocess.run(
-        [str(asl_validator_bin), "--json-path", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    run = validate_asl(asl_validator_bin, str(path))
 
     assert "${" not in deployed
     assert run.returncode == 0, run.stdout + run.stderr
@@ -148,13 +147,7 @@ def test_asl_validator_rejects_a_broken_definition(
     path = tmp_path / "broken.asl.json"
     path.write_text(json.dumps(broken))
 
-    run = subprocess.run(
-        [str(asl_validator_bin), "--json-path", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    run = validate_asl(asl_validator_bin, str(path))
 
     assert run.returncode != 0
 

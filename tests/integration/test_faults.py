@@ -42,6 +42,17 @@ def _run_table(conn: Any, lake: Lake, table: str) -> dict[str, Any]:
     return pipeline.commit_table(item, lake) if item["rows"] else item
 
 
+def _first_window(table: str) -> dict[str, Any]:
+    """QueryToParquet's input for a table's first window, ending far in the future."""
+    return {
+        "table": table,
+        "end_time": "2030-01-01 00:00:00.000000",
+        "run_id": "run-x",
+        "start_time": None,
+        "last_key": None,
+    }
+
+
 def _client_error(code: str) -> ClientError:
     return ClientError({"Error": {"Code": code, "Message": "m"}}, "PutObject")
 
@@ -85,13 +96,7 @@ def test_a_dropped_connection_is_transient(source: Any, s3: Any, db_secret: dict
     victim = _connect(db_secret)
     pid = victim.run("SELECT pg_backend_pid()")[0][0]
     source.run("SELECT pg_terminate_backend(:pid)", pid=pid)
-    item = {
-        "table": "staff",
-        "end_time": "2030-01-01 00:00:00.000000",
-        "run_id": "run-x",
-        "start_time": None,
-        "last_key": None,
-    }
+    item = _first_window("staff")
     with pytest.raises(SourceUnavailable):
         pipeline.stage_table(item, victim, Lake(s3, BUCKET), row_group_rows=1000)
 
@@ -104,13 +109,7 @@ def test_a_statement_timeout_is_a_named_error(
     locker.run("BEGIN")
     locker.run("LOCK TABLE staff IN ACCESS EXCLUSIVE MODE")
     source.run("SET statement_timeout = 200")
-    item = {
-        "table": "staff",
-        "end_time": "2030-01-01 00:00:00.000000",
-        "run_id": "run-x",
-        "start_time": None,
-        "last_key": None,
-    }
+    item = _first_window("staff")
     try:
         with pytest.raises((SourceError, SourceUnavailable), match="staff"):
             pipeline.stage_table(item, source, Lake(s3, BUCKET), row_group_rows=1000)
