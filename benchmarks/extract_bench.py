@@ -155,11 +155,11 @@ def _work(approach: str, url: str, out: Path, compression: str | None) -> None:
     if approach == "ours":
         import pg8000.native
 
-        from totes_ingest import extract
+        from totes_ingest import extract, parquet_sink
         from totes_ingest.local.dburl import settings_from_url
 
         if compression:
-            extract.COMPRESSION = compression  # type: ignore[assignment]
+            parquet_sink.COMPRESSION = compression  # type: ignore[assignment]
         settings = {k: v for k, v in settings_from_url(url).items() if v != ""}
         conn = pg8000.native.Connection(**settings)
         extract.extract_to_parquet(conn, TABLE, None, END_TIME, out)
