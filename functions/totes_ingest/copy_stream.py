@@ -27,9 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pg8000.native
 
-# CSV bytes handed on at a time (whole rows: a larger row is a chunk of its own).
+from totes_ingest.pg_binary import HEADER_BYTES, SIGNATURE, TRAILER, Int64s, be_at
+
+# COPY bytes handed on at a time (whole tuples: a larger one is a chunk of its own).
 CHUNK_BYTES = 2 << 20
 _IN_TRANSACTION = (b"T", b"E")  # pg8000's last ReadyForQuery status: in a (failed) block
 
@@ -41,7 +44,7 @@ def in_transaction(conn: pg8000.native.Connection) -> bool:
 
 _COPY_DATA = ord("d")
 _LENGTH = struct.Struct("!i")
-_VECTOR_MIN_BYTES = 16 << 10  # below this, numpy's per-call cost outweighs the loop's
+_VECTOR_MIN_BYTES = 4 << 10  # below this, numpy's per-call cost outweighs the loop's
 _READ_BUFFER_BYTES = 1 << 20
 _widened: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -75,125 +78,131 @@ def widen_read_buffer(conn: pg8000.native.Connection) -> None:
 
 
 class CopyStream:
-    """The stream pg8000's COPY OUT writes to: rows, gathered into chunks of whole rows.
+    """The stream pg8000's binary COPY OUT writes to: tuples, gathered into chunks.
 
     pg8000 dispatches every protocol message through several Python calls, and COPY
-    sends one CopyData message per row, so that dispatch would be the extract's cost.
-    When pg8000 hands over a row, this stream also takes every CopyData message already
+    sends one CopyData message per tuple, so that dispatch would be the extract's cost.
+    When pg8000 hands over a tuple, this stream also takes every CopyData message already
     buffered on the connection (peeking, then consuming exactly the whole messages it
-    parsed) and returns at the first other message (CopyDone, an error, a notice),
+    framed) and returns at the first other message (CopyDone, an error, a notice),
     which pg8000 reads as usual: the protocol state stays pg8000's. If the socket file
-    is not the buffered reader this relies on, rows simply arrive one by one.
+    is not the buffered reader this relies on, tuples simply arrive one by one.
 
-    Every CopyData message is one row, so each chunk handed to ``emit`` ends at a row
-    boundary and is parsed on its own: no row can straddle two blocks, whatever its size.
+    Each chunk handed to ``emit`` holds whole tuples and where each starts, so it is
+    decoded on its own, whatever a tuple's size. Several COPY statements may write into
+    one stream in turn (each has its own header and trailer): their tuples follow on.
     """
 
     def __init__(
         self,
         conn: pg8000.native.Connection,
         emit: Callable[[Chunk], None],
+        field_count: int,
         chunk_bytes: int | None = None,
     ) -> None:
         self._emit = emit
+        self._field_count = field_count
         self._chunk_bytes = chunk_bytes or CHUNK_BYTES
         self._parts: list[bytes | memoryview] = []
+        self._starts: list[npt.NDArray[np.int64] | int] = []
         self._size = 0
-        self._rows = 0
-        self.drained_rows = 0  # rows taken from the buffer in bulk: the fast path at work
+        self.drained_rows = 0  # tuples taken from the buffer in bulk: the fast path at work
         sock = getattr(conn, "_sock", None)
         usable = callable(getattr(sock, "peek", None)) and callable(getattr(sock, "read", None))
         self._sock: Any = sock if usable else None
 
     def write(self, data: bytes) -> None:
-        self._parts.append(data)
-        self._size += len(data)
-        self._rows += 1
+        """One CopyData payload from pg8000 (the first of a COPY carries the header)."""
+        if data[: len(SIGNATURE)] == SIGNATURE:
+            (extension,) = _LENGTH.unpack_from(data, HEADER_BYTES - 4)
+            data = data[HEADER_BYTES + extension :]
+        self._add(data)
         if self._sock is not None:
             self._drain(self._sock)
         if self._size >= self._chunk_bytes:
             self.flush()
 
     def flush(self) -> None:
-        """Hand over the rows gathered so far (called at the end of the COPY, too)."""
+        """Hand over the tuples gathered so far (called at the end of the COPY, too)."""
         if self._parts:
             data = b"".join(self._parts)
-            # One line break per row means no value holds one, and the CSV parser can
-            # skip the slower quote-aware row splitting.
-            plain = data.count(b"\n") == self._rows and b"\r" not in data
-            self._parts.clear()  # in place: _drain holds the list
-            self._size = self._rows = 0
-            self._emit(Chunk(data, line_breaks_in_values=not plain))
+            starts = [np.atleast_1d(s) for s in self._starts]
+            self._parts.clear()
+            self._starts.clear()
+            self._size = 0
+            self._emit(Chunk(data, np.concatenate(starts).astype(np.int64, copy=False)))
+
+    def _add(self, payload: bytes | memoryview) -> None:
+        """One tuple's payload (the trailer, which is not a tuple, is dropped)."""
+        if len(payload) == len(TRAILER) and bytes(payload) == TRAILER:
+            return
+        self._starts.append(self._size)
+        self._parts.append(payload)
+        self._size += len(payload)
 
     def _drain(self, sock: Any) -> None:
-        parts, unpack = self._parts, _LENGTH.unpack_from
+        unpack = _LENGTH.unpack_from
         while True:
             buffered: bytes = sock.peek(1)  # what is buffered; reads only if nothing is
             if not buffered or buffered[0] != _COPY_DATA:
                 return
-            end, pos, rows = len(buffered), 0, 0
-            if end >= _VECTOR_MIN_BYTES:
-                pos, rows, payloads = _leading_copy_data(buffered)
-                if rows:
-                    parts.append(payloads)
+            end, pos = len(buffered), 0
             view = memoryview(buffered)
+            if end >= _VECTOR_MIN_BYTES:
+                pos, starts = _leading_copy_data(buffered, self._field_count)
+                if pos:
+                    self._starts.append(starts + (5 + self._size))
+                    self._parts.append(view[:pos])
+                    self._size += pos
+                    self.drained_rows += len(starts)
             while pos + 5 <= end and buffered[pos] == _COPY_DATA:  # the rest, one by one
                 stop = pos + 1 + unpack(buffered, pos + 1)[0]
                 if stop > end:
                     break
-                parts.append(view[pos + 5 : stop])
+                self._add(view[pos + 5 : stop])
+                self.drained_rows += 1
                 pos = stop
-                rows += 1
             if pos == 0:  # one CopyData message larger than the buffer: read it whole
                 size = unpack(_read_exactly(sock, 5), 1)[0]
-                parts.append(_read_exactly(sock, size - 4))
-                self._size += size - 4
-                self._rows += 1
+                self._add(_read_exactly(sock, size - 4))
                 self.drained_rows += 1
             else:
-                sock.read(pos)  # already buffered: consumes exactly the parsed messages
-                self._size += pos
-                self._rows += rows
-                self.drained_rows += rows
+                sock.read(pos)  # already buffered: consumes exactly the framed messages
             if self._size >= self._chunk_bytes:
                 self.flush()
 
 
-def _leading_copy_data(buffered: bytes) -> tuple[int, int, bytes]:
-    """The CopyData messages at the start of ``buffered``, found without a Python loop.
+def _leading_copy_data(buffered: bytes, field_count: int) -> tuple[int, Int64s]:
+    """The CopyData messages at the start of ``buffered``, framed without a Python loop.
 
-    Returns (bytes they span, how many, their payloads concatenated). Every CSV row ends
-    with a line break, so a message starts at 0 and after a line break, where a ``d``
-    follows; a candidate counts only if the previous counted message ends exactly there,
-    so a line break inside a value (or a length byte equal to 10) stops the run and the
-    caller parses the rest one message at a time. The result is always exact.
+    Returns (bytes they span, where each message starts). A tuple's message is ``d``, a
+    32-bit length and the 16-bit field count, so candidates are found by that pattern
+    and kept if the message they frame ends at another candidate; then only the run
+    chained from position 0 (each message ending exactly where the next starts) counts.
+    A false candidate inside a value can only end the run early: the caller frames the
+    rest one message at a time. The result is always exact.
     """
     data = np.frombuffer(buffered, dtype=np.uint8)
-    size = len(data)
-    after_break = np.flatnonzero((data[:-1] == 10) & (data[1:] == _COPY_DATA)) + 1
-    starts = np.concatenate((np.zeros(1, dtype=np.int64), after_break))
-    starts = starts[starts <= size - 5]
-    header = data[starts[:, None] + np.arange(1, 5)].astype(np.int64)
-    stops = starts + 1 + ((header[:, 0] << 24) | (header[:, 1] << 16) | (header[:, 2] << 8))
-    stops += header[:, 3]
-    chained = np.flatnonzero(stops[:-1] != starts[1:])
-    count = int(chained[0]) + 1 if len(chained) else len(starts)
-    while count and stops[count - 1] > size:  # the last message may be cut off
-        count -= 1
-    if count == 0:
-        return 0, 0, b""
-    end = int(stops[count - 1])
-    keep = np.ones(end, dtype=bool)
-    keep[(starts[:count, None] + np.arange(5)).ravel()] = False
-    return end, count, data[:end][keep].tobytes()
+    hi, lo = field_count >> 8, field_count & 0xFF
+    starts = np.flatnonzero((data[:-6] == _COPY_DATA) & (data[5:-1] == hi) & (data[6:] == lo))
+    if len(starts) == 0 or starts[0] != 0:
+        return 0, starts[:0]
+    stops = starts + 1 + be_at(data, ">i4", starts + 1).astype(np.int64)
+    following = np.minimum(np.searchsorted(starts, stops), len(starts) - 1)
+    starts, stops = starts[starts[following] == stops], stops[starts[following] == stops]
+    if len(starts) == 0 or starts[0] != 0:
+        return 0, starts[:0]
+    broken = np.flatnonzero(stops[:-1] != starts[1:])
+    count = int(broken[0]) + 1 if len(broken) else len(starts)
+    return int(stops[count - 1]), starts[:count]
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """Whole CSV rows, and whether any value in them holds a line break."""
+    """Whole binary COPY tuples, and where each starts in ``data``."""
 
     data: bytes
-    line_breaks_in_values: bool
+    starts: Int64s
 
 
 def _read_exactly(sock: Any, size: int) -> bytes:

@@ -2,17 +2,18 @@
 
 The public face of the extract. Inside one REPEATABLE READ, READ ONLY transaction it
 reads the table's columns from the catalog, streams ``COPY (SELECT ...) TO STDOUT (FORMAT
-csv)`` into the Parquet sink, and counts the window in the same snapshot: a file holding
-a different number of rows is a ReconciliationError. The pieces live in their own modules:
+binary)`` into the Parquet sink, and counts the window in the same snapshot: a file
+holding a different number of rows is a ReconciliationError. The pieces live in their
+own modules:
 
-- ``pg_types``: the type mapping (each column's SELECT expressions, parsing, finishing);
+- ``pg_types``: the type mapping (each column's SELECT expression and decoding);
 - ``catalog``: a table's columns, read from the catalog;
+- ``pg_binary``: PostgreSQL's binary COPY format, decoded with numpy;
 - ``copy_stream``: the COPY fast path, the only code relying on pg8000's internals;
-- ``parquet_sink``: the writer thread, chunks of rows to Parquet row groups.
+- ``parquet_sink``: the writer thread, chunks of tuples to Parquet row groups.
 
-CSV carries NULL as an unquoted empty field and ``''`` as ``""``, so the two stay
-distinct. A value with no faithful Arrow form (NaN in numeric(p, s), an infinite or BC
-date, time 24:00:00) raises UnsupportedColumnType naming the table and the column.
+A value with no faithful Arrow form (NaN in numeric(p, s), an infinite or BC date, time
+24:00:00) raises UnsupportedColumnType naming the table and the column.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from totes_ingest.identifiers import quote_ident
 from totes_ingest.parquet_sink import ParquetSink
 from totes_ingest.pg_types import plan, schema_of
 
-# The session settings the CSV text depends on, fixed for the transaction (SET LOCAL).
+# The session settings the text of ``::text`` casts may depend on, fixed for the
+# transaction (SET LOCAL); the binary forms depend on none.
 SESSION_SETTINGS = (
     "SET LOCAL TimeZone = 'UTC'",
     "SET LOCAL DateStyle = 'ISO, YMD'",
@@ -86,8 +88,8 @@ def extract_to_parquet(
         schema = schema_of(columns)
         source = f"{quote_ident(table)} AS {_SRC} WHERE {predicate}"
         plans = [plan(column, f"{_SRC}.{quote_ident(column.name)}") for column in columns]
-        select = ", ".join(expr for plan in plans for expr in plan.exprs)
-        copy_sql = f"COPY (SELECT {select} FROM {source}) TO STDOUT (FORMAT csv)"  # nosec B608
+        select = ", ".join(plan.expr for plan in plans)
+        copy_sql = f"COPY (SELECT {select} FROM {source}) TO STDOUT (FORMAT binary)"  # nosec B608
         widen_read_buffer(conn)
         sink = ParquetSink(conn, path, schema, plans, group_rows, table, window)
         written, ((counted,),) = sink.run(

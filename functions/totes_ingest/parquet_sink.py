@@ -1,29 +1,30 @@
-"""The threaded Parquet sink: chunks of COPY rows in, one Parquet file out.
+"""The threaded Parquet sink: chunks of binary COPY tuples in, one Parquet file out.
 
-A writer thread parses each chunk of whole CSV rows with pyarrow (typed by the columns'
-plans, never inferred), finishes the columns that need it, and writes zstd row groups of
-at most ``row_group_rows`` rows. The COPY thread and the writer overlap (pyarrow releases
-the GIL), and a bounded queue makes the COPY wait for the writer rather than fill memory.
+A writer thread decodes each chunk of whole tuples with numpy (each column by its plan
+from ``pg_types``, typed by the catalog, never inferred) and writes zstd row groups of
+at most ``row_group_rows`` rows and about ``ROW_GROUP_BYTES`` of Arrow data, whichever
+comes first: memory is bounded by both, whatever the width of a row. The COPY thread and
+the writer overlap (numpy and pyarrow release the GIL), and a bounded queue makes the
+COPY wait for the writer rather than fill memory.
 """
 
 from __future__ import annotations
 
 import pathlib
 import queue
-import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pg8000.native
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from totes_ingest import copy_stream
+from totes_ingest import config, copy_stream
 from totes_ingest.copy_stream import Chunk, CopyStream
 from totes_ingest.errors import IngestError, SourceError, UnsupportedColumnType
-from totes_ingest.pg_types import CSV_CONVERT, Plan
+from totes_ingest.pg_binary import fields
+from totes_ingest.pg_types import Plan
 
 Compression = Literal["zstd", "snappy"]
 COMPRESSION: Compression = "zstd"
@@ -31,7 +32,7 @@ _QUEUED_CHUNKS = 4  # chunks that may wait for the writer: with the row group, b
 
 
 class ParquetSink:
-    """Receives CSV chunks from the COPY and writes them, in a thread, as Parquet."""
+    """Receives binary COPY chunks and writes them, in a thread, as one Parquet file."""
 
     def __init__(
         self,
@@ -48,13 +49,9 @@ class ParquetSink:
         self.schema = schema
         self.plans = plans
         self.row_group_rows = row_group_rows
+        self.row_group_bytes = config.DEFAULT_ROW_GROUP_BYTES
         self.table = table
         self.window = window
-        types = [t for plan in plans for t in plan.csv_types]
-        self.names = [f"c{i}" for i in range(len(types))]
-        self.convert = pacsv.ConvertOptions(
-            column_types=dict(zip(self.names, types, strict=True)), **CSV_CONVERT
-        )
         self.rows = 0
         self.error: BaseException | None = None
         # A bounded queue: the COPY waits for the writer rather than filling memory.
@@ -65,14 +62,16 @@ class ParquetSink:
         are still being written; return the rows written to the file and ``then()``.
 
         ``copy`` may run several COPY statements into the stream, one after another on
-        the same connection and transaction (all with the same columns): their rows land
-        in the one file. Callers rely on this (a window's rows plus rows re-read by ctid
-        into the same snapshot's file), so keep it when changing the sink.
+        the same connection and transaction (all selecting the plans' expressions):
+        their rows land in the one file. Callers rely on this (a window's rows plus rows
+        re-read by ctid into the same snapshot's file), so keep it when changing the sink.
         """
         thread = threading.Thread(target=self._consume, name="parquet-writer", daemon=True)
         thread.start()
         try:
-            stream = CopyStream(self.conn, self.chunks.put, copy_stream.CHUNK_BYTES)
+            stream = CopyStream(
+                self.conn, self.chunks.put, len(self.plans), copy_stream.CHUNK_BYTES
+            )
             try:
                 copy(stream)
                 stream.flush()
@@ -94,56 +93,36 @@ class ParquetSink:
                 pass
 
     def _write_parquet(self) -> None:
-        # Dictionaries pay off for strings (dates as varchar, names, codes); for ids,
-        # amounts and timestamps they cost CPU and, with zstd, make the file larger.
-        strings = [f.name for f in self.schema if pa.types.is_string(f.type)]
-        with pq.ParquetWriter(
-            self.path, self.schema, compression=COMPRESSION, use_dictionary=strings or False
-        ) as writer:
+        with pq.ParquetWriter(self.path, self.schema, **writer_options(self.schema)) as writer:
             pending: list[pa.RecordBatch] = []
-            pending_rows = 0
             while (chunk := self.chunks.get()) is not None:
-                for batch in self._parsed(chunk):
-                    pending.append(batch)
-                    pending_rows += batch.num_rows
-                if pending_rows >= self.row_group_rows:
-                    pending, pending_rows = self._flush(writer, pending, full_only=True)
-            self._flush(writer, pending, full_only=False)
+                pending.append(self._decoded(chunk))
+                if sum(b.nbytes for b in pending) >= self.row_group_bytes:
+                    pending = self._flush(writer, pending, keep_partial=False)
+                elif sum(b.num_rows for b in pending) >= self.row_group_rows:
+                    pending = self._flush(writer, pending, keep_partial=True)
+            self._flush(writer, pending, keep_partial=False)
 
     def _flush(
-        self, writer: pq.ParquetWriter, pending: list[pa.RecordBatch], *, full_only: bool
-    ) -> tuple[list[pa.RecordBatch], int]:
-        """Write whole row groups from ``pending``; keep back a partial one if ``full_only``."""
+        self, writer: pq.ParquetWriter, pending: list[pa.RecordBatch], *, keep_partial: bool
+    ) -> list[pa.RecordBatch]:
+        """Write ``pending`` as row groups of ``row_group_rows``; return what is kept
+        back (a partial row group if ``keep_partial``)."""
         table = pa.Table.from_batches(pending, schema=self.schema)
         size = self.row_group_rows
-        whole = (table.num_rows // size) * size if full_only else table.num_rows
+        whole = (table.num_rows // size) * size if keep_partial else table.num_rows
         if whole:
             writer.write_table(table.slice(0, whole), row_group_size=size)
             self.rows += whole
-        rest = table.slice(whole)
-        return rest.to_batches(), rest.num_rows
+        rest: list[pa.RecordBatch] = table.slice(whole).to_batches()
+        return rest
 
-    def _parsed(self, chunk: Chunk) -> Iterator[pa.RecordBatch]:
-        table = pacsv.read_csv(
-            pa.py_buffer(chunk.data),
-            read_options=pacsv.ReadOptions(
-                column_names=self.names, block_size=len(chunk.data) + 1, use_threads=False
-            ),
-            parse_options=pacsv.ParseOptions(newlines_in_values=chunk.line_breaks_in_values),
-            convert_options=self.convert,
-        )
-        for batch in table.to_batches():
-            yield self._finished(batch)
-
-    def _finished(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def _decoded(self, chunk: Chunk) -> pa.RecordBatch:
+        values = fields(chunk.data, chunk.starts, len(self.plans))
         arrays: list[pa.Array] = []
-        i = 0
-        for plan in self.plans:
-            n = len(plan.exprs)
-            parts = batch.columns[i : i + n]
-            i += n
+        for plan, column_values in zip(self.plans, values, strict=True):
             try:
-                arrays.append(parts[0] if plan.finish is None else plan.finish(parts))
+                arrays.append(plan.decode(column_values))
             except UnsupportedColumnType as e:
                 raise UnsupportedColumnType(str(e), table=self.table, window=self.window) from e
             except (pa.ArrowInvalid, ValueError) as e:
@@ -153,12 +132,9 @@ class ParquetSink:
     def _translated(self, error: BaseException) -> BaseException:
         if isinstance(error, IngestError):
             return error
-        if isinstance(error, pa.ArrowInvalid):
-            match = re.search(r"CSV column #(\d+)", str(error))
-            if match is not None:
-                return self._value_error(self._column_of(int(match.group(1))), error)
+        if isinstance(error, (pa.ArrowInvalid, ValueError)):
             return SourceError(
-                f"cannot parse the COPY output: {error}", table=self.table, window=self.window
+                f"cannot decode the COPY output: {error}", table=self.table, window=self.window
             )
         return IngestError(
             f"cannot write the Parquet file: {type(error).__name__}: {error}",
@@ -166,17 +142,19 @@ class ParquetSink:
             window=self.window,
         )
 
-    def _column_of(self, csv_index: int) -> str:
-        i = 0
-        for plan in self.plans:
-            i += len(plan.exprs)
-            if csv_index < i:
-                return plan.column.name
-        return f"#{csv_index}"
-
     def _value_error(self, column: str, error: BaseException) -> UnsupportedColumnType:
         return UnsupportedColumnType(
             f"column {column!r} holds a value with no faithful Arrow form: {error}",
             table=self.table,
             window=self.window,
         )
+
+
+def writer_options(schema: pa.Schema) -> dict[str, Any]:
+    """The ParquetWriter's compression and encodings for ``schema``.
+
+    Dictionaries pay off for strings (dates as varchar, names, codes); for ids, amounts
+    and timestamps they cost CPU and, with zstd, make the file larger.
+    """
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    return {"compression": COMPRESSION, "use_dictionary": strings or False}

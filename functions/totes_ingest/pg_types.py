@@ -51,7 +51,6 @@ UnsupportedColumnType naming the table and the column: no silent lossy fallback.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,11 +59,13 @@ from decimal import Decimal
 from functools import partial
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from totes_ingest.errors import UnsupportedColumnType
+from totes_ingest.pg_binary import Values, array_elements, fixed, validity, variable
 
 PG_TYPE_KEY = b"pg_type"
 INTERVAL = pa.struct(
@@ -76,46 +77,52 @@ INTERVAL = pa.struct(
 )
 LIST_ITEM_NAME = "element"  # the name Parquet's compliant LIST layout reads back
 
-# How a column travels through COPY CSV: "plain" columns parse straight into their Arrow
-# type; the others need a finishing step (see ``plan``).
-Kind = Literal["plain", "json", "uuid", "bytea", "interval", "array"]
-
-# How the COPY's CSV text reads (NULL is an unquoted empty field, '' is ""), for the
-# table's rows and for array elements alike.
-CSV_CONVERT: dict[str, Any] = {
-    "null_values": [""],
-    "strings_can_be_null": True,
-    "quoted_strings_can_be_null": False,
-    "true_values": ["t", "true"],
-    "false_values": ["f", "false"],
-}
+# How a column's values travel in the binary COPY (see ``plan``): "fixed" as big-endian
+# numbers of their Arrow type's width; "text" as their UTF-8 bytes; "text_cast" selected
+# as ``::text`` (their binary form is not their text); the others by their own layout.
+Kind = Literal[
+    "fixed",
+    "bool",
+    "text",
+    "text_cast",
+    "json",
+    "jsonb",
+    "numeric",
+    "date",
+    "time",
+    "timestamp",
+    "interval",
+    "uuid",
+    "bytea",
+    "array",
+]
 
 _SIMPLE: dict[str, tuple[pa.DataType, Kind]] = {
-    "int2": (pa.int16(), "plain"),
-    "int4": (pa.int32(), "plain"),
-    "int8": (pa.int64(), "plain"),
-    "oid": (pa.uint32(), "plain"),
-    "float4": (pa.float32(), "plain"),
-    "float8": (pa.float64(), "plain"),
-    "bool": (pa.bool_(), "plain"),
-    "text": (pa.string(), "plain"),
-    "varchar": (pa.string(), "plain"),
-    "bpchar": (pa.string(), "plain"),
-    "name": (pa.string(), "plain"),
-    "char": (pa.string(), "plain"),
-    "inet": (pa.string(), "plain"),
-    "cidr": (pa.string(), "plain"),
-    "macaddr": (pa.string(), "plain"),
-    "macaddr8": (pa.string(), "plain"),
-    "xml": (pa.string(), "plain"),
-    "date": (pa.date32(), "plain"),
-    "time": (pa.time64("us"), "plain"),
-    "timestamp": (pa.timestamp("us"), "plain"),
-    "timestamptz": (pa.timestamp("us", tz="UTC"), "plain"),
+    "int2": (pa.int16(), "fixed"),
+    "int4": (pa.int32(), "fixed"),
+    "int8": (pa.int64(), "fixed"),
+    "oid": (pa.uint32(), "fixed"),
+    "float4": (pa.float32(), "fixed"),
+    "float8": (pa.float64(), "fixed"),
+    "bool": (pa.bool_(), "bool"),
+    "text": (pa.string(), "text"),
+    "varchar": (pa.string(), "text"),
+    "bpchar": (pa.string(), "text"),
+    "name": (pa.string(), "text"),
+    "char": (pa.string(), "text_cast"),
+    "inet": (pa.string(), "text_cast"),
+    "cidr": (pa.string(), "text_cast"),
+    "macaddr": (pa.string(), "text_cast"),
+    "macaddr8": (pa.string(), "text_cast"),
+    "xml": (pa.string(), "text_cast"),
+    "date": (pa.date32(), "date"),
+    "time": (pa.time64("us"), "time"),
+    "timestamp": (pa.timestamp("us"), "timestamp"),
+    "timestamptz": (pa.timestamp("us", tz="UTC"), "timestamp"),
     "interval": (INTERVAL, "interval"),
     "uuid": (pa.uuid(), "uuid"),
     "json": (pa.json_(), "json"),
-    "jsonb": (pa.json_(), "json"),
+    "jsonb": (pa.json_(), "jsonb"),
     "bytea": (pa.binary(), "bytea"),
 }
 
@@ -172,7 +179,7 @@ def map_type(
             typmod = typ.base_typmod
             typ = lookup(typ.base_oid)
         if typ.typtype == "e":
-            return pa.string(), "plain", None
+            return pa.string(), "text", None  # an enum's binary form is its label
         if typ.category == "A" and typ.element_oid != 0:
             if in_array:
                 raise unsupported()
@@ -182,7 +189,7 @@ def map_type(
         if typ.typtype != "b" or typ.namespace != "pg_catalog":
             raise unsupported()
         if typ.name == "numeric":
-            return numeric_type(typmod), "plain", None
+            return numeric_type(typmod), "numeric", None
         try:
             arrow, kind = _SIMPLE[typ.name]
         except KeyError:
@@ -209,159 +216,198 @@ def numeric_type(typmod: int) -> pa.DataType:
     return pa.string()
 
 
-# --- the extract's plan of a column: its SELECT expressions, CSV types, finishing step ---
+# --- the extract's plan of a column: its SELECT expression and how its values decode ---
 
-Finish = Callable[[Sequence[pa.Array]], pa.Array]
+Decode = Callable[[Values], pa.Array]
+
+_FIXED_WIRE = {
+    pa.int16(): ">i2",
+    pa.int32(): ">i4",
+    pa.int64(): ">i8",
+    pa.uint32(): ">u4",
+    pa.float32(): ">f4",
+    pa.float64(): ">f8",
+}
+_EPOCH_DAYS = 10_957  # PostgreSQL counts from 2000-01-01, Arrow from 1970-01-01
+_EPOCH_MICROS = _EPOCH_DAYS * 86_400_000_000
+_FIRST_DAY = -719_162  # 0001-01-01, days from 1970: earlier dates are BC
+_FIRST_MICROS = _FIRST_DAY * 86_400_000_000
+_INT32 = np.iinfo(np.int32)
+_INT64 = np.iinfo(np.int64)
+_DAY_MICROS = 86_400_000_000
 
 
 @dataclass(frozen=True)
 class Plan:
+    """How the extract reads one column: the SELECT expression (one binary COPY field)
+    and the function turning that field's values into the column's Arrow array."""
+
     column: Column
-    exprs: tuple[str, ...]
-    csv_types: tuple[pa.DataType, ...]
-    finish: Finish | None  # None: the CSV column is already the final array
+    expr: str
+    decode: Decode
+    as_text: bool = False  # selected as ``::text``: an array of it is selected ``::text[]``
 
 
 def plan(column: Column, ref: str) -> Plan:
-    """How ``column`` (the SQL expression ``ref``) is selected, parsed and finished.
+    """How ``column`` (the SQL expression ``ref``) is selected and decoded."""
+    arrow_type, kind = column.arrow_type, column.kind
+    if kind == "array":
+        assert column.element is not None
+        return _array_plan(column, column.element, ref)
+    if kind in ("text_cast", "jsonb") or (kind == "numeric" and not _is_decimal(arrow_type)):
+        return Plan(column, f"({ref})::text", _TEXT_DECODERS[kind](arrow_type), as_text=True)
+    if kind == "numeric":
+        # PostgreSQL's exact text, cast by Arrow, which refuses any rounding and NaN.
+        return Plan(column, f"({ref})::text", partial(_decimal, arrow_type), as_text=True)
+    return Plan(column, ref, _DECODERS[kind](arrow_type))
 
-    The extract selects ``exprs`` (one CSV column each), parses them as ``csv_types``
-    and hands the parsed arrays to ``finish``, which returns the column's final array.
-    """
-    kind = column.kind
-    if kind == "plain" and pa.types.is_decimal256(column.arrow_type):
-        # pyarrow's CSV reader stops at decimal128; its cast refuses any rounding.
-        return Plan(column, (ref,), (pa.string(),), partial(_finish_cast, column.arrow_type))
-    if kind == "plain":
-        return Plan(column, (ref,), (column.arrow_type,), None)
-    if kind == "json":
-        return Plan(column, (ref,), (pa.string(),), _finish_json)
-    if kind == "uuid":
-        return Plan(column, (ref,), (pa.string(),), _finish_uuid)
-    if kind == "bytea":
-        return Plan(column, (ref,), (pa.string(),), _finish_bytea)
-    if kind == "interval":
-        # Exact: extract() of an interval field is numeric (PostgreSQL 14+).
-        exprs = (
-            f"(extract(year FROM {ref}) * 12 + extract(month FROM {ref}))::int4",
-            f"extract(day FROM {ref})::int4",
-            f"(extract(hour FROM {ref}) * 3600000000 + extract(minute FROM {ref}) * 60000000"
-            f" + extract(microseconds FROM {ref}))::int8",
-        )
-        return Plan(column, exprs, (pa.int32(), pa.int32(), pa.int64()), _finish_interval)
-    assert column.element is not None
-    return _array_plan(column, column.element, ref)
+
+def _is_decimal(arrow_type: pa.DataType) -> bool:
+    return bool(pa.types.is_decimal(arrow_type))
 
 
 def _array_plan(column: Column, element: Column, ref: str) -> Plan:
-    """An array as (cardinality, CSV block of its elements, one line each, in order).
+    """A one-dimensional array as a list of its elements, each decoded by the element
+    type's own plan (so a list<T> is typed exactly as a T column would be)."""
+    inner = plan(element, "e")
+    expr = f"({ref})::text[]" if inner.as_text else ref
 
-    The elements are parsed by their own plan, so a list<T> is typed exactly as a T
-    column would be. A multi-dimensional value gets cardinality -1 and is refused.
-    """
-    inner = plan(element, "_totes_u._totes_e")
-    fields = " || ',' || ".join(
-        f"CASE WHEN ({e}) IS NULL THEN '' ELSE '\"' || replace(({e})::text, '\"', '\"\"')"
-        " || '\"' END"
-        for e in inner.exprs
-    )
-    cardinality = f"CASE WHEN array_ndims({ref}) > 1 THEN -1 ELSE cardinality({ref}) END"
-    block = (
-        f"(SELECT string_agg({fields}, E'\\n' ORDER BY _totes_u._totes_n) || E'\\n'"  # nosec B608
-        f" FROM unnest({ref}) WITH ORDINALITY AS _totes_u(_totes_e, _totes_n))"
-    )
-
-    def finish(arrays: Sequence[pa.Array]) -> pa.Array:
-        counts, blocks = arrays
-        if pc.any(pc.equal(counts, -1)).as_py():
+    def decode(values: Values) -> pa.Array:
+        try:
+            counts, elements = array_elements(values)
+        except ValueError as e:
             raise UnsupportedColumnType(
-                f"column {column.name!r} holds a multi-dimensional array; only one-"
-                "dimensional arrays map to a list"
-            )
-        lengths = pc.fill_null(counts, 0)
-        offsets = pa.concat_arrays(
-            [pa.array([0], pa.int32()), pc.cumulative_sum(lengths).cast(pa.int32())]
-        )
-        _, payload = _string_payload(pc.fill_null(blocks, ""))
-        values = _parse_elements(inner, payload, offsets[-1].as_py())
+                f"column {column.name!r} holds a {e}; only one-dimensional arrays map to a list"
+            ) from e
+        offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets[1:])
         return pa.ListArray.from_arrays(
-            offsets, values, type=column.arrow_type, mask=pc.is_null(counts)
+            pa.array(offsets),
+            inner.decode(elements),
+            type=column.arrow_type,
+            mask=pa.array(values.nulls),
         )
 
-    return Plan(column, (cardinality, block), (pa.int32(), pa.string()), finish)
+    return Plan(column, expr, decode)
 
 
-def _parse_elements(inner: Plan, payload: bytes, expected: int) -> pa.Array:
-    if expected == 0:
-        return pa.array([], type=inner.column.arrow_type)
-    names = [f"c{i}" for i in range(len(inner.exprs))]
-    table = pacsv.read_csv(
-        io.BytesIO(payload),
-        read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict(zip(names, inner.csv_types, strict=True)), **CSV_CONVERT
-        ),
-    )
-    if table.num_rows != expected:
-        raise ValueError(f"array elements: parsed {table.num_rows}, expected {expected}")
-    arrays = [table.column(i).combine_chunks() for i in range(table.num_columns)]
-    return arrays[0] if inner.finish is None else inner.finish(arrays)
+def _fixed(arrow_type: pa.DataType) -> Decode:
+    return partial(fixed, arrow_type=arrow_type, dtype=_FIXED_WIRE[arrow_type])
 
 
-def _finish_cast(arrow_type: pa.DataType, arrays: Sequence[pa.Array]) -> pa.Array:
-    return pc.cast(arrays[0], arrow_type)
+def _bool(arrow_type: pa.DataType) -> Decode:
+    def decode(values: Values) -> pa.Array:
+        return pa.array(values.big_endian(">u1") != 0, mask=values.nulls, type=arrow_type)
+
+    return decode
 
 
-def _finish_json(arrays: Sequence[pa.Array]) -> pa.Array:
-    return pa.ExtensionArray.from_storage(pa.json_(), arrays[0])
+def _text(arrow_type: pa.DataType) -> Decode:
+    return partial(variable, arrow_type=pa.string())
 
 
-def _finish_uuid(arrays: Sequence[pa.Array]) -> pa.Array:
-    text = arrays[0]
-    hex_digits = pc.replace_substring(pc.fill_null(text, "0" * 32), "-", "")
-    _, payload = _string_payload(hex_digits)
-    raw = bytes.fromhex(payload.decode("ascii"))
-    storage = pa.Array.from_buffers(pa.binary(16), len(text), [None, pa.py_buffer(raw)])
-    return pa.ExtensionArray.from_storage(pa.uuid(), _with_nulls_of(text, storage))
+def _json(arrow_type: pa.DataType) -> Decode:
+    def decode(values: Values) -> pa.Array:
+        return pa.ExtensionArray.from_storage(pa.json_(), variable(values, pa.string()))
+
+    return decode
 
 
-def _finish_bytea(arrays: Sequence[pa.Array]) -> pa.Array:
-    """``\\x0a0b`` (bytea_output = hex) to binary, decoding the whole batch at once."""
-    text = arrays[0]
-    digits = pc.utf8_slice_codeunits(pc.fill_null(text, "\\x"), 2)
-    offsets, payload = _string_payload(digits)
-    raw = bytes.fromhex(payload.decode("ascii"))
-    half = pc.divide(offsets, pa.scalar(2, pa.int32()))  # two hex digits a byte
-    built = pa.Array.from_buffers(
-        pa.binary(), len(text), [None, half.buffers()[1], pa.py_buffer(raw)]
-    )
-    return _with_nulls_of(text, built)
+def _decimal(arrow_type: pa.DataType, values: Values) -> pa.Array:
+    return pc.cast(variable(values, pa.string()), arrow_type)
 
 
-def _finish_interval(arrays: Sequence[pa.Array]) -> pa.Array:
-    return pa.StructArray.from_arrays(
-        list(arrays), fields=list(INTERVAL), mask=pc.is_null(arrays[0])
-    )
+def _date(arrow_type: pa.DataType) -> Decode:
+    def decode(values: Values) -> pa.Array:
+        days = values.big_endian(">i4").astype(np.int64)
+        valid = ~values.nulls
+        _refuse(valid & ((days == _INT32.max) | (days == _INT32.min)), "an infinite date")
+        days += _EPOCH_DAYS
+        _refuse(valid & (days < _FIRST_DAY), "a date before year 1 (BC)")
+        return pa.array(days.astype(np.int32), mask=values.nulls).view(arrow_type)
+
+    return decode
 
 
-def _string_payload(text: pa.Array) -> tuple[pa.Array, bytes]:
-    """A string array's offsets (int32, from 0) and its values' bytes, concatenated."""
-    if len(text) == 0:
-        return pa.array([0], pa.int32()), b""
-    _, offsets_buffer, data = text.buffers()
-    offsets = pa.Array.from_buffers(
-        pa.int32(), len(text) + 1, [None, offsets_buffer], offset=text.offset
-    )
-    start, end = offsets[0].as_py(), offsets[-1].as_py()
-    payload = data[start:end].to_pybytes() if data is not None else b""
-    return pc.subtract(offsets, pa.scalar(start, pa.int32())), payload
+def _time(arrow_type: pa.DataType) -> Decode:
+    def decode(values: Values) -> pa.Array:
+        micros = values.big_endian(">i8")
+        _refuse(~values.nulls & (micros >= _DAY_MICROS), "the time 24:00:00")
+        return pa.array(micros, mask=values.nulls).view(arrow_type)
+
+    return decode
 
 
-def _with_nulls_of(source: pa.Array, built: pa.Array) -> pa.Array:
-    if source.null_count == 0:
-        return built
-    return pc.if_else(pc.is_valid(source), built, pa.nulls(len(built), built.type))
+def _timestamp(arrow_type: pa.DataType) -> Decode:
+    """PostgreSQL's microseconds since 2000 as Arrow's since 1970: years 10000 and on
+    too, exactly, up to Arrow's limit (year 294247; PostgreSQL's is 294276)."""
+
+    def decode(values: Values) -> pa.Array:
+        micros = values.big_endian(">i8")
+        valid = ~values.nulls
+        _refuse(valid & ((micros == _INT64.max) | (micros == _INT64.min)), "an infinity")
+        _refuse(valid & (micros > _INT64.max - _EPOCH_MICROS), "a timestamp past year 294247")
+        micros = np.where(valid, micros, 0) + _EPOCH_MICROS
+        _refuse(valid & (micros < _FIRST_MICROS), "a timestamp before year 1 (BC)")
+        return pa.array(micros, mask=values.nulls).view(arrow_type)
+
+    return decode
+
+
+def _interval(arrow_type: pa.DataType) -> Decode:
+    """PostgreSQL's own three fields: microseconds (int64), days, months (int32)."""
+
+    def decode(values: Values) -> pa.Array:
+        fields = [
+            pa.array(values.big_endian(">i4", 12)),
+            pa.array(values.big_endian(">i4", 8)),
+            pa.array(values.big_endian(">i8")),
+        ]
+        return pa.StructArray.from_arrays(
+            fields, fields=list(INTERVAL), mask=pa.array(values.nulls)
+        )
+
+    return decode
+
+
+def _uuid(arrow_type: pa.DataType) -> Decode:
+    def decode(values: Values) -> pa.Array:
+        start = np.where(values.nulls, 0, values.positions)
+        raw = values.data[start[:, None] + np.arange(16)].tobytes() if len(values) else b""
+        storage = pa.Array.from_buffers(
+            pa.binary(16), len(values), [validity(values), pa.py_buffer(raw)]
+        )
+        return pa.ExtensionArray.from_storage(pa.uuid(), storage)
+
+    return decode
+
+
+def _bytea(arrow_type: pa.DataType) -> Decode:
+    return partial(variable, arrow_type=pa.binary())
+
+
+def _refuse(bad: npt.NDArray[np.bool_], what: str) -> None:
+    if bad.any():
+        raise ValueError(what)
+
+
+_DECODERS: dict[str, Callable[[pa.DataType], Decode]] = {
+    "fixed": _fixed,
+    "bool": _bool,
+    "text": _text,
+    "json": _json,
+    "date": _date,
+    "time": _time,
+    "timestamp": _timestamp,
+    "interval": _interval,
+    "uuid": _uuid,
+    "bytea": _bytea,
+}
+_TEXT_DECODERS: dict[str, Callable[[pa.DataType], Decode]] = {
+    "text_cast": _text,
+    "numeric": _text,
+    "jsonb": _json,
+}
 
 
 # --- pg8000's Python values, conformed to the same mapping (the small-result path) ---
@@ -410,15 +456,15 @@ def _converter(arrow_type: pa.DataType, pg_type: str) -> Convert | None:
     if arrow_type == pa.json_():
         return _json_text
     if arrow_type == INTERVAL:
-        return _interval
+        return _interval_fields
     if pa.types.is_string(arrow_type):
-        return _text
+        return _numeric_text
     if pa.types.is_decimal(arrow_type):
         return _finite_decimal
     return None
 
 
-def _text(value: Any) -> Any:
+def _numeric_text(value: Any) -> Any:
     """A numeric as PostgreSQL's text (positional, trailing zeros kept, NaN, Infinity)."""
     return format(value, "f") if isinstance(value, Decimal) else value
 
@@ -433,7 +479,7 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _interval(value: Any) -> dict[str, int]:
+def _interval_fields(value: Any) -> dict[str, int]:
     """pg8000's timedelta (normalised: 1 day 25:00 arrives as 2 days 01:00) or PGInterval."""
     if isinstance(value, timedelta):
         return {

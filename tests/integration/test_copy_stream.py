@@ -11,9 +11,11 @@ import io
 import socket
 
 import pg8000.native
+import pyarrow as pa
 import pytest
 
 from totes_ingest.copy_stream import Chunk, CopyStream, in_transaction, widen_read_buffer
+from totes_ingest.pg_binary import fields, fixed, variable
 
 pytestmark = pytest.mark.integration
 
@@ -54,18 +56,39 @@ def test_the_read_buffer_is_widened_and_the_session_still_works(
     assert conn.run("SELECT 41 + 1") == [[42]]
 
 
-def test_rows_are_drained_from_the_buffer_in_bulk(conn: pg8000.native.Connection) -> None:
-    # GIVEN a widened connection and a COPY of many short rows
-    widen_read_buffer(conn)
+def _copied(conn: pg8000.native.Connection, *queries: str) -> tuple[list[tuple[int, str]], int]:
+    """(id, text) tuples of each query's binary COPY, through one stream; rows drained."""
     chunks: list[Chunk] = []
-    stream = CopyStream(conn, chunks.append, 64 << 10)
-    # WHEN pg8000 runs the COPY into the stream
-    conn.run(
-        "COPY (SELECT g, 'row ' || g FROM generate_series(1, 50000) g) TO STDOUT", stream=stream
-    )
+    stream = CopyStream(conn, chunks.append, 2, 64 << 10)
+    for query in queries:
+        conn.run(f"COPY ({query}) TO STDOUT (FORMAT binary)", stream=stream)
     stream.flush()
+    rows: list[tuple[int, str]] = []
+    for chunk in chunks:
+        ids, texts = fields(chunk.data, chunk.starts, 2)
+        rows += zip(
+            fixed(ids, pa.int32(), ">i4").to_pylist(),
+            variable(texts, pa.string()).to_pylist(),
+            strict=True,
+        )
+    return rows, stream.drained_rows
+
+
+def test_tuples_are_drained_from_the_buffer_in_bulk(conn: pg8000.native.Connection) -> None:
+    # GIVEN a widened connection WHEN pg8000 runs a COPY of many short rows into the stream
+    widen_read_buffer(conn)
+    rows, drained = _copied(conn, "SELECT g, 'row ' || g FROM generate_series(1, 50000) g")
     # THEN every row arrives, in order, and most of them came through the fast path
-    lines = b"".join(chunk.data for chunk in chunks).splitlines()
-    assert lines == [f"{g}\trow {g}".encode() for g in range(1, 50001)]
-    assert stream.drained_rows > 40000
-    assert all(not chunk.line_breaks_in_values for chunk in chunks)
+    assert rows == [(g, f"row {g}") for g in range(1, 50001)]
+    assert drained > 40000
+
+
+def test_several_copies_follow_on_in_one_stream(conn: pg8000.native.Connection) -> None:
+    widen_read_buffer(conn)
+    rows, _ = _copied(
+        conn,
+        "SELECT g, 'a' FROM generate_series(1, 20000) g",
+        "SELECT 0, 'none' WHERE false",
+        "SELECT g, 'b' FROM generate_series(1, 3) g",
+    )
+    assert rows == [(g, "a") for g in range(1, 20001)] + [(g, "b") for g in range(1, 4)]

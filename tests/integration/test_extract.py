@@ -302,12 +302,12 @@ def test_rows_lost_between_count_and_file_raise_reconciliation_error(
     conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a sink that silently loses the first row of every batch
-    finished = parquet_sink.ParquetSink._finished
+    decoded = parquet_sink.ParquetSink._decoded
 
-    def lossy(self: Any, batch: pa.RecordBatch) -> pa.RecordBatch:
-        return finished(self, batch).slice(1)
+    def lossy(self: Any, chunk: Any) -> pa.RecordBatch:
+        return decoded(self, chunk).slice(1)
 
-    monkeypatch.setattr(parquet_sink.ParquetSink, "_finished", lossy)
+    monkeypatch.setattr(parquet_sink.ParquetSink, "_decoded", lossy)
     _items(conn, 10)
     # WHEN the window is extracted THEN the count disagrees with the file
     with pytest.raises(ReconciliationError, match=r"wrote 9 rows.*holds 10.*table=item"):
