@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import pg8000.native
 
-from totes_ingest.pg_binary import HEADER_BYTES, SIGNATURE, TRAILER, Int64s, be_at
+from totes_ingest.pg_binary import HEADER_BYTES, PADDING, SIGNATURE, TRAILER, Int64s, be_at
 
 # COPY bytes handed on at a time (whole tuples: a larger one is a chunk of its own).
 CHUNK_BYTES = 2 << 20
@@ -125,7 +125,7 @@ class CopyStream:
     def flush(self) -> None:
         """Hand over the tuples gathered so far (called at the end of the COPY, too)."""
         if self._parts:
-            data = b"".join(self._parts)
+            data = b"".join([*self._parts, PADDING])
             starts = [np.atleast_1d(s) for s in self._starts]
             self._parts.clear()
             self._starts.clear()
@@ -199,7 +199,8 @@ def _leading_copy_data(buffered: bytes, field_count: int) -> tuple[int, Int64s]:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Whole binary COPY tuples, and where each starts in ``data``."""
+    """Whole binary COPY tuples, and where each starts in ``data`` (which ends with
+    ``pg_binary.PADDING``)."""
 
     data: bytes
     starts: Int64s

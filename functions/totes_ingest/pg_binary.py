@@ -23,6 +23,9 @@ import pyarrow as pa
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 HEADER_BYTES = len(SIGNATURE) + 8  # signature, flags, header extension length (0)
 TRAILER = b"\xff\xff"
+# Zero bytes after a chunk's tuples: a NULL's position (the end of its tuple) then still
+# leaves room for the widest fixed-width value (a uuid), so gathers need no bounds check.
+PADDING = bytes(16)
 
 Int64s = npt.NDArray[np.int64]
 # Gathering variable-length values byte by byte costs 8 bytes of index a byte; above
@@ -55,18 +58,22 @@ class Values:
 
 
 def be_at(data: npt.NDArray[np.uint8], dtype: str, positions: Int64s) -> npt.NDArray[Any]:
-    """The big-endian ``dtype`` values at byte ``positions`` of ``data``, in native order."""
+    """The big-endian ``dtype`` values at byte ``positions`` of ``data``, in native order.
+
+    Every position must leave room for a whole value (see PADDING).
+    """
     width = np.dtype(dtype).itemsize
     if len(data) < width:
         return np.zeros(len(positions), dtype=np.dtype(dtype).newbyteorder("="))
     # every (overlapping, unaligned) value of the buffer, one a byte: a view, no copy
     view = np.ndarray((len(data) - width + 1,), dtype=dtype, buffer=data, strides=(1,))
-    safe = np.minimum(positions, len(view) - 1)
-    return view[safe].astype(np.dtype(dtype).newbyteorder("="))
+    values = view[positions].byteswap()
+    return values.view(values.dtype.newbyteorder("="))
 
 
 def fields(data: bytes, starts: Int64s, count: int) -> list[Values]:
-    """The ``count`` fields of the tuples starting at ``starts`` in ``data``.
+    """The ``count`` fields of the tuples starting at ``starts`` in ``data`` (which ends
+    with PADDING).
 
     Raises ValueError if a tuple does not hold ``count`` fields or overruns the buffer.
     """
@@ -80,7 +87,7 @@ def fields(data: bytes, starts: Int64s, count: int) -> list[Values]:
         position = position + 4
         out.append(Values(buffer, position, lengths))
         position = position + np.maximum(lengths, 0)
-    if len(position) and position.max() > len(buffer):
+    if len(position) and position.max() > len(buffer) - len(PADDING):
         raise ValueError("a COPY tuple overruns its message")
     return out
 

@@ -231,9 +231,10 @@ _FIXED_WIRE = {
 _EPOCH_DAYS = 10_957  # PostgreSQL counts from 2000-01-01, Arrow from 1970-01-01
 _EPOCH_MICROS = _EPOCH_DAYS * 86_400_000_000
 _FIRST_DAY = -719_162  # 0001-01-01, days from 1970: earlier dates are BC
-_FIRST_MICROS = _FIRST_DAY * 86_400_000_000
+_FIRST_MICROS = _FIRST_DAY * 86_400_000_000 - _EPOCH_MICROS  # 0001-01-01, PostgreSQL's
 _INT32 = np.iinfo(np.int32)
 _INT64 = np.iinfo(np.int64)
+_LAST_MICROS = _INT64.max - _EPOCH_MICROS  # PostgreSQL's microseconds that Arrow can hold
 _DAY_MICROS = 86_400_000_000
 
 
@@ -344,12 +345,14 @@ def _timestamp(arrow_type: pa.DataType) -> Decode:
 
     def decode(values: Values) -> pa.Array:
         micros = values.big_endian(">i8")
-        valid = ~values.nulls
-        _refuse(valid & ((micros == _INT64.max) | (micros == _INT64.min)), "an infinity")
-        _refuse(valid & (micros > _INT64.max - _EPOCH_MICROS), "a timestamp past year 294247")
-        micros = np.where(valid, micros, 0) + _EPOCH_MICROS
-        _refuse(valid & (micros < _FIRST_MICROS), "a timestamp before year 1 (BC)")
-        return pa.array(micros, mask=values.nulls).view(arrow_type)
+        nulls = values.nulls
+        valid = micros[~nulls] if nulls.any() else micros
+        if len(valid) and (valid.min() < _FIRST_MICROS or valid.max() > _LAST_MICROS):
+            _refuse((valid == _INT64.max) | (valid == _INT64.min), "an infinity")
+            _refuse(valid > _LAST_MICROS, "a timestamp past year 294247")
+            _refuse(valid < _FIRST_MICROS, "a timestamp before year 1 (BC)")
+        micros += _EPOCH_MICROS  # NULLs' values mean nothing: wrapping is harmless
+        return pa.array(micros, mask=nulls if nulls.any() else None).view(arrow_type)
 
     return decode
 

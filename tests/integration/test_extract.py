@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from totes_ingest import copy_stream, parquet_sink
+from totes_ingest import config, copy_stream, parquet_sink
 from totes_ingest.catalog import table_schema
 from totes_ingest.errors import (
     ReconciliationError,
@@ -127,6 +127,24 @@ def test_row_groups_hold_at_most_row_group_rows(
     assert sizes == [1000, 1000, 500]
     assert table.column("item_id").to_pylist() == list(range(1, 2501))
     assert result.rows == 2500
+
+
+def test_row_groups_are_also_cut_by_their_bytes(
+    conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN wide rows (10 KB each) and a row-group bound of about 100 KB
+    monkeypatch.setattr(copy_stream, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(config, "DEFAULT_ROW_GROUP_BYTES", 100_000)
+    _items(conn, 800)
+    conn.run("UPDATE item SET name = repeat(md5(item_id::text), 320)")
+    # WHEN extracted with a row bound they never reach
+    result, table = _extract(conn, tmp_path, row_group_rows=100_000)
+    # THEN row groups are cut by bytes (the bound plus at most one chunk), every row there
+    metadata = pq.ParquetFile(tmp_path / "item.parquet").metadata
+    sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert sum(sizes) == result.rows == 800
+    assert len(sizes) >= 4
+    assert table.column("item_id").to_pylist() == list(range(1, 801))
 
 
 def test_every_row_arrives_when_the_copy_spans_many_chunks(
