@@ -100,6 +100,22 @@ def validity(values: Values) -> pa.Buffer | None:
     return pa.py_buffer(np.packbits(valid, bitorder="little"))
 
 
+def from_numpy(
+    arrow_type: pa.DataType, native: npt.NDArray[Any], valid: pa.Buffer | None
+) -> pa.Array:
+    """``native`` (numbers in ``arrow_type``'s layout; booleans are bit-packed here) as an
+    Arrow array with the validity bitmap ``valid``.
+
+    Built from buffers rather than with ``pa.array``, whose first call on a numpy array
+    imports pandas when it is installed (half a second of a cold start, for nothing).
+    """
+    if native.dtype == np.bool_:
+        data = pa.py_buffer(np.packbits(native, bitorder="little"))
+    else:
+        data = pa.py_buffer(np.ascontiguousarray(native))
+    return pa.Array.from_buffers(arrow_type, len(native), [valid, data])
+
+
 def fixed(values: Values, arrow_type: pa.DataType, dtype: str) -> pa.Array:
     """Fixed-width values (``dtype`` big-endian on the wire) as an ``arrow_type`` array."""
     width = np.dtype(dtype).itemsize

@@ -65,7 +65,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes_ingest.errors import UnsupportedColumnType
-from totes_ingest.pg_binary import Values, array_elements, fixed, validity, variable
+from totes_ingest.pg_binary import (
+    Values,
+    array_elements,
+    fixed,
+    from_numpy,
+    validity,
+    variable,
+)
 
 PG_TYPE_KEY = b"pg_type"
 INTERVAL = pa.struct(
@@ -282,11 +289,11 @@ def _array_plan(column: Column, element: Column, ref: str) -> Plan:
             ) from e
         offsets = np.zeros(len(counts) + 1, dtype=np.int32)
         np.cumsum(counts, out=offsets[1:])
-        return pa.ListArray.from_arrays(
-            pa.array(offsets),
-            inner.decode(elements),
-            type=column.arrow_type,
-            mask=pa.array(values.nulls),
+        return pa.Array.from_buffers(
+            column.arrow_type,
+            len(counts),
+            [validity(values), pa.py_buffer(offsets)],
+            children=[inner.decode(elements)],
         )
 
     return Plan(column, expr, decode)
@@ -298,7 +305,7 @@ def _fixed(arrow_type: pa.DataType) -> Decode:
 
 def _bool(arrow_type: pa.DataType) -> Decode:
     def decode(values: Values) -> pa.Array:
-        return pa.array(values.big_endian(">u1") != 0, mask=values.nulls, type=arrow_type)
+        return from_numpy(arrow_type, values.big_endian(">u1") != 0, validity(values))
 
     return decode
 
@@ -325,7 +332,7 @@ def _date(arrow_type: pa.DataType) -> Decode:
         _refuse(valid & ((days == _INT32.max) | (days == _INT32.min)), "an infinite date")
         days += _EPOCH_DAYS
         _refuse(valid & (days < _FIRST_DAY), "a date before year 1 (BC)")
-        return pa.array(days.astype(np.int32), mask=values.nulls).view(arrow_type)
+        return from_numpy(arrow_type, days.astype(np.int32), validity(values))
 
     return decode
 
@@ -334,7 +341,7 @@ def _time(arrow_type: pa.DataType) -> Decode:
     def decode(values: Values) -> pa.Array:
         micros = values.big_endian(">i8")
         _refuse(~values.nulls & (micros >= _DAY_MICROS), "the time 24:00:00")
-        return pa.array(micros, mask=values.nulls).view(arrow_type)
+        return from_numpy(arrow_type, micros, validity(values))
 
     return decode
 
@@ -352,7 +359,7 @@ def _timestamp(arrow_type: pa.DataType) -> Decode:
             _refuse(valid > _LAST_MICROS, "a timestamp past year 294247")
             _refuse(valid < _FIRST_MICROS, "a timestamp before year 1 (BC)")
         micros += _EPOCH_MICROS  # NULLs' values mean nothing: wrapping is harmless
-        return pa.array(micros, mask=nulls if nulls.any() else None).view(arrow_type)
+        return from_numpy(arrow_type, micros, validity(values))
 
     return decode
 
@@ -362,13 +369,11 @@ def _interval(arrow_type: pa.DataType) -> Decode:
 
     def decode(values: Values) -> pa.Array:
         fields = [
-            pa.array(values.big_endian(">i4", 12)),
-            pa.array(values.big_endian(">i4", 8)),
-            pa.array(values.big_endian(">i8")),
+            from_numpy(pa.int32(), values.big_endian(">i4", 12), None),
+            from_numpy(pa.int32(), values.big_endian(">i4", 8), None),
+            from_numpy(pa.int64(), values.big_endian(">i8"), None),
         ]
-        return pa.StructArray.from_arrays(
-            fields, fields=list(INTERVAL), mask=pa.array(values.nulls)
-        )
+        return pa.Array.from_buffers(INTERVAL, len(values), [validity(values)], children=fields)
 
     return decode
 
