@@ -21,19 +21,17 @@ from __future__ import annotations
 import contextlib
 import pathlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pg8000.native
-import pyarrow as pa
 
 from totes_ingest import config
-from totes_ingest.catalog import table_columns
-from totes_ingest.copy_stream import in_transaction, widen_read_buffer
 from totes_ingest.errors import ReconciliationError, SourceUnavailable
 from totes_ingest.generate_new_entry_query import window_predicate
 from totes_ingest.identifiers import quote_ident
-from totes_ingest.parquet_sink import ParquetSink
-from totes_ingest.pg_types import plan, schema_of
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # The session settings the text of ``::text`` casts may depend on, fixed for the
 # transaction (SET LOCAL); the binary forms depend on none.
@@ -71,6 +69,13 @@ def extract_to_parquet(
     ``conn`` must not be inside a transaction: the extract runs its own read-only
     snapshot and leaves the session as it found it. On any error the file is removed.
     """
+    # Imported here, not above: a step that writes no Parquet imports this module through
+    # the pipeline, and so loads neither pyarrow nor numpy (tests/unit/test_cold_start.py).
+    from totes_ingest.catalog import table_columns
+    from totes_ingest.copy_stream import in_transaction, widen_read_buffer
+    from totes_ingest.parquet_sink import ParquetSink
+    from totes_ingest.pg_types import plan, schema_of
+
     window = f"[{start_time}, {end_time})"
     predicate = window_predicate(start_time, end_time, table=table)
     group_rows = row_group_rows or config.row_group_rows()

@@ -9,15 +9,13 @@ move between steps.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes_ingest.errors import InvalidEvent
@@ -30,6 +28,9 @@ from totes_ingest.observability import logger, put_metric
 from totes_ingest.validation import require_keys, validate_event
 from totes_ingest.window import commit_safe_end_time
 from totes_ingest.write_to_s3 import write_to_s3
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Payload = dict[str, Any]
 
@@ -199,40 +200,3 @@ def commit_table(payload: Mapping[str, Any], lake: Lake) -> Payload:
         "rows": rows,
         "reason": result.reason,
     }
-
-
-def _reason(cause: object) -> str:
-    """The error message inside a Lambda failure's Cause (a JSON document), or the cause."""
-    if isinstance(cause, str):
-        try:
-            parsed = json.loads(cause)
-        except ValueError:
-            return cause
-        if isinstance(parsed, dict) and "errorMessage" in parsed:
-            return str(parsed["errorMessage"])
-    return str(cause)
-
-
-def aggregate(results: Iterable[Mapping[str, Any]]) -> Payload:
-    """The seed's ``{table: file_key}`` output, and a summary of the tables that failed."""
-    output: dict[str, str] = {}
-    failures: dict[str, str] = {}
-    for result in results:
-        table = str(result.get("table"))
-        if result.get("status") == "written" and result.get("key"):
-            output[table] = str(result["key"])
-        elif result.get("status") == "failed":
-            failures[table] = f"{result.get('error')}: {_reason(result.get('cause'))}"
-    summary: Payload = {
-        "output": output,
-        "failed_count": len(failures),
-        "error": None,
-        "cause": None,
-    }
-    if failures:
-        summary["error"] = "TablesFailed"
-        summary["cause"] = json.dumps({"failed": failures, "written": output})
-        logger.critical("Run failed for some tables", extra={"failed": failures, "written": output})
-    else:
-        logger.info("Run finished", extra={"written": output})
-    return summary
