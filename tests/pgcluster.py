@@ -46,8 +46,11 @@ class PrivateCluster:
         self.data.mkdir(mode=0o700)
         if _SYSTEM_USER is not None:
             os.chown(self.data, user.pw_uid, user.pw_gid)
-        initdb(["--auth=trust", "-U", "postgres", "--encoding=utf8"], pgdata=self.data,
-               user=_SYSTEM_USER)
+        initdb(
+            ["--auth=trust", "-U", "postgres", "--encoding=utf8"],
+            pgdata=self.data,
+            user=_SYSTEM_USER,
+        )
         self._start()
         if self.standby:
             self._stop()

@@ -113,7 +113,7 @@ def extract_to_parquet(
     """
     start = None if start_time is None else parse_time(validated_time(start_time, table=table))
     end = parse_time(validated_time(end_time, table=table))
-    source = resolve_table(conn, table, "public")
+    source = resolve_table(conn, table, "public", views=True)
     window = Window(table=table, run_id="extract", start=start, end=end)
     return extract_window(
         conn,

@@ -155,8 +155,8 @@ def stage_table(
     lake: Lake,
     *,
     row_group_rows: int,
-    reread_lag_seconds: float,
-    schema: str = "public",
+    reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS,
+    schema: str = config.DEFAULT_SOURCE_SCHEMA,
 ) -> Payload:
     """Extract the window's rows to Parquet and upload it to the run's staging key."""
     window = Window.from_payload(payload)

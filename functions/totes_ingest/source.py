@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from totes_ingest.db_errors import source_errors
-from totes_ingest.errors import InvalidEvent
+from totes_ingest.errors import IngestError, InvalidEvent, SourceError
 from totes_ingest.identifiers import quote_ident
 
 CURSOR_COLUMN: Final = "last_updated"
@@ -70,16 +70,29 @@ class SourceTable:
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
 
 
-def resolve_tables(conn: Any, names: Sequence[str], schema: str) -> dict[str, SourceTable]:
-    """Each of ``names`` as a table of ``schema``; InvalidEvent names every one that is not."""
-    with source_errors("table lookup"):
+def resolve_tables(
+    conn: Any,
+    names: Sequence[str],
+    schema: str,
+    *,
+    views: bool = False,
+    error: type[IngestError] = InvalidEvent,
+) -> dict[str, SourceTable]:
+    """Each of ``names`` as a table of ``schema``; ``error`` names every one that is not.
+
+    ``views`` also accepts views and materialized views (for ad-hoc extracts; the
+    pipeline ingests tables only).
+    """
+    kinds = ("r", "p", "v", "m") if views else ("r", "p")
+    only = names[0] if len(names) == 1 else None
+    with source_errors("table lookup", table=only):
         rows = conn.run(_RELATIONS_SQL, names=list(names), schema=schema, cursor=CURSOR_COLUMN)
     found = {row[0]: row for row in rows}
     problems: list[str] = []
     tables: dict[str, SourceTable] = {}
     for name in names:
         row = found.get(name)
-        problem = _problem(name, schema, row)
+        problem = _problem(name, schema, row, kinds)
         if problem is not None:
             problems.append(problem)
             continue
@@ -96,17 +109,20 @@ def resolve_tables(conn: Any, names: Sequence[str], schema: str) -> dict[str, So
             key=key,
         )
     if problems:
-        raise InvalidEvent("; ".join(problems))
+        raise error("; ".join(problems), table=only)
     return tables
 
 
-def resolve_table(conn: Any, name: str, schema: str) -> SourceTable:
-    return resolve_tables(conn, [name], schema)[name]
+def resolve_table(conn: Any, name: str, schema: str, *, views: bool = False) -> SourceTable:
+    """One table, once the run has started: one that went missing is a SourceError."""
+    return resolve_tables(conn, [name], schema, views=views, error=SourceError)[name]
 
 
-def _problem(name: str, schema: str, row: Any) -> str | None:
-    if row is None or row[2] not in ("r", "p"):
-        return f"{name}: not a table of schema {schema}"
+def _problem(name: str, schema: str, row: Any, kinds: tuple[str, ...]) -> str | None:
+    if row is None:
+        return f"{name}: does not exist in schema {schema}"
+    if row[2] not in kinds:
+        return f"{name}: not a table of schema {schema} (relkind {row[2]})"
     _, _, _, is_partition, parent, typname, _ = row
     if is_partition:
         return f"{name}: a partition of {parent}; ingest {parent} instead"
