@@ -2,9 +2,10 @@
 
 The public face of the extract. Inside one REPEATABLE READ, READ ONLY transaction it
 reads the table's columns from the catalog, streams ``COPY (SELECT ...) TO STDOUT (FORMAT
-binary)`` into the Parquet sink, and counts the window in the same snapshot: a file
-holding a different number of rows is a ReconciliationError. The pieces live in their
-own modules:
+binary)`` of the window's cursor range (and of the re-read rows the lake lacks, by ctid,
+into the same file) through the Parquet sink, and counts the window in the same
+snapshot: a file holding a different number of rows is a ReconciliationError. The
+pieces live in their own modules:
 
 - ``pg_types``: the type mapping (each column's SELECT expression and decoding);
 - ``catalog``: a table's columns, read from the catalog;
@@ -26,9 +27,14 @@ from typing import TYPE_CHECKING, Any
 import pg8000.native
 
 from totes_ingest import config
-from totes_ingest.errors import ReconciliationError, SourceUnavailable
-from totes_ingest.generate_new_entry_query import window_predicate
+from totes_ingest.cursor import CursorRange
+from totes_ingest.db_errors import source_errors
+from totes_ingest.errors import ReconciliationError
+from totes_ingest.format_time import parse_time
+from totes_ingest.generate_new_entry_query import validated_time
 from totes_ingest.identifiers import quote_ident
+from totes_ingest.source import CURSOR_COLUMN, SourceTable, resolve_table
+from totes_ingest.window import Window
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -52,6 +58,7 @@ class ExtractResult:
     rows: int
     bytes: int
     schema: pa.Schema
+    reread: int = 0  # of which rows came from the re-read range
 
 
 def extract_to_parquet(
@@ -63,11 +70,41 @@ def extract_to_parquet(
     *,
     row_group_rows: int | None = None,
 ) -> ExtractResult:
-    """Write the rows of ``table`` with ``last_updated`` in ``[start_time, end_time)`` to
-    ``path`` as Parquet, schema from the catalog; ``start_time=None`` is from the start.
+    """Write the rows of ``public.table`` with ``last_updated`` in ``[start_time, end_time)``
+    to ``path`` as Parquet, schema from the catalog; ``start_time=None`` is from the start.
 
-    ``conn`` must not be inside a transaction: the extract runs its own read-only
-    snapshot and leaves the session as it found it. On any error the file is removed.
+    The bounds are cursor values, compared as the column's own values (no re-read
+    overlap): the pipeline itself calls :func:`extract_window`.
+    """
+    start = None if start_time is None else parse_time(validated_time(start_time, table=table))
+    end = parse_time(validated_time(end_time, table=table))
+    source = resolve_table(conn, table, "public", views=True)
+    window = Window(table=table, run_id="extract", start=start, end=end)
+    return extract_window(
+        conn,
+        window.with_cursor(CursorRange(start, end)),
+        source,
+        path,
+        row_group_rows=row_group_rows,
+    )
+
+
+def extract_window(
+    conn: pg8000.native.Connection,
+    window: Window,
+    source: SourceTable,
+    path: pathlib.Path,
+    *,
+    row_group_rows: int | None = None,
+    in_lake: pa.Table | None = None,
+) -> ExtractResult:
+    """Write the rows of ``window``'s cursor range to ``path`` as Parquet.
+
+    Every row of the range ``[start, end)``; of its re-read range, the rows whose (key,
+    cursor) pair ``in_lake`` (see ``reread.lake_versions``) does not hold. Both are read,
+    and counted, in one snapshot. ``conn`` must not be inside a transaction: the extract
+    runs its own read-only snapshot and leaves the session as it found it. On any error
+    the file is removed.
     """
     # Imported here, not above: a step that writes no Parquet imports this module through
     # the pipeline, and so loads neither pyarrow nor numpy (tests/unit/test_cold_start.py).
@@ -75,45 +112,71 @@ def extract_to_parquet(
     from totes_ingest.copy_stream import in_transaction, widen_read_buffer
     from totes_ingest.parquet_sink import ParquetSink
     from totes_ingest.pg_types import plan, schema_of
+    from totes_ingest.reread import ctid_predicate
 
-    window = f"[{start_time}, {end_time})"
-    predicate = window_predicate(start_time, end_time, table=table)
+    table, label = window.table, window.label
+    if window.cursor is None:
+        raise ValueError(f"window {label} of {table} has no cursor range")
     group_rows = row_group_rows or config.row_group_rows()
     if group_rows < 1:
         raise ValueError(f"row_group_rows must be positive, not {group_rows}")
     if in_transaction(conn):
         raise ValueError("extract_to_parquet needs a connection outside any transaction")
-    db = _Db(conn, table, window)
+    cursor = f"{_SRC}.{quote_ident(CURSOR_COLUMN)}"
+    db = _Db(conn, table, label)
     try:
         db.run(
             "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
             + "; ".join(SESSION_SETTINGS)
         )
-        columns = table_columns(conn, table, window=window)
+        columns = table_columns(conn, table, window=label, relation=source.relation)
         schema = schema_of(columns)
-        source = f"{quote_ident(table)} AS {_SRC} WHERE {predicate}"
         plans = [plan(column, f"{_SRC}.{quote_ident(column.name)}") for column in columns]
-        select = ", ".join(plan.expr for plan in plans)
-        copy_sql = f"COPY (SELECT {select} FROM {source}) TO STDOUT (FORMAT binary)"  # nosec B608
+        select = ", ".join(p.expr for p in plans)
+        rows_of = f"SELECT {select} FROM {source.relation} AS {_SRC} WHERE "  # nosec B608
+        predicate = window.cursor.predicate(source, cursor)
+        copies = [f"COPY ({rows_of}{predicate}) TO STDOUT (FORMAT binary)"]
+        extra = _reread(db, window.cursor, source, schema, in_lake)
+        if extra:
+            copies.append(
+                f"COPY ({rows_of}{_SRC}.{ctid_predicate(extra)}) TO STDOUT (FORMAT binary)"
+            )
         widen_read_buffer(conn)
-        sink = ParquetSink(conn, path, schema, plans, group_rows, table, window)
+        sink = ParquetSink(conn, path, schema, plans, group_rows, table, label)
+        count = f"SELECT count(*) FROM {source.relation} AS {_SRC} WHERE {predicate}"  # nosec B608
         written, ((counted,),) = sink.run(
-            lambda stream: db.run(copy_sql, stream=stream),
+            lambda stream: [db.run(sql, stream=stream) for sql in copies],
             # the same snapshot, counted while the writer thread finishes the file
-            then=lambda: db.run(f"SELECT count(*) FROM {source}"),  # nosec B608
+            then=lambda: db.run(count),
         )
         db.run("COMMIT")
+        counted += len(extra)
         if written != counted:
             raise ReconciliationError(
                 f"wrote {written} rows but the window holds {counted}",
                 table=table,
-                window=window,
+                window=label,
             )
     except BaseException:
         db.rollback_quietly()
         path.unlink(missing_ok=True)
         raise
-    return ExtractResult(rows=written, bytes=path.stat().st_size, schema=schema)
+    return ExtractResult(rows=written, bytes=path.stat().st_size, schema=schema, reread=len(extra))
+
+
+def _reread(
+    db: _Db, cursor: CursorRange, source: SourceTable, schema: pa.Schema, in_lake: pa.Table | None
+) -> list[str]:
+    """The ``ctid`` of the re-read range's rows the lake does not hold (in the snapshot)."""
+    from totes_ingest.reread import missing_ctids  # imports pyarrow, like the sink
+
+    predicate = cursor.reread_predicate(source, quote_ident(CURSOR_COLUMN))
+    if predicate is None or not source.key:
+        return []
+    if in_lake is None:
+        raise ValueError("a window with a re-read range needs the lake's versions")
+    cursor_type = schema.field(CURSOR_COLUMN).type
+    return missing_ctids(db.run, source, predicate, in_lake, cursor_type)
 
 
 class _Db:
@@ -125,19 +188,8 @@ class _Db:
         self.window = window
 
     def run(self, sql: str, **kwargs: Any) -> Any:
-        try:
+        with source_errors("extract", table=self.table, window=self.window):
             return self.conn.run(sql, **kwargs)
-        except pg8000.exceptions.DatabaseError as e:
-            # imported here: db_connections brings boto3, which the extract needs not
-            from totes_ingest.db_connections import as_source_error
-
-            raise as_source_error(e, "extract", table=self.table, window=self.window) from e
-        except (pg8000.exceptions.InterfaceError, OSError) as e:
-            raise SourceUnavailable(
-                f"connection lost during extract: {type(e).__name__}",
-                table=self.table,
-                window=self.window,
-            ) from e
 
     def rollback_quietly(self) -> None:
         """End the transaction if the connection is still usable; a dead one is left be."""

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import struct
 from decimal import Decimal
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from totes_ingest.errors import UnsupportedColumnType
+from totes_ingest.pg_binary import PADDING, Values
 from totes_ingest.pg_types import (
     INTERVAL,
     PG_TYPE_KEY,
     CatalogType,
     Column,
-    Plan,
     conform,
     map_type,
     numeric_type,
@@ -57,7 +59,7 @@ def test_a_scale_above_the_precision_becomes_the_precision() -> None:
 
 
 def test_a_columns_field_carries_its_postgresql_type() -> None:
-    field = Column("price", "numeric(10,2)", pa.decimal128(10, 2), "plain").field
+    field = Column("price", "numeric(10,2)", pa.decimal128(10, 2), "numeric").field
     assert field.metadata == {PG_TYPE_KEY: b"numeric(10,2)"}
     assert field.nullable
 
@@ -85,7 +87,7 @@ def test_a_base_type_maps_through_the_table() -> None:
     column = _mapped(_INT4, "integer")
     assert (column.arrow_type, column.kind, column.field.metadata) == (
         pa.int32(),
-        "plain",
+        "fixed",
         {PG_TYPE_KEY: b"integer"},
     )
 
@@ -115,44 +117,67 @@ def test_a_type_without_a_faithful_mapping_is_refused_naming_the_column() -> Non
         _mapped(_MONEY, "money")
 
 
-# --- plan: how the extract selects, parses and finishes a column ---
+# --- plan: how the extract selects and decodes a column (binary COPY values) ---
 
 
-def test_a_plain_column_is_selected_as_it_is_and_needs_no_finishing() -> None:
-    column = _mapped(_INT4)
-    assert plan(column, "x") == Plan(column, ("x",), (pa.int32(),), None)
+def _values(*encoded: bytes | None) -> Values:
+    """Values as a binary COPY sends them: each a length (-1: NULL) and its bytes."""
+    data, positions, lengths = b"", [], []
+    for value in encoded:
+        positions.append(len(data) + 4)
+        lengths.append(-1 if value is None else len(value))
+        data += struct.pack(">i", lengths[-1]) + (value or b"")
+    buffer = np.frombuffer(data + PADDING, dtype=np.uint8)
+    return Values(buffer, np.array(positions, dtype=np.int64), np.array(lengths, np.int32))
 
 
-def test_an_interval_is_selected_as_its_three_fields() -> None:
+def test_an_integer_is_selected_as_it_is_and_decoded_from_big_endian() -> None:
+    planned = plan(_mapped(_INT4), "x")
+    assert planned.expr == "x"
+    decoded = planned.decode(_values(struct.pack(">i", -7), None, struct.pack(">i", 2**31 - 1)))
+    assert decoded.to_pylist() == [-7, None, 2**31 - 1]
+
+
+def test_a_constrained_numeric_is_selected_as_its_exact_text() -> None:
+    planned = plan(_mapped(_POSITIVE), "x")
+    assert planned.expr == "(x)::text"
+    assert planned.decode(_values(b"1.50", None)).to_pylist() == [Decimal("1.50"), None]
+
+
+def test_an_array_of_a_type_selected_as_text_is_selected_as_a_text_array() -> None:
+    assert plan(_mapped(_NESTED), "x").expr == "(x)::text[]"
+    assert plan(_mapped(_INT4_ARRAY), "x").expr == "x"
+
+
+def test_an_interval_is_decoded_into_its_three_fields() -> None:
     column = Column("v", "interval", INTERVAL, "interval")
-    planned = plan(column, "x")
-    assert planned.csv_types == (pa.int32(), pa.int32(), pa.int64())
-    months, days, micros = (
-        pa.array([v], t) for v, t in zip((14, 3, 5), planned.csv_types, strict=True)
-    )
-    assert planned.finish is not None
-    assert planned.finish([months, days, micros]).to_pylist() == [
-        {"months": 14, "days": 3, "microseconds": 5}
-    ]
+    decoded = plan(column, "x").decode(_values(struct.pack(">qii", 5, 3, 14), None))
+    assert decoded.to_pylist() == [{"months": 14, "days": 3, "microseconds": 5}, None]
 
 
-def test_bytea_hex_text_is_finished_into_bytes() -> None:
-    column = Column("v", "bytea", pa.binary(), "bytea")
-    planned = plan(column, "x")
-    assert planned.finish is not None
-    finished = planned.finish([pa.array(["\\x00ff", None, "\\x"])])
-    assert finished.to_pylist() == [b"\x00\xff", None, b""]
+def test_a_timestamp_past_year_9999_is_decoded_exactly() -> None:
+    column = Column("v", "timestamp", pa.timestamp("us"), "timestamp")
+    # 10000-01-01 in PostgreSQL's microseconds since 2000-01-01
+    micros = 253402300800000000 - 946684800000000
+    decoded = plan(column, "x").decode(_values(struct.pack(">q", micros)))
+    assert decoded.cast(pa.int64()).to_pylist() == [253402300800000000]
+
+
+def test_an_infinite_timestamp_is_refused() -> None:
+    column = Column("v", "timestamp", pa.timestamp("us"), "timestamp")
+    with pytest.raises(ValueError, match="infinity"):
+        plan(column, "x").decode(_values(struct.pack(">q", 2**63 - 1)))
 
 
 # --- conform: pg8000's Python values in the mapping's form ---
 
 
 def test_an_unconstrained_numeric_value_is_conformed_to_its_exact_text() -> None:
-    schema = pa.schema([Column("v", "numeric", pa.string(), "plain").field])
+    schema = pa.schema([Column("v", "numeric", pa.string(), "numeric").field])
     assert conform([{"v": Decimal("1.50")}, {"v": None}], schema) == [{"v": "1.50"}, {"v": None}]
 
 
 def test_a_nan_in_a_decimal_column_is_refused() -> None:
-    schema = pa.schema([Column("v", "numeric(10,2)", pa.decimal128(10, 2), "plain").field])
+    schema = pa.schema([Column("v", "numeric(10,2)", pa.decimal128(10, 2), "numeric").field])
     with pytest.raises(UnsupportedColumnType, match="'v'"):
         conform([{"v": Decimal("NaN")}], schema)
