@@ -54,7 +54,7 @@ infra: $(STAMP) tools ## Offline deployment checks: template, ASL, package, scan
 diagram: $(STAMP) ## Regenerate docs/architecture.md from statemachine/ingest.asl.json
 	$(PY) statemachine/diagram.py
 
-bench: $(STAMP) ## Time the extract against ADBC, the seed's approach and psql at N and 4N rows
+bench: $(STAMP) ## Time the extract against DuckDB, ConnectorX, ADBC, the seed's approach and psql at N and 4N rows (paired)
 	$(PY) benchmarks/extract_bench.py $(ARGS)
 
 lint: $(STAMP)

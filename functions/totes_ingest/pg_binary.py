@@ -136,8 +136,11 @@ def variable(values: Values, arrow_type: pa.DataType, skip: int = 0) -> pa.Array
     if total > np.iinfo(np.int32).max:
         raise ValueError("a chunk's values exceed 2 GiB")
     positions = values.positions + skip
+    width = int(lengths[0]) if len(lengths) else 0
     if total == 0:
         payload = b""
+    elif total == width * len(values) and np.all(lengths == width):  # one width: codes, dates
+        payload = values.data[(positions[:, None] + np.arange(width)).ravel()].tobytes()
     elif total <= _GATHER_MEAN_BYTES * max(1, len(values)):
         index = np.repeat(positions - offsets[:-1], lengths) + np.arange(total)
         payload = values.data[index].tobytes()

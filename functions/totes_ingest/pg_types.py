@@ -243,6 +243,9 @@ _INT32 = np.iinfo(np.int32)
 _INT64 = np.iinfo(np.int64)
 _LAST_MICROS = _INT64.max - _EPOCH_MICROS  # PostgreSQL's microseconds that Arrow can hold
 _DAY_MICROS = 86_400_000_000
+_INT64_DIGITS = 18  # numeric(p, s) with p up to this is decoded from its binary form
+_POW10 = np.array([10**i for i in range(_INT64_DIGITS + 1)], dtype=np.int64)
+_NUMERIC_NEG, _NUMERIC_NAN, _NUMERIC_PINF, _NUMERIC_NINF = 0x4000, 0xC000, 0xD000, 0xF000
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,8 @@ def plan(column: Column, ref: str) -> Plan:
         return _array_plan(column, column.element, ref)
     if kind in ("text_cast", "jsonb") or (kind == "numeric" and not _is_decimal(arrow_type)):
         return Plan(column, f"({ref})::text", _TEXT_DECODERS[kind](arrow_type), as_text=True)
+    if kind == "numeric" and arrow_type.precision <= _INT64_DIGITS:
+        return Plan(column, ref, partial(_small_decimal, arrow_type))
     if kind == "numeric":
         # PostgreSQL's exact text, cast by Arrow, which refuses any rounding and NaN.
         return Plan(column, f"({ref})::text", partial(_decimal, arrow_type), as_text=True)
@@ -323,6 +328,32 @@ def _json(arrow_type: pa.DataType) -> Decode:
 
 def _decimal(arrow_type: pa.DataType, values: Values) -> pa.Array:
     return pc.cast(variable(values, pa.string()), arrow_type)
+
+
+def _small_decimal(arrow_type: pa.DataType, values: Values) -> pa.Array:
+    """numeric(p <= 18, s) from its binary form: base-10000 digits summed into the
+    unscaled int64 (exact: every value of the column has at most p digits, s after the
+    point), then widened to Arrow's 128-bit decimal. NaN and infinities are refused."""
+    valid = ~values.nulls
+    digits = values.big_endian(">i2").astype(np.int64)
+    weight = values.big_endian(">i2", 2).astype(np.int64)
+    sign = values.big_endian(">u2", 4)
+    _refuse(valid & (sign == _NUMERIC_NAN), "NaN")
+    _refuse(valid & ((sign == _NUMERIC_PINF) | (sign == _NUMERIC_NINF)), "an infinity")
+    unscaled = np.zeros(len(values), dtype=np.int64)
+    for k in range(int(digits[valid].max(initial=0))):
+        has = valid & (digits > k)
+        digit = np.where(has, values.big_endian(">i2", 8 + 2 * k), 0).astype(np.int64)
+        exponent = 4 * (weight - k) + arrow_type.scale  # of ten, for this digit
+        up = _POW10[np.clip(exponent, 0, _INT64_DIGITS)]
+        down = _POW10[np.clip(-exponent, 0, _INT64_DIGITS)]
+        if np.any(digit % down):
+            raise ValueError(f"more fractional digits than the scale {arrow_type.scale}")
+        unscaled += digit * up // down
+    unscaled = np.where(sign == _NUMERIC_NEG, -unscaled, unscaled)
+    halves = np.empty((len(values), 2), dtype=np.int64)  # little-endian 128-bit
+    halves[:, 0], halves[:, 1] = unscaled, unscaled >> 63
+    return pa.Array.from_buffers(arrow_type, len(values), [validity(values), pa.py_buffer(halves)])
 
 
 def _date(arrow_type: pa.DataType) -> Decode:

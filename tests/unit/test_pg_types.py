@@ -66,7 +66,7 @@ def test_a_columns_field_carries_its_postgresql_type() -> None:
 
 # --- map_type: catalog facts to Arrow types, no database needed ---
 
-_INT4, _TEXT, _NUMERIC, _INT4_ARRAY, _MONEY, _MOOD, _POSITIVE, _NESTED = range(1, 9)
+_INT4, _TEXT, _NUMERIC, _INT4_ARRAY, _MONEY, _MOOD, _POSITIVE, _NESTED, _WIDE, _WIDES = range(1, 11)
 _CATALOG = {
     _INT4: CatalogType("int4", "pg_catalog", "b", "N", 0, 0, -1),
     _TEXT: CatalogType("text", "pg_catalog", "b", "S", 0, 0, -1),
@@ -76,6 +76,8 @@ _CATALOG = {
     _MOOD: CatalogType("mood", "public", "e", "E", 0, 0, -1),
     _POSITIVE: CatalogType("price", "public", "d", "N", 0, _NUMERIC, _typmod(10, 2)),
     _NESTED: CatalogType("_price", "public", "b", "A", _POSITIVE, 0, -1),
+    _WIDE: CatalogType("amount", "public", "d", "N", 0, _NUMERIC, _typmod(30, 2)),
+    _WIDES: CatalogType("_amount", "public", "b", "A", _WIDE, 0, -1),
 }
 
 
@@ -138,15 +140,38 @@ def test_an_integer_is_selected_as_it_is_and_decoded_from_big_endian() -> None:
     assert decoded.to_pylist() == [-7, None, 2**31 - 1]
 
 
-def test_a_constrained_numeric_is_selected_as_its_exact_text() -> None:
+def _numeric(weight: int, sign: int, scale: int, *digits: int) -> bytes:
+    """PostgreSQL's binary numeric: base-10000 digits, the first at 10000**weight."""
+    return struct.pack(f">hhHh{len(digits)}h", len(digits), weight, sign, scale, *digits)
+
+
+def test_a_numeric_of_up_to_18_digits_is_decoded_from_its_binary_form() -> None:
     planned = plan(_mapped(_POSITIVE), "x")
+    assert planned.expr == "x"
+    values = _values(
+        _numeric(0, 0, 2, 1, 5000),  # 1.50
+        _numeric(1, 0x4000, 2, 1, 2345, 6700),  # -12345.67
+        _numeric(0, 0, 0),  # 0
+        None,
+    )
+    expected = [Decimal("1.50"), Decimal("-12345.67"), Decimal("0.00"), None]
+    assert planned.decode(values).to_pylist() == expected
+
+
+def test_nan_in_a_numeric_of_up_to_18_digits_is_refused() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        plan(_mapped(_POSITIVE), "x").decode(_values(_numeric(0, 0xC000, 0)))
+
+
+def test_a_wider_numeric_is_selected_as_its_exact_text() -> None:
+    planned = plan(_mapped(_WIDE), "x")
     assert planned.expr == "(x)::text"
     assert planned.decode(_values(b"1.50", None)).to_pylist() == [Decimal("1.50"), None]
 
 
 def test_an_array_of_a_type_selected_as_text_is_selected_as_a_text_array() -> None:
-    assert plan(_mapped(_NESTED), "x").expr == "(x)::text[]"
-    assert plan(_mapped(_INT4_ARRAY), "x").expr == "x"
+    assert plan(_mapped(_WIDES), "x").expr == "(x)::text[]"
+    assert plan(_mapped(_NESTED), "x").expr == "x"
 
 
 def test_an_interval_is_decoded_into_its_three_fields() -> None:
