@@ -145,7 +145,7 @@ def test_a_cursor_that_is_not_a_timestamp_is_refused_before_anything_runs(conn: 
     conn.run("CREATE TABLE dated (id int PRIMARY KEY, last_updated date)")
     conn.run("CREATE TABLE counted (id int PRIMARY KEY, last_updated bigint)")
     with pytest.raises(
-        InvalidEvent, match="dated: last_updated is date.*counted: last_updated is int8"
+        InvalidEvent, match=r"dated: last_updated is date.*counted: last_updated is int8"
     ):
         pipeline.start_run({"tables_to_query": ["dated", "counted"]}, conn, SETTINGS)
 
@@ -156,7 +156,8 @@ def test_a_partition_is_refused_and_its_parent_named(conn: Any) -> None:
         " PARTITION BY RANGE (last_updated)"
     )
     conn.run(
-        "CREATE TABLE sales_2026 PARTITION OF sales FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"
+        "CREATE TABLE sales_2026 PARTITION OF sales"
+        " FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"
     )
     with pytest.raises(InvalidEvent, match="sales_2026: a partition of sales"):
         pipeline.start_run({"tables_to_query": ["sales", "sales_2026"]}, conn, SETTINGS)
