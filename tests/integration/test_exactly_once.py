@@ -10,6 +10,7 @@ pipeline's own steps against a real PostgreSQL, where it once was lost.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -196,3 +197,60 @@ def test_a_keyless_table_with_a_wall_clock_cursor_in_a_zone_with_dst_is_refused(
         pipeline.start_run({"tables_to_query": ["log"]}, conn, settings)
     utc = pipeline.RunSettings(0, 1, 0, source_timezone="UTC")
     assert pipeline.start_run({"tables_to_query": ["log"]}, conn, utc)["tables"] == ["log"]
+
+
+def _metrics(out: str, name: str) -> list[dict[str, Any]]:
+    """The EMF documents of metric ``name`` printed on stdout."""
+    found = []
+    for line in out.splitlines():
+        if line.startswith("{") and f'"{name}"' in line:
+            document = json.loads(line)
+            if name in document:
+                found.append(document)
+    return found
+
+
+def _value(document: dict[str, Any], name: str) -> float:
+    value = document[name]
+    return float(value[0] if isinstance(value, list) else value)
+
+
+def test_a_forgotten_begin_is_named_and_freshness_keeps_being_reported(
+    items: Any,
+    db_settings: dict[str, Any],
+    s3: Any,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # GIVEN a table ingested once, then a psql session left idle in a transaction
+    lake = Lake(s3, BUCKET)
+    _insert(connect(db_settings), 2)
+    _run(items, lake, "item")
+    forgotten = connect(db_settings, application_name="psql")
+    forgotten.run("BEGIN")
+    forgotten.run("SELECT 'secret query text'")
+    time.sleep(1.2)
+    capsys.readouterr()
+    # WHEN the next runs find nothing they may ingest
+    settings = pipeline.RunSettings(0, 1, 0, stall_warning_seconds=1)
+    run = pipeline.start_run({"tables_to_query": ["item"]}, items, settings)
+    item = {
+        "table": "item",
+        **{k: run[k] for k in ("end_time", "run_id", "source_timezone", "hold")},
+    }
+    pipeline.stage_table(pipeline.find_watermark(item, lake), items, lake, row_group_rows=100)
+    # THEN a WARNING names the session, never its query
+    (stall,) = [r for r in caplog.records if r.getMessage().startswith("End bound held back")]
+    assert stall.levelname == "WARNING"
+    assert stall.application_name == "psql"  # type: ignore[attr-defined]
+    assert stall.state == "idle in transaction"  # type: ignore[attr-defined]
+    assert stall.open_seconds >= 1  # type: ignore[attr-defined]
+    assert "secret query text" not in caplog.text + str(vars(stall))
+    # ... and the lag and the table's freshness are measured though nothing was written
+    out = capsys.readouterr().out
+    (lag,) = _metrics(out, "EndBoundLagSeconds")
+    assert _value(lag, "EndBoundLagSeconds") >= 1
+    (fresh,) = _metrics(out, "FreshnessSeconds")
+    assert fresh["table"] == "item"
+    assert _value(fresh, "FreshnessSeconds") >= 1
+    forgotten.close()
