@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from tests.clock import fall_back_zone
 from tests.conftest import BUCKET
 from tests.lakecheck import read_table
 from tests.pgcluster import connect
@@ -55,14 +56,6 @@ def _insert(writer: Any, n: int) -> list[tuple[int, datetime]]:
     return [_write(writer, "INSERT INTO item (v) VALUES ('x')") for _ in range(n)]
 
 
-def _fall_back_in(seconds: float) -> tuple[str, datetime]:
-    """A POSIX zone, UTC+1 until ``seconds`` from now then UTC, and the change (UTC)."""
-    change = (datetime.now(UTC) + timedelta(seconds=seconds)).replace(microsecond=0, tzinfo=None)
-    local = change + timedelta(hours=1)  # the rule's time is the wall clock before it
-    day = local.timetuple().tm_yday - (1 if local.month > 2 and local.year % 4 == 0 else 0)
-    return f"AAA0BBB-1,J1/0,J{day}/{local:%H:%M:%S}", change
-
-
 @pytest.fixture
 def items(conn: Any) -> Any:
     conn.run(
@@ -76,7 +69,7 @@ def test_across_a_fall_back_no_version_is_lost_or_written_twice(
     items: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:
     # GIVEN a database whose zone falls back an hour a few seconds from now
-    zone, change = _fall_back_in(6)
+    zone, change = fall_back_zone(6)
     items.run(f"ALTER DATABASE \"{db_settings['database']}\" SET timezone = '{zone}'")
     writer, ingest, lake = connect(db_settings), connect(db_settings), Lake(s3, BUCKET)
     # ... versions written, and ingested, before the change
