@@ -8,7 +8,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 ARGS ?=
 
-.PHONY: install tools run seed simulate test unit infra lint typecheck bench chaos clean diagram lock
+.PHONY: install tools run seed simulate test unit infra lint typecheck bench bench-reread chaos clean diagram lock
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ diagram: $(STAMP) ## Regenerate docs/architecture.md from statemachine/ingest.as
 
 bench: $(STAMP) ## Time the extract against DuckDB, ConnectorX, ADBC, the seed's approach and psql at N and 4N rows (paired)
 	$(PY) benchmarks/extract_bench.py $(ARGS)
+
+bench-reread: $(STAMP) ## What the re-read overlap costs a run at 10, 10,000 and 1,000,000 changed rows
+	$(PY) benchmarks/reread_bench.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check functions tests benchmarks statemachine

@@ -33,6 +33,7 @@ S3_GRANTS: dict[str, set[tuple[str, str]]] = {
     "QueryToParquet": {
         ("s3:ListBucket", ""),
         ("s3:GetObject", TABLE_KEYS),
+        ("s3:GetObject", "_claims/*"),
         ("s3:PutObject", "_staging/*"),
         ("s3:AbortMultipartUpload", "_staging/*"),
         ("s3:ListMultipartUploadParts", "_staging/*"),
