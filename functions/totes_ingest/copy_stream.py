@@ -183,8 +183,10 @@ def _leading_copy_data(buffered: bytes, field_count: int) -> tuple[int, Int64s]:
     rest one message at a time. The result is always exact.
     """
     data = np.frombuffer(buffered, dtype=np.uint8)
-    hi, lo = field_count >> 8, field_count & 0xFF
-    starts = np.flatnonzero((data[:-6] == _COPY_DATA) & (data[5:-1] == hi) & (data[6:] == lo))
+    # the field count at every byte (a view, no copy), then a ``d`` five bytes before
+    counts = np.ndarray((len(data) - 6,), dtype=">u2", buffer=data, offset=5, strides=(1,))
+    starts = np.flatnonzero(counts == field_count)
+    starts = starts[data[starts] == _COPY_DATA]
     if len(starts) == 0 or starts[0] != 0:
         return 0, starts[:0]
     stops = starts + 1 + be_at(data, ">i4", starts + 1).astype(np.int64)

@@ -80,11 +80,11 @@ def fields(data: bytes, starts: Int64s, count: int) -> list[Values]:
     buffer = np.frombuffer(data, dtype=np.uint8)
     if len(starts) and not np.all(be_at(buffer, ">i2", starts) == count):
         raise ValueError(f"a COPY tuple does not hold {count} fields")
-    position = starts + 2
+    position = starts + 2  # a new array: the loop below adds to it in place
     out = []
     for _ in range(count):
-        lengths = be_at(buffer, ">i4", position).astype(np.int32)
-        position = position + 4
+        lengths = be_at(buffer, ">i4", position)
+        position += 4
         out.append(Values(buffer, position, lengths))
         position = position + np.maximum(lengths, 0)
     if len(position) and position.max() > len(buffer) - len(PADDING):

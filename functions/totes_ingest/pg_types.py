@@ -62,7 +62,6 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from totes_ingest.errors import UnsupportedColumnType
 from totes_ingest.pg_binary import (
@@ -327,6 +326,8 @@ def _json(arrow_type: pa.DataType) -> Decode:
 
 
 def _decimal(arrow_type: pa.DataType, values: Values) -> pa.Array:
+    import pyarrow.compute as pc  # here: 50 ms of import that most tables never need
+
     return pc.cast(variable(values, pa.string()), arrow_type)
 
 
