@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 BENCH_DB = "totes_bench"
+WIDE_DB = "totes_bench_wide"
 TABLE = "sales_order"
 END_TIME = "2100-01-01 00:00:00"
 APPROACHES = ("ours", "duckdb", "connectorx", "adbc", "seed", "psql")
@@ -141,8 +142,8 @@ def _bench_wide(args: argparse.Namespace) -> None:
 
     from totes_ingest.local.dburl import settings_from_url
 
-    url = _with_database(args.database_url, BENCH_DB)
-    _create_database(args.database_url)
+    url = _with_database(args.database_url, WIDE_DB)
+    _create_database(args.database_url, WIDE_DB)
     settings = {k: v for k, v in settings_from_url(url).items() if v != ""}
     conn = pg8000.native.Connection(**settings)
     conn.run(WIDE_DDL)
@@ -263,7 +264,7 @@ def _work(approach: str, url: str, table: str, out: Path, compression: str | Non
         pd.DataFrame(records).to_parquet(out)
 
 
-def _create_database(admin_url: str) -> None:
+def _create_database(admin_url: str, name: str = BENCH_DB) -> None:
     import pg8000.native
 
     from totes_ingest.local.dburl import settings_from_url
@@ -271,8 +272,8 @@ def _create_database(admin_url: str) -> None:
     admin = pg8000.native.Connection(
         **{k: v for k, v in settings_from_url(admin_url).items() if v != ""}
     )
-    admin.run(f"DROP DATABASE IF EXISTS {BENCH_DB}")
-    admin.run(f"CREATE DATABASE {BENCH_DB}")
+    admin.run(f"DROP DATABASE IF EXISTS {name}")
+    admin.run(f"CREATE DATABASE {name}")
     admin.close()
 
 

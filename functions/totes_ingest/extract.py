@@ -112,7 +112,6 @@ def extract_window(
     from totes_ingest.copy_stream import in_transaction, widen_read_buffer
     from totes_ingest.parquet_sink import ParquetSink
     from totes_ingest.pg_types import plan, schema_of
-    from totes_ingest.reread import ctid_predicate
 
     table, label = window.table, window.label
     if window.cursor is None:
@@ -138,6 +137,8 @@ def extract_window(
         copies = [f"COPY ({rows_of}{predicate}) TO STDOUT (FORMAT binary)"]
         extra = _reread(db, window.cursor, source, schema, in_lake)
         if extra:
+            from totes_ingest.reread import ctid_predicate  # only then: it imports boto3
+
             copies.append(
                 f"COPY ({rows_of}{_SRC}.{ctid_predicate(extra)}) TO STDOUT (FORMAT binary)"
             )
@@ -168,11 +169,11 @@ def _reread(
     db: _Db, cursor: CursorRange, source: SourceTable, schema: pa.Schema, in_lake: pa.Table | None
 ) -> list[str]:
     """The ``ctid`` of the re-read range's rows the lake does not hold (in the snapshot)."""
-    from totes_ingest.reread import missing_ctids  # imports pyarrow, like the sink
-
     predicate = cursor.reread_predicate(source, quote_ident(CURSOR_COLUMN))
     if predicate is None or not source.key:
         return []
+    from totes_ingest.reread import missing_ctids  # only now: it imports boto3 and the lake
+
     if in_lake is None:
         raise ValueError("a window with a re-read range needs the lake's versions")
     cursor_type = schema.field(CURSOR_COLUMN).type

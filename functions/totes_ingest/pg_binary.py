@@ -52,6 +52,10 @@ class Values:
     def nulls(self) -> npt.NDArray[np.bool_]:
         return self.lengths < 0
 
+    @property
+    def has_nulls(self) -> bool:
+        return bool(len(self.lengths)) and int(self.lengths.min()) < 0
+
     def big_endian(self, dtype: str, offset: int = 0) -> npt.NDArray[Any]:
         """The ``dtype`` (``">i4"``...) value at each position (+ ``offset``), native order."""
         return be_at(self.data, dtype, self.positions + offset)
@@ -94,10 +98,9 @@ def fields(data: bytes, starts: Int64s, count: int) -> list[Values]:
 
 def validity(values: Values) -> pa.Buffer | None:
     """Arrow's validity bitmap of ``values`` (None when none is NULL)."""
-    valid = values.lengths >= 0
-    if valid.all():
+    if not values.has_nulls:
         return None
-    return pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.py_buffer(np.packbits(values.lengths >= 0, bitorder="little"))
 
 
 def from_numpy(
@@ -119,8 +122,8 @@ def from_numpy(
 def fixed(values: Values, arrow_type: pa.DataType, dtype: str) -> pa.Array:
     """Fixed-width values (``dtype`` big-endian on the wire) as an ``arrow_type`` array."""
     width = np.dtype(dtype).itemsize
-    valid_lengths = values.lengths[values.lengths >= 0]
-    if len(valid_lengths) and not np.all(valid_lengths == width):
+    lengths = values.lengths[values.lengths >= 0] if values.has_nulls else values.lengths
+    if len(lengths) and not (lengths.min() == lengths.max() == width):
         raise ValueError(f"expected {width}-byte values")
     native = values.big_endian(dtype)
     return pa.Array.from_buffers(arrow_type, len(values), [validity(values), pa.py_buffer(native)])

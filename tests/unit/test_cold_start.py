@@ -42,3 +42,8 @@ def test_a_handler_imports_only_what_its_step_needs(handler: str, forbidden: set
 
 def test_the_extract_loads_pyarrow_only_when_it_runs() -> None:
     assert _imported("totes_ingest.extract") & PARQUET == set()
+
+
+def test_the_extract_engine_needs_no_aws_library() -> None:
+    engine = "totes_ingest.extract, totes_ingest.parquet_sink, totes_ingest.catalog"
+    assert _imported(engine) & {"boto3", "botocore", "aws_lambda_powertools"} == set()
