@@ -183,19 +183,25 @@ def _leading_copy_data(buffered: bytes, field_count: int) -> tuple[int, Int64s]:
     rest one message at a time. The result is always exact.
     """
     data = np.frombuffer(buffered, dtype=np.uint8)
-    # the field count at every byte (a view, no copy), then a ``d`` five bytes before
-    counts = np.ndarray((len(data) - 6,), dtype=">u2", buffer=data, offset=5, strides=(1,))
-    starts = np.flatnonzero(counts == field_count)
-    starts = starts[data[starts] == _COPY_DATA]
+    size = len(data)
+    starts = np.flatnonzero(data[:-6] == _COPY_DATA)  # the rarest test first, then the count
+    starts = starts[
+        (data[starts + 5] == field_count >> 8) & (data[starts + 6] == field_count & 0xFF)
+    ]
     if len(starts) == 0 or starts[0] != 0:
         return 0, starts[:0]
     stops = starts + 1 + be_at(data, ">i4", starts + 1).astype(np.int64)
-    following = np.minimum(np.searchsorted(starts, stops), len(starts) - 1)
-    starts, stops = starts[starts[following] == stops], stops[starts[following] == stops]
-    if len(starts) == 0 or starts[0] != 0:
-        return 0, starts[:0]
     broken = np.flatnonzero(stops[:-1] != starts[1:])
+    if len(broken):  # false candidates inside values: keep those whose message ends at one
+        following = np.minimum(np.searchsorted(starts, stops), len(starts) - 1)
+        chained = (starts[following] == stops) | (stops >= size)
+        starts, stops = starts[chained], stops[chained]
+        broken = np.flatnonzero(stops[:-1] != starts[1:])
     count = int(broken[0]) + 1 if len(broken) else len(starts)
+    while count and stops[count - 1] > size:  # the last message may be cut off
+        count -= 1
+    if count == 0 or starts[0] != 0:
+        return 0, starts[:0]
     return int(stops[count - 1]), starts[:count]
 
 

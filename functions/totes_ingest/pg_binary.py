@@ -71,7 +71,8 @@ def be_at(data: npt.NDArray[np.uint8], dtype: str, positions: Int64s) -> npt.NDA
         return np.zeros(len(positions), dtype=np.dtype(dtype).newbyteorder("="))
     # every (overlapping, unaligned) value of the buffer, one a byte: a view, no copy
     view = np.ndarray((len(data) - width + 1,), dtype=dtype, buffer=data, strides=(1,))
-    values = view[positions].byteswap()
+    values = view[positions]
+    values.byteswap(inplace=True)
     return values.view(values.dtype.newbyteorder("="))
 
 
@@ -90,7 +91,8 @@ def fields(data: bytes, starts: Int64s, count: int) -> list[Values]:
         lengths = be_at(buffer, ">i4", position)
         position += 4
         out.append(Values(buffer, position, lengths))
-        position = position + np.maximum(lengths, 0)
+        following = position + lengths  # a NULL (-1) moves back one byte: undone below
+        position = np.maximum(following, position, out=following)
     if len(position) and position.max() > len(buffer) - len(PADDING):
         raise ValueError("a COPY tuple overruns its message")
     return out
