@@ -172,3 +172,25 @@ def test_a_hot_standby_is_refused_unless_allowed() -> None:
         with pytest.raises(SourceError, match="hot standby"):
             commit_safe_end_time(conn, fallback_lag_seconds=300)
         conn.close()
+
+
+def test_an_allowed_hot_standby_bounds_windows_by_its_last_replayed_commit() -> None:
+    # GIVEN a streaming replica of a primary that has just committed a transaction
+    with PrivateCluster() as primary, PrivateCluster(replica_of=primary) as replica:
+        writer = primary.connect()
+        writer.run("CREATE TABLE t (last_updated timestamp)")
+        writer.run("INSERT INTO t VALUES (now())")
+        committed = _now_utc(writer)
+        standby = replica.connect()
+        deadline = time.monotonic() + 30
+        while standby.run("SELECT count(*) FROM pg_class WHERE relname = 't'") == [[0]]:
+            assert time.monotonic() < deadline, "the replica never replayed the commit"
+            time.sleep(0.1)
+        # WHEN the ingest, pointed at the replica, is allowed to use it
+        bound = commit_safe_end_time(standby, fallback_lag_seconds=60, allow_hot_standby=True)
+        # THEN the bound trails the last replayed commit by the fallback lag
+        assert bound.standby
+        lag = (committed - bound.end_time).total_seconds()
+        assert 59 <= lag <= 65
+        standby.close()
+        writer.close()
