@@ -20,9 +20,9 @@ from tests.chaos.audit import LakeAudit, LogTally, TaskTally, audit_lake
 from tests.chaos.faults import CALM, HEAVY, LIGHT, FaultPlan, Intensity, SessionKiller
 from tests.chaos.machine import LocalDeployment
 from tests.chaos.writers import Writers, WriterStats
-from tests.conftest import _connect
 from totes_ingest import config
 from totes_ingest.format_time import parse_time
+from totes_ingest.local.dburl import connect
 from totes_ingest.local.runner import ExecutionResult
 from totes_ingest.local.seed import seed
 from totes_ingest.local.totesys import TABLES
@@ -176,7 +176,7 @@ def run_chaos(
     tasks = TaskTally()
     writers = Writers(settings, seed_value, count=WRITERS)
     killer = SessionKiller(settings, plan)
-    conn = _connect(settings)
+    conn = connect(settings)
     try:
         seeded_rows = sum(seed(conn, scale=1).values())
         with LocalDeployment(on_task=tasks) as machine:

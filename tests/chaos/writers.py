@@ -24,7 +24,7 @@ from typing import Any
 import pg8000.exceptions
 import pg8000.native
 
-from tests.conftest import _connect
+from totes_ingest.local.dburl import connect
 from totes_ingest.local.simulate import CHANGES, _Activity
 
 MAX_PAUSE_S = 0.3
@@ -96,7 +96,7 @@ class Writers:
 
     def _write(self, rng: random.Random, stats: WriterStats) -> None:
         try:
-            conn = _connect(self.settings)
+            conn = connect(self.settings)
         except BaseException as e:
             self._errors.append(e)
             return

@@ -8,7 +8,7 @@ from typing import Any
 import pg8000.native
 import pytest
 
-from tests.conftest import _connect
+from totes_ingest.local.dburl import Connect
 from totes_ingest.window import commit_safe_end_time
 
 pytestmark = pytest.mark.integration
@@ -24,11 +24,11 @@ def test_with_no_open_transaction_the_bound_is_the_database_clock(conn: Any) -> 
 
 
 def test_an_open_writing_transaction_holds_the_bound_at_its_start(
-    conn: Any, db_settings: dict[str, Any]
+    conn: Any, db_settings: dict[str, Any], connect: Connect
 ) -> None:
     # GIVEN a writer that began a transaction (its now() is fixed) and has not committed
     conn.run("CREATE TABLE t (last_updated timestamp)")
-    writer = _connect(db_settings)
+    writer = connect(db_settings)
     writer.run("BEGIN")
     writer.run("INSERT INTO t VALUES (now())")
     started = writer.run("SELECT now()::timestamp")[0][0]
@@ -61,15 +61,15 @@ def test_the_bound_trails_the_clock_by_the_safety_margin(conn: Any) -> None:
 
 
 def test_when_other_sessions_are_hidden_the_bound_trails_by_the_fallback_lag(
-    conn: Any, db_settings: dict[str, Any]
+    conn: Any, db_settings: dict[str, Any], connect: Connect
 ) -> None:
     # GIVEN an unprivileged ingest role that cannot see another role's session
     conn.run("CREATE ROLE hidden_app LOGIN")
     conn.run("CREATE ROLE plain_ingest LOGIN")
-    app = _connect({**db_settings, "user": "hidden_app"})
+    app = connect({**db_settings, "user": "hidden_app"})
     app.run("BEGIN")
     app.run("SELECT 1")
-    ingest = _connect({**db_settings, "user": "plain_ingest"})
+    ingest = connect({**db_settings, "user": "plain_ingest"})
     try:
         clock = ingest.run("SELECT clock_timestamp()::timestamp")[0][0]
         bound = commit_safe_end_time(ingest, fallback_lag_seconds=120)

@@ -24,7 +24,7 @@ from typing import Any, Final, TextIO
 
 import pg8000.native
 
-from totes_ingest.local import lake_dir
+from totes_ingest.local import dburl, lake_dir
 from totes_ingest.local.dburl import redact, settings_from_url
 from totes_ingest.local.runner import (
     ExecutionResult,
@@ -247,9 +247,8 @@ def connect(url: str) -> pg8000.native.Connection:
         settings = settings_from_url(url)
     except ValueError as e:
         raise CliError(f"bad database URL {redact(url)}: {e}") from e
-    kwargs = {k: v for k, v in settings.items() if k != "password" or v}
     try:
-        return pg8000.native.Connection(application_name=_APPLICATION_NAME, **kwargs)
+        return dburl.connect(settings, application_name=_APPLICATION_NAME)
     except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError) as e:
         detail = e.args[0].get("M") if e.args and isinstance(e.args[0], dict) else e
         raise CliError(f"cannot connect to {redact(url)}: {detail}") from e

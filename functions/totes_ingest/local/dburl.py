@@ -1,9 +1,14 @@
-"""PostgreSQL URLs to pg8000 settings and Secrets Manager secrets."""
+"""PostgreSQL URLs to pg8000 settings and Secrets Manager secrets, and connections."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import pg8000.native
+
+Connect: TypeAlias = Callable[..., pg8000.native.Connection]
 
 
 def settings_from_url(url: str) -> dict[str, Any]:
@@ -41,3 +46,12 @@ def redact(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+def connect(settings: Mapping[str, Any], **options: Any) -> pg8000.native.Connection:
+    """A pg8000 connection from settings; an empty password means none (trust auth).
+
+    ``options`` go to pg8000 as they are (``application_name``...). The caller closes it.
+    """
+    kwargs = {k: v for k, v in settings.items() if k != "password" or v}
+    return pg8000.native.Connection(**kwargs, **options)
