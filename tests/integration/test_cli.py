@@ -297,3 +297,35 @@ def test_a_failed_execution_exits_non_zero_with_the_reasons(
     assert "currency: 3 rows -> currency/" in bad_table.stderr
     for process in (bad_input, bad_table):
         assert CANARY_PASSWORD not in process.stderr
+
+
+# The password holds every character that breaks a generic URL parser, between letters
+# that appear nowhere else: none of them may reach stdout or stderr.
+SECRET_LETTERS = "жыщ"
+RAW_PASSWORD = "жы#/?@щ"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("command", ["run", "seed", "simulate"])
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        (f"postgresql://ingest:{RAW_PASSWORD}@127.0.0.1:1/totesys", "cannot connect to"),
+        (f"postgresql://ingest:{RAW_PASSWORD}@127.0.0.1:port/totesys", "bad database URL"),
+        (f"postgres:/ingest:{RAW_PASSWORD}@127.0.0.1/totesys", "bad database URL"),
+    ],
+    ids=["unreachable", "bad-port", "no-scheme"],
+)
+def test_a_bad_or_unreachable_url_never_shows_its_password(
+    command: str, url: str, error: str, tmp_path: Path
+) -> None:
+    lake = ("--lake", str(tmp_path / "lake")) if command == "run" else ()
+
+    process = totes_ingest(command, "--database-url", url, *lake, cwd=tmp_path)
+
+    assert process.returncode == 1
+    assert process.stdout == ""
+    last_line = process.stderr.splitlines()[-1]
+    assert last_line.startswith(f"totes-ingest {command}: {error} ")
+    assert "Traceback" not in process.stderr
+    assert not any(letter in process.stderr for letter in SECRET_LETTERS), process.stderr
