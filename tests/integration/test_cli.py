@@ -170,16 +170,17 @@ def bucket(aws_env: None) -> Any:
 @pytest.mark.integration
 def test_lake_directory_round_trips_through_the_bucket(bucket: Any, tmp_path: Path) -> None:
     root = tmp_path / "lake"
-    lake_dir.prepare(root)
     (root / "sales_order/2024/01/01").mkdir(parents=True)
     (root / "sales_order/2024/01/01/000000000000.parquet").write_bytes(b"old")
     (root / "_staging/sales_order").mkdir(parents=True)
     (root / "_staging/sales_order/x.parquet").write_bytes(b"staged")
+    (root / lake_dir.MARKER).write_text("")
 
-    uploaded = lake_dir.upload(bucket, "lake", root)
-    bucket.delete_object(Bucket="lake", Key="_staging/sales_order/x.parquet")
-    bucket.put_object(Bucket="lake", Key="payment/2024/01/02/000000000000.parquet", Body=b"new")
-    report = lake_dir.download(bucket, "lake", root, uploaded)
+    with lake_dir.locked(root) as lake:
+        uploaded = lake.upload(bucket, "lake")
+        bucket.delete_object(Bucket="lake", Key="_staging/sales_order/x.parquet")
+        bucket.put_object(Bucket="lake", Key="payment/2024/01/02/000000000000.parquet", Body=b"new")
+        report = lake.download(bucket, "lake", uploaded)
 
     assert sorted(uploaded) == [
         "_staging/sales_order/x.parquet",
@@ -202,11 +203,10 @@ def test_a_directory_that_is_not_a_lake_is_refused(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_an_object_key_cannot_escape_the_lake(bucket: Any, tmp_path: Path) -> None:
     root = tmp_path / "lake"
-    lake_dir.prepare(root)
     bucket.put_object(Bucket="lake", Key="../escape.txt", Body=b"x")
 
-    with pytest.raises(lake_dir.LakeDirError, match="cannot be a file"):
-        lake_dir.download(bucket, "lake", root, [])
+    with lake_dir.locked(root) as lake, pytest.raises(lake_dir.LakeDirError, match="cannot be"):
+        lake.download(bucket, "lake", [])
     assert not (tmp_path / "escape.txt").exists()
 
 
