@@ -7,17 +7,14 @@ process, so that what reaches stdout and stderr is exactly what a user sees.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import boto3
 import pg8000.native
 import pytest
 
+from tests.command import CANARY_PASSWORD, database_url, totes_ingest
 from totes_ingest.local import lake_dir
 from totes_ingest.local.cli import (
     DEFAULT_LAKE,
@@ -211,33 +208,6 @@ def test_an_object_key_cannot_escape_the_lake(bucket: Any, tmp_path: Path) -> No
 
 
 # --- end to end: the command as a user runs it --------------------------------------------------
-
-CANARY_PASSWORD = "canary-pw-7f3a"  # must never appear in any output
-
-
-def database_url(settings: dict[str, Any]) -> str:
-    """A URL for pg8000 settings (unix socket or TCP), with a password if there is one."""
-    password = settings.get("password") or CANARY_PASSWORD  # trust auth ignores it
-    auth = f"{quote(settings['user'])}:{quote(password, safe='')}@"
-    if "unix_sock" in settings:
-        directory, _, name = str(settings["unix_sock"]).rpartition("/")
-        port = name.rsplit(".", 1)[-1]
-        return f"postgresql://{auth}:{port}/{settings['database']}?host={directory}"
-    return f"postgresql://{auth}{settings['host']}:{settings['port']}/{settings['database']}"
-
-
-def totes_ingest(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOTES_"))}
-    env["END_TIME_SAFETY_MARGIN_SECONDS"] = "0"  # nothing writes beside these tests
-    return subprocess.run(
-        [sys.executable, "-m", "totes_ingest.local", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 @pytest.mark.e2e
