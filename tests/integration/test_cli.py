@@ -28,9 +28,6 @@ from totes_ingest.local.runner import ExecutionResult, TaskReport
 from totes_ingest.local.seed import seed
 from totes_ingest.local.totesys import TABLES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
 # --- arguments ----------------------------------------------------------------------------
 
 
