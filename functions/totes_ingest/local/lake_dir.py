@@ -136,6 +136,10 @@ def _lock(root: Path) -> int:
         fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # For the refusal message only: the lock itself is the flock, not this content.
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
@@ -146,10 +150,6 @@ def _lock(root: Path) -> int:
     except OSError as e:
         os.close(fd)
         raise LakeDirError(f"cannot lock lake {root}: {e.strerror}") from e
-    # For the refusal message only: the lock itself is the flock, not this content.
-    pid = f"{os.getpid()}\n".encode()
-    os.pwrite(fd, pid, 0)
-    os.ftruncate(fd, len(pid))
     return fd
 
 
