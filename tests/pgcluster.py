@@ -20,12 +20,9 @@ import pg8000.native
 from pgserver._commands import POSTGRES_BIN_PATH, initdb, pg_ctl
 from pgserver.utils import ensure_user_exists
 
+from totes_ingest.local.dburl import connect
+
 _SYSTEM_USER = "pgserver" if os.geteuid() == 0 else None
-
-
-def connect(settings: dict[str, Any], **extra: Any) -> pg8000.native.Connection:
-    kwargs = {k: v for k, v in settings.items() if k != "password" or v}
-    return pg8000.native.Connection(**kwargs, **extra)
 
 
 class PrivateCluster:

@@ -15,10 +15,11 @@ from typing import Any
 import pg8000.native
 import pytest
 
-from tests.pgcluster import PrivateCluster, connect
+from tests.pgcluster import PrivateCluster
 from totes_ingest.db_connections import APPLICATION_NAME
 from totes_ingest.end_bound import commit_safe_end_time
 from totes_ingest.errors import SourceError
+from totes_ingest.local.dburl import connect
 
 pytestmark = pytest.mark.integration
 

@@ -21,10 +21,10 @@ import pytest
 from tests.clock import fall_back_zone
 from tests.conftest import BUCKET
 from tests.lakecheck import read_table
-from tests.pgcluster import connect
 from totes_ingest import pipeline
 from totes_ingest.errors import InvalidEvent
 from totes_ingest.lake import Lake
+from totes_ingest.local.dburl import connect
 
 pytestmark = pytest.mark.integration
 
