@@ -195,3 +195,46 @@ def test_an_allowed_hot_standby_bounds_windows_by_its_last_replayed_commit() -> 
         assert 59 <= lag <= 65
         standby.close()
         writer.close()
+
+
+def test_a_logical_replication_apply_worker_holds_the_bound() -> None:
+    # GIVEN a subscriber whose apply worker is inside a transaction (a slow trigger fires)
+    with (
+        PrivateCluster(wal_level="logical") as publisher,
+        PrivateCluster() as subscriber,
+    ):
+        ddl = "CREATE TABLE t (id int PRIMARY KEY, last_updated timestamp)"
+        source, target = publisher.connect(), subscriber.connect()
+        source.run(ddl)
+        source.run("CREATE PUBLICATION p FOR TABLE t")
+        target.run(ddl)
+        target.run(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(4); RETURN NEW; END $$"
+        )
+        target.run("CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow()")
+        target.run("ALTER TABLE t ENABLE ALWAYS TRIGGER slow")
+        target.run(
+            f"CREATE SUBSCRIPTION s CONNECTION 'host={publisher.socket_dir} dbname=postgres "
+            "user=postgres' PUBLICATION p"
+        )
+        source.run("INSERT INTO t VALUES (1, now())")
+        deadline = time.monotonic() + 30
+        while not target.run(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'logical replication worker' "
+            "AND clock_timestamp() - xact_start > interval '0.5 seconds'"
+        )[0][0]:
+            assert time.monotonic() < deadline, "the apply worker never began the transaction"
+            time.sleep(0.05)
+        # WHEN the ingest computes its bound on the subscriber
+        bound = commit_safe_end_time(target, fallback_lag_seconds=300, safety_margin_seconds=0)
+        # THEN the worker's transaction holds it back
+        assert bound.held_back_by is not None
+        assert bound.held_back_by.backend_type == "logical replication worker"
+        target.run("ALTER SUBSCRIPTION s DISABLE")
+        target.run("ALTER SUBSCRIPTION s SET (slot_name = NONE)")
+        target.run("DROP SUBSCRIPTION s")
+        source.run("SELECT pg_drop_replication_slot('s')")
+        source.close()
+        target.close()
