@@ -135,6 +135,7 @@ def extract_window(
         rows_of = f"SELECT {select} FROM {source.relation} AS {_SRC} WHERE "  # nosec B608
         predicate = window.cursor.predicate(source, cursor)
         copies = [f"COPY ({rows_of}{predicate}) TO STDOUT (FORMAT binary)"]
+        widen_read_buffer(conn)
         extra = _reread(db, window.cursor, source, schema, in_lake)
         if extra:
             from totes_ingest.reread import ctid_predicate  # only then: it imports boto3
@@ -142,7 +143,6 @@ def extract_window(
             copies.append(
                 f"COPY ({rows_of}{_SRC}.{ctid_predicate(extra)}) TO STDOUT (FORMAT binary)"
             )
-        widen_read_buffer(conn)
         sink = ParquetSink(conn, path, schema, plans, group_rows, table, label)
         count = f"SELECT count(*) FROM {source.relation} AS {_SRC} WHERE {predicate}"  # nosec B608
         written, ((counted,),) = sink.run(
@@ -172,12 +172,18 @@ def _reread(
     predicate = cursor.reread_predicate(source, quote_ident(CURSOR_COLUMN))
     if predicate is None or not source.key:
         return []
-    from totes_ingest.reread import missing_ctids  # only now: it imports boto3 and the lake
+    # only now: they import boto3, the lake and numpy
+    from totes_ingest.copy_stream import CopyStream
+    from totes_ingest.reread import missing_ctids, pairs_query
 
     if in_lake is None:
         raise ValueError("a window with a re-read range needs the lake's versions")
+    chunks: list[bytes] = []
+    stream = CopyStream(db.conn, lambda chunk: chunks.append(chunk.data), field_count=None)
+    db.run(pairs_query(source, predicate), stream=stream)
+    stream.flush()
     cursor_type = schema.field(CURSOR_COLUMN).type
-    return missing_ctids(db.run, source, predicate, in_lake, cursor_type)
+    return missing_ctids(b"".join(chunks), source, in_lake, cursor_type)
 
 
 class _Db:

@@ -8,6 +8,7 @@ session named like the ingest, and the ingest pointed at a hot standby.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,10 +16,11 @@ from typing import Any
 import pg8000.native
 import pytest
 
-from tests.pgcluster import PrivateCluster, connect
+from tests.pgcluster import PrivateCluster
 from totes_ingest.db_connections import APPLICATION_NAME
 from totes_ingest.end_bound import commit_safe_end_time
 from totes_ingest.errors import SourceError
+from totes_ingest.local.dburl import connect
 
 pytestmark = pytest.mark.integration
 
@@ -118,10 +120,13 @@ def test_when_other_sessions_are_hidden_the_bound_trails_by_the_fallback_lag(
     conn: Any, db_settings: dict[str, Any]
 ) -> None:
     # GIVEN an unprivileged ingest role that cannot see another role's transaction
-    conn.run("CREATE ROLE hidden_app LOGIN")
-    conn.run("CREATE ROLE plain_ingest LOGIN")
-    app = _begun({**db_settings, "user": "hidden_app"})
-    ingest = connect({**db_settings, "user": "plain_ingest"})
+    # (roles are cluster-wide: named for this test, dropped after it)
+    suffix = uuid.uuid4().hex[:8]
+    app_role, ingest_role = f"hidden_app_{suffix}", f"plain_ingest_{suffix}"
+    conn.run(f"CREATE ROLE {app_role} LOGIN")
+    conn.run(f"CREATE ROLE {ingest_role} LOGIN")
+    app = _begun({**db_settings, "user": app_role})
+    ingest = connect({**db_settings, "user": ingest_role})
     try:
         clock = _now_utc(ingest)
         bound = commit_safe_end_time(ingest, fallback_lag_seconds=120)
@@ -130,6 +135,8 @@ def test_when_other_sessions_are_hidden_the_bound_trails_by_the_fallback_lag(
     finally:
         ingest.close()
         app.close()
+        conn.run(f"DROP ROLE {ingest_role}")
+        conn.run(f"DROP ROLE {app_role}")
 
 
 def test_the_bound_trails_the_clock_by_the_safety_margin(conn: Any) -> None:
@@ -172,3 +179,68 @@ def test_a_hot_standby_is_refused_unless_allowed() -> None:
         with pytest.raises(SourceError, match="hot standby"):
             commit_safe_end_time(conn, fallback_lag_seconds=300)
         conn.close()
+
+
+def test_an_allowed_hot_standby_bounds_windows_by_its_last_replayed_commit() -> None:
+    # GIVEN a streaming replica of a primary that has just committed a transaction
+    with PrivateCluster() as primary, PrivateCluster(replica_of=primary) as replica:
+        writer = primary.connect()
+        writer.run("CREATE TABLE t (last_updated timestamp)")
+        writer.run("INSERT INTO t VALUES (now())")
+        committed = _now_utc(writer)
+        standby = replica.connect()
+        deadline = time.monotonic() + 30
+        while standby.run("SELECT count(*) FROM pg_class WHERE relname = 't'") == [[0]]:
+            assert time.monotonic() < deadline, "the replica never replayed the commit"
+            time.sleep(0.1)
+        # WHEN the ingest, pointed at the replica, is allowed to use it
+        bound = commit_safe_end_time(standby, fallback_lag_seconds=60, allow_hot_standby=True)
+        # THEN the bound trails the last replayed commit by the fallback lag
+        assert bound.standby
+        lag = (committed - bound.end_time).total_seconds()
+        assert 59 <= lag <= 65
+        standby.close()
+        writer.close()
+
+
+def test_a_logical_replication_apply_worker_holds_the_bound() -> None:
+    # GIVEN a subscriber whose apply worker is inside a transaction (a slow trigger fires)
+    with (
+        PrivateCluster(wal_level="logical") as publisher,
+        PrivateCluster() as subscriber,
+    ):
+        ddl = "CREATE TABLE t (id int PRIMARY KEY, last_updated timestamp)"
+        source, target = publisher.connect(), subscriber.connect()
+        source.run(ddl)
+        source.run("CREATE PUBLICATION p FOR TABLE t")
+        target.run(ddl)
+        target.run(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(4); RETURN NEW; END $$"
+        )
+        target.run("CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow()")
+        target.run("ALTER TABLE t ENABLE ALWAYS TRIGGER slow")
+        target.run(
+            f"CREATE SUBSCRIPTION s CONNECTION 'host={publisher.socket_dir} dbname=postgres "
+            "user=postgres' PUBLICATION p"
+        )
+        source.run("INSERT INTO t VALUES (1, now())")
+        deadline = time.monotonic() + 30
+        while not target.run(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'logical replication worker' "
+            "AND clock_timestamp() - xact_start > interval '0.5 seconds'"
+        )[0][0]:
+            assert time.monotonic() < deadline, "the apply worker never began the transaction"
+            time.sleep(0.05)
+        # WHEN the ingest computes its bound on the subscriber
+        bound = commit_safe_end_time(target, fallback_lag_seconds=300, safety_margin_seconds=0)
+        # THEN the worker's transaction holds it back
+        assert bound.held_back_by is not None
+        assert bound.held_back_by.backend_type == "logical replication worker"
+        target.run("ALTER SUBSCRIPTION s DISABLE")
+        target.run("ALTER SUBSCRIPTION s SET (slot_name = NONE)")
+        target.run("DROP SUBSCRIPTION s")
+        source.run("SELECT pg_drop_replication_slot('s')")
+        source.close()
+        target.close()
