@@ -69,16 +69,21 @@ def _run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=True, capture_output=True, text=True, cwd=ROOT, **kwargs)
 
 
+def _tool_venv(venv: Path, requirements: Path) -> Path:
+    """A tool's own venv, installed from its pinned requirements: its bin folder."""
+    stamp = venv / ".installed-stamp"
+    with _locked(venv.name):
+        if not _fresh(stamp, requirements):
+            _run([sys.executable, "-m", "venv", "--clear", str(venv)])
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+            _run([*pip, "-r", str(requirements)])
+            stamp.touch()
+    return venv / "bin"
+
+
 @pytest.fixture(scope="session")
 def checkov_bin() -> Path:
-    stamp = CHECKOV_VENV / ".installed-stamp"
-    with _locked("checkov"):
-        if not _fresh(stamp, CHECKOV_REQUIREMENTS):
-            _run([sys.executable, "-m", "venv", "--clear", str(CHECKOV_VENV)])
-            pip = [str(CHECKOV_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-            _run([*pip, "-r", str(CHECKOV_REQUIREMENTS)])
-            stamp.touch()
-    return CHECKOV_VENV / "bin" / "checkov"
+    return _tool_venv(CHECKOV_VENV, CHECKOV_REQUIREMENTS) / "checkov"
 
 
 @pytest.fixture(scope="session")
@@ -95,14 +100,7 @@ def node_modules() -> Path:
 @pytest.fixture(scope="session")
 def sam_cli() -> Path:
     """SAM CLI from its own venv (.venv-sam, requirements/sam.txt), as `make tools` installs it."""
-    stamp = SAM_VENV / ".installed-stamp"
-    with _locked("sam"):
-        if not _fresh(stamp, SAM_REQUIREMENTS):
-            _run([sys.executable, "-m", "venv", "--clear", str(SAM_VENV)])
-            pip = [str(SAM_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-            _run([*pip, "-r", str(SAM_REQUIREMENTS)])
-            stamp.touch()
-    return SAM_VENV / "bin" / "sam"
+    return _tool_venv(SAM_VENV, SAM_REQUIREMENTS) / "sam"
 
 
 def _fingerprint() -> str:
