@@ -29,8 +29,8 @@ LAMBDA_STRIP := bin pyarrow/tests pyarrow/include pyarrow/includes pyarrow/src \
 LAMBDA_FUNCTIONS := StartRunFunction GetLastIngestTimeFunction QueryToParquetFunction \
 	WriteToS3Function AggregateFunction
 
-.PHONY: install tools run seed simulate test unit infra lint typecheck bench chaos clean diagram \
-	lock lock-sam build lambda-deps lambda-code build-DependenciesLayer \
+.PHONY: install tools run seed simulate test unit infra lint typecheck bench bench-reread chaos \
+	clean diagram lock lock-sam build lambda-deps lambda-code build-DependenciesLayer \
 	$(addprefix build-,$(LAMBDA_FUNCTIONS))
 
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -114,6 +114,9 @@ diagram: $(STAMP) ## Regenerate docs/architecture.md from statemachine/ingest.as
 
 bench: $(STAMP) ## Time the extract against ADBC, the seed's approach and psql at N and 4N rows
 	$(PY) benchmarks/extract_bench.py $(ARGS)
+
+bench-reread: $(STAMP) ## What the re-read overlap costs a run at 10, 10,000 and 1,000,000 changed rows
+	$(PY) benchmarks/reread_bench.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check functions tests benchmarks statemachine

@@ -50,26 +50,30 @@ def same_value(lake: Any, db: Any) -> bool:
     return bool(lake == db) and type(lake) is type(db)
 
 
-def newest_versions(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
-    newest: dict[Any, dict[str, Any]] = {}
-    for row in rows:
-        current = newest.get(row[key])
-        if current is None or row["last_updated"] >= current["last_updated"]:
-            newest[row[key]] = row
-    return newest
-
-
 def mismatches(conn: Any, s3: Any, table: str) -> list[str]:
-    """Differences between the newest lake version of each row and the database row."""
+    """Rows whose current database version is not among the lake's versions of it, and
+    lake rows the database has never had.
+
+    The current version is looked up among all of a row's lake versions rather than taken
+    to be the one with the greatest ``last_updated``: across a fall-back of the source's
+    wall clock a later version can carry an earlier ``last_updated``.
+    """
     key = f"{table}_id"
-    lake = newest_versions(read_table(s3, table), key)
+    versions: dict[Any, list[dict[str, Any]]] = {}
+    for row in read_table(s3, table):
+        versions.setdefault(row[key], []).append(row)
     db = {row[key]: row for row in database_rows(conn, table)}
-    problems = [f"{table} {pk}: missing from the lake" for pk in db.keys() - lake.keys()]
-    problems += [f"{table} {pk}: not in the database" for pk in lake.keys() - db.keys()]
-    for pk in db.keys() & lake.keys():
-        for column, value in db[pk].items():
-            if not same_value(lake[pk].get(column), value):
-                problems.append(f"{table} {pk}.{column}: {lake[pk].get(column)!r} != {value!r}")
+    problems = [f"{table} {pk}: missing from the lake" for pk in db.keys() - versions.keys()]
+    problems += [f"{table} {pk}: not in the database" for pk in versions.keys() - db.keys()]
+    for pk in db.keys() & versions.keys():
+        current = db[pk]
+        if not any(
+            all(same_value(version.get(column), value) for column, value in current.items())
+            for version in versions[pk]
+        ):
+            newest = max(versions[pk], key=lambda v: v["last_updated"])
+            differ = [c for c, v in current.items() if not same_value(newest.get(c), v)]
+            problems.append(f"{table} {pk}: current version not in the lake (differs in {differ})")
     return problems
 
 

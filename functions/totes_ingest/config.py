@@ -32,8 +32,24 @@ STATEMENT_TIMEOUT_MS: Final = "STATEMENT_TIMEOUT_MS"
 # Tables ingested at once: StartRun hands it to the Map (MaxConcurrencyPath).
 MAX_CONCURRENCY: Final = "MAX_CONCURRENCY"
 
+# The schema every table name is resolved in (never the search path).
+SOURCE_SCHEMA: Final = "SOURCE_SCHEMA"
+# The zone whose wall-clock time `timestamp without time zone` cursors hold (the zone the
+# writers' sessions run in); default: the database's own TimeZone setting.
+SOURCE_TIMEZONE: Final = "SOURCE_TIMEZONE"
+# Seconds below each window's start re-read and deduplicated against the lake (0: off).
+REREAD_LAG_SECONDS: Final = "REREAD_LAG_SECONDS"
+# "true": accept a hot standby as the source (bound: last replayed commit minus the
+# fallback lag); otherwise a standby is refused.
+ALLOW_HOT_STANDBY: Final = "ALLOW_HOT_STANDBY"
+# An open transaction holding the end bound back longer than this is named in a WARNING.
+STALL_WARNING_SECONDS: Final = "STALL_WARNING_SECONDS"
+
 DEFAULT_SSL_MODE: Final = "require"
 DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 10.0
+DEFAULT_SOURCE_SCHEMA: Final = "public"
+DEFAULT_REREAD_LAG_SECONDS: Final = 300.0
+DEFAULT_STALL_WARNING_SECONDS: Final = 60.0
 DEFAULT_FALLBACK_LAG_SECONDS: Final = 300.0
 DEFAULT_SAFETY_MARGIN_SECONDS: Final = 1.0
 DEFAULT_ROW_GROUP_ROWS: Final = 131_072
@@ -94,3 +110,27 @@ def max_concurrency() -> int:
     if value < 1:
         raise ValueError(f"{MAX_CONCURRENCY} must be at least 1, not {value}")
     return value
+
+
+def source_schema() -> str:
+    return os.environ.get(SOURCE_SCHEMA, DEFAULT_SOURCE_SCHEMA)
+
+
+def source_timezone() -> str | None:
+    """The configured source zone, or None: use the database's TimeZone."""
+    return os.environ.get(SOURCE_TIMEZONE) or None
+
+
+def reread_lag_seconds() -> float:
+    value = float(os.environ.get(REREAD_LAG_SECONDS, DEFAULT_REREAD_LAG_SECONDS))
+    if value < 0:
+        raise ValueError(f"{REREAD_LAG_SECONDS} must not be negative, not {value}")
+    return value
+
+
+def allow_hot_standby() -> bool:
+    return os.environ.get(ALLOW_HOT_STANDBY, "").lower() in ("1", "true", "yes")
+
+
+def stall_warning_seconds() -> float:
+    return float(os.environ.get(STALL_WARNING_SECONDS, DEFAULT_STALL_WARNING_SECONDS))

@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from totes_ingest import config
 from totes_ingest.aws import error_code, secrets_client
+from totes_ingest.db_errors import as_source_error
 from totes_ingest.errors import SecretError, SourceError, SourceUnavailable
 from totes_ingest.observability import tracer
 
@@ -36,9 +37,6 @@ _OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     "port": ("port",),
     "unix_sock": ("unix_sock",),
 }
-# SQLSTATE classes worth a retry: connection exceptions, insufficient resources,
-# operator intervention (admin shutdown, crash recovery).
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57P")
 # PostgreSQL's SSLRequest: length 8, code 80877103; the server answers b"S" or b"N".
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 # getaddrinfo's "this name does not exist" (permanent), as opposed to "try again".
@@ -297,23 +295,6 @@ def _database_error_in(error: BaseException) -> pg8000.exceptions.DatabaseError 
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
-
-
-def as_source_error(
-    error: pg8000.exceptions.DatabaseError,
-    action: str,
-    *,
-    table: str | None = None,
-    window: str | None = None,
-) -> SourceError | SourceUnavailable:
-    """Translate a server error; the message is the server's (which never echoes passwords)."""
-    detail = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
-    code = str(detail.get("C", ""))
-    message = str(detail.get("M", type(error).__name__))
-    kind = SourceUnavailable if code.startswith(_TRANSIENT_SQLSTATE_CLASSES) else SourceError
-    return kind(
-        f"database {action} failed: {message} (SQLSTATE {code})", table=table, window=window
-    )
 
 
 def connect_to_db() -> pg8000.native.Connection:

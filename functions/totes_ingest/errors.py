@@ -22,6 +22,10 @@ class IngestError(Exception):
         self.window = window
 
 
+class DateFormatError(IngestError, ValueError):
+    """A window bound is not a ``format_time`` string."""
+
+
 class InvalidEvent(IngestError):
     """The execution input is malformed or names something that is not an ingestible table."""
 
@@ -52,3 +56,7 @@ class LakeUnavailable(IngestError):
 
 class LakeError(IngestError):
     """S3 refused the request (access denied, missing bucket...)."""
+
+
+class TablesFailed(IngestError):
+    """At least one table failed; the others were committed."""

@@ -43,16 +43,21 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from totes_ingest import config
+from totes_ingest.cursor import CursorRange
+from totes_ingest.db_errors import source_errors
 from totes_ingest.errors import (
     IngestError,
     ReconciliationError,
     SourceError,
-    SourceUnavailable,
     UnsupportedColumnType,
 )
-from totes_ingest.generate_new_entry_query import window_predicate
+from totes_ingest.format_time import parse_time
+from totes_ingest.generate_new_entry_query import validated_time
 from totes_ingest.identifiers import quote_ident
 from totes_ingest.pg_types import INTERVAL, Column, schema_of, table_columns
+from totes_ingest.reread import ctid_predicate, missing_ctids
+from totes_ingest.source import CURSOR_COLUMN, SourceTable, resolve_table
+from totes_ingest.window import Window
 
 Compression = Literal["zstd", "snappy"]
 COMPRESSION: Compression = "zstd"
@@ -88,6 +93,7 @@ class ExtractResult:
     rows: int
     bytes: int
     schema: pa.Schema
+    reread: int = 0  # of which rows came from the re-read range
 
 
 def extract_to_parquet(
@@ -99,50 +105,101 @@ def extract_to_parquet(
     *,
     row_group_rows: int | None = None,
 ) -> ExtractResult:
-    """Write the rows of ``table`` with ``last_updated`` in ``[start_time, end_time)`` to
-    ``path`` as Parquet, schema from the catalog; ``start_time=None`` is from the start.
+    """Write the rows of ``public.table`` with ``last_updated`` in ``[start_time, end_time)``
+    to ``path`` as Parquet, schema from the catalog; ``start_time=None`` is from the start.
 
-    ``conn`` must not be inside a transaction: the extract runs its own read-only
-    snapshot and leaves the session as it found it. On any error the file is removed.
+    The bounds are cursor values, compared as the column's own values (no re-read
+    overlap): the pipeline itself calls :func:`extract_window`.
     """
-    window = f"[{start_time}, {end_time})"
-    predicate = window_predicate(start_time, end_time, table=table)
+    start = None if start_time is None else parse_time(validated_time(start_time, table=table))
+    end = parse_time(validated_time(end_time, table=table))
+    source = resolve_table(conn, table, "public", views=True)
+    window = Window(table=table, run_id="extract", start=start, end=end)
+    return extract_window(
+        conn,
+        window.with_cursor(CursorRange(start, end)),
+        source,
+        path,
+        row_group_rows=row_group_rows,
+    )
+
+
+def extract_window(
+    conn: pg8000.native.Connection,
+    window: Window,
+    source: SourceTable,
+    path: pathlib.Path,
+    *,
+    row_group_rows: int | None = None,
+    in_lake: pa.Table | None = None,
+) -> ExtractResult:
+    """Write the rows of ``window``'s cursor range to ``path`` as Parquet.
+
+    Every row of the range ``[start, end)``; of its re-read range, the rows whose (key,
+    cursor) pair ``in_lake`` (see ``reread.lake_versions``) does not hold. Both are read,
+    and counted, in one snapshot. ``conn`` must not be inside a transaction: the extract
+    runs its own read-only snapshot and leaves the session as it found it. On any error
+    the file is removed.
+    """
+    table, label = window.table, window.label
+    if window.cursor is None:
+        raise ValueError(f"window {label} of {table} has no cursor range")
     group_rows = row_group_rows or config.row_group_rows()
     if group_rows < 1:
         raise ValueError(f"row_group_rows must be positive, not {group_rows}")
     if getattr(conn, "_transaction_status", None) in _IN_TRANSACTION:
         raise ValueError("extract_to_parquet needs a connection outside any transaction")
-    db = _Db(conn, table, window)
+    cursor = f"{_SRC}.{quote_ident(CURSOR_COLUMN)}"
+    db = _Db(conn, table, label)
     try:
         db.run(
             "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
             + "; ".join(SESSION_SETTINGS)
         )
-        columns = table_columns(conn, table, window=window)
+        columns = table_columns(conn, table, window=label, relation=source.relation)
         schema = schema_of(columns)
-        source = f"{quote_ident(table)} AS {_SRC} WHERE {predicate}"
         plans = [_plan(column, f"{_SRC}.{quote_ident(column.name)}") for column in columns]
         select = ", ".join(expr for plan in plans for expr in plan.exprs)
-        copy_sql = f"COPY (SELECT {select} FROM {source}) TO STDOUT (FORMAT csv)"  # nosec B608
+        rows_of = f"SELECT {select} FROM {source.relation} AS {_SRC} WHERE "  # nosec B608
+        predicate = window.cursor.predicate(source, cursor)
+        copies = [f"COPY ({rows_of}{predicate}) TO STDOUT (FORMAT csv)"]
+        extra = _reread(db, window.cursor, source, schema, in_lake)
+        if extra:
+            copies.append(f"COPY ({rows_of}{_SRC}.{ctid_predicate(extra)}) TO STDOUT (FORMAT csv)")
         _widen_read_buffer(conn)
-        sink = _ParquetSink(conn, path, schema, plans, group_rows, table, window)
+        sink = _ParquetSink(conn, path, schema, plans, group_rows, table, label)
+        count = f"SELECT count(*) FROM {source.relation} AS {_SRC} WHERE {predicate}"  # nosec B608
         written, ((counted,),) = sink.run(
-            lambda stream: db.run(copy_sql, stream=stream),
+            lambda stream: [db.run(sql, stream=stream) for sql in copies],
             # the same snapshot, counted while the writer thread finishes the file
-            then=lambda: db.run(f"SELECT count(*) FROM {source}"),  # nosec B608
+            then=lambda: db.run(count),
         )
         db.run("COMMIT")
+        counted += len(extra)
         if written != counted:
             raise ReconciliationError(
                 f"wrote {written} rows but the window holds {counted}",
                 table=table,
-                window=window,
+                window=label,
             )
     except BaseException:
         db.rollback_quietly()
         path.unlink(missing_ok=True)
         raise
-    return ExtractResult(rows=written, bytes=path.stat().st_size, schema=schema)
+    return ExtractResult(rows=written, bytes=path.stat().st_size, schema=schema, reread=len(extra))
+
+
+def _reread(
+    db: _Db, cursor: CursorRange, source: SourceTable, schema: pa.Schema, in_lake: pa.Table | None
+) -> list[str]:
+    """The ``ctid`` of the re-read range's rows the lake does not hold (in the snapshot)."""
+    predicate = cursor.reread_predicate(source, quote_ident(CURSOR_COLUMN))
+    if predicate is None or not source.key:
+        return []
+    if in_lake is None:
+        raise ValueError("a window with a re-read range needs the lake's versions")
+    cursor_type = schema.field(CURSOR_COLUMN).type
+    return missing_ctids(db.run, source, predicate, in_lake, cursor_type)
 
 
 class _Db:
@@ -154,19 +211,8 @@ class _Db:
         self.window = window
 
     def run(self, sql: str, **kwargs: Any) -> Any:
-        try:
+        with source_errors("extract", table=self.table, window=self.window):
             return self.conn.run(sql, **kwargs)
-        except pg8000.exceptions.DatabaseError as e:
-            # imported here: db_connections brings boto3, which the extract needs not
-            from totes_ingest.db_connections import as_source_error
-
-            raise as_source_error(e, "extract", table=self.table, window=self.window) from e
-        except (pg8000.exceptions.InterfaceError, OSError) as e:
-            raise SourceUnavailable(
-                f"connection lost during extract: {type(e).__name__}",
-                table=self.table,
-                window=self.window,
-            ) from e
 
     def rollback_quietly(self) -> None:
         """End the transaction if the connection is still usable; a dead one is left be."""

@@ -1,15 +1,25 @@
-"""Object keys of the lake: ``table/yyyy/mm/dd/hhmmssffffff.parquet``."""
+"""Object keys of the lake, all built and parsed here.
+
+- ``table/yyyy/mm/dd/hhmmssffffff.parquet``: a committed window, named by its end (an
+  instant, UTC, to the microsecond), so keys sort in commit order;
+- ``_staging/table/<start>-<end>-<run>.parquet``: a run's extract of a window, before
+  its commit (``<start>`` is ``initial`` for a table's first window);
+- ``_claims/table/<start>.json``: the claim that makes one window the successor of the
+  watermark ``<start>``.
+"""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
 
+from totes_ingest.config import CLAIMS_PREFIX, STAGING_PREFIX
 from totes_ingest.identifiers import is_valid_table_name
 
 _KEY = re.compile(
     r"(?P<table>[a-z_][a-z0-9_]*)/(\d{4})/(\d{2})/(\d{2})/(\d{12})\.parquet", re.ASCII
 )
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,80}", re.ASCII)
 
 
 def generate_file_key(table_name: str, end_time: datetime, extension: str = "parquet") -> str:
@@ -36,3 +46,27 @@ def parse_file_key(key: str) -> tuple[str, datetime] | None:
     except ValueError:
         return None
     return match["table"], end
+
+
+def stamp(moment: datetime | None) -> str:
+    """A window bound as it appears in staging and claim keys."""
+    return "initial" if moment is None else f"{moment:%Y%m%dT%H%M%S%f}"
+
+
+def parse_stamp(text: str) -> datetime | None:
+    """Inverse of :func:`stamp` (None for ``initial``); ValueError if malformed."""
+    return None if text == "initial" else datetime.strptime(text, "%Y%m%dT%H%M%S%f")
+
+
+def is_valid_run_id(run_id: object) -> bool:
+    return isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) is not None
+
+
+def staging_key(table: str, start: datetime | None, end: datetime, run_id: str) -> str:
+    if not is_valid_run_id(run_id):
+        raise ValueError(f"not a valid run id: {run_id!r}")
+    return f"{STAGING_PREFIX}{table}/{stamp(start)}-{stamp(end)}-{run_id}.parquet"
+
+
+def claim_key(table: str, start: datetime | None) -> str:
+    return f"{CLAIMS_PREFIX}{table}/{stamp(start)}.json"

@@ -5,14 +5,12 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from totes_ingest.errors import IngestError
+from totes_ingest.errors import DateFormatError
 from totes_ingest.identifiers import is_valid_table_name, quote_ident
 
+__all__ = ["DateFormatError", "generate_new_entry_query", "validated_time", "window_predicate"]
+
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?", re.ASCII)
-
-
-class DateFormatError(IngestError, ValueError):
-    """A window bound is not a ``format_time`` string."""
 
 
 def validated_time(text: object, *, table: str | None = None) -> str:

@@ -1,8 +1,8 @@
 """The seed's single-function ingest: every table, in one process, without Step Functions.
 
-The deployed pipeline is the state machine; this handler runs the same steps in sequence
-(for ``sam local invoke`` of a whole run, or an account without Step Functions) and
-returns the same ``{table: file_key}`` dictionary.
+The deployed pipeline is the state machine; this handler runs the same steps in the
+order the state machine runs them (for ``sam local invoke`` of a whole run, or an
+account without Step Functions) and returns the same ``{table: file_key}`` dictionary.
 """
 
 from __future__ import annotations
@@ -14,30 +14,31 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from totes_ingest import config, pipeline
 from totes_ingest.aws import s3_client
 from totes_ingest.db_connections import close_db_connection, connect_to_db
-from totes_ingest.errors import IngestError
+from totes_ingest.errors import IngestError, TablesFailed
 from totes_ingest.lake import Lake
 from totes_ingest.observability import logger, step
 
+__all__ = ["TablesFailed", "lambda_handler", "run_ingest"]
 
-class TablesFailed(IngestError):
-    """At least one table failed; the others were committed."""
+_ITEM_FIELDS = ("end_time", "run_id", "source_timezone", "hold")
 
 
 def run_ingest(event: object, conn: Any, lake: Lake) -> dict[str, str]:
     """Run every step for every table of ``event``; raise TablesFailed naming the failures."""
-    run = pipeline.start_run(
-        event,
-        conn,
-        fallback_lag_seconds=config.fallback_lag_seconds(),
-        safety_margin_seconds=config.safety_margin_seconds(),
-        max_concurrency=1,
-    )
+    run = pipeline.start_run(event, conn, pipeline.RunSettings.from_environment(max_concurrency=1))
     results: list[dict[str, Any]] = []
     for table in run["tables"]:
-        item = {"table": table, "end_time": run["end_time"], "run_id": run["run_id"]}
+        item = {"table": table, **{name: run[name] for name in _ITEM_FIELDS}}
         try:
             item = pipeline.find_watermark(item, lake)
-            item = pipeline.stage_table(item, conn, lake, row_group_rows=config.row_group_rows())
+            item = pipeline.stage_table(
+                item,
+                conn,
+                lake,
+                row_group_rows=config.row_group_rows(),
+                reread_lag_seconds=config.reread_lag_seconds(),
+                schema=config.source_schema(),
+            )
             if item["rows"] > 0:
                 results.append(pipeline.commit_table(item, lake))
         except IngestError as e:

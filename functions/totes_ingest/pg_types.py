@@ -50,7 +50,8 @@ from typing import Any, Literal
 import pg8000.native
 import pyarrow as pa
 
-from totes_ingest.errors import SourceError, SourceUnavailable, UnsupportedColumnType
+from totes_ingest.db_errors import source_errors
+from totes_ingest.errors import SourceError, UnsupportedColumnType
 from totes_ingest.identifiers import quote_ident
 
 PG_TYPE_KEY = b"pg_type"
@@ -150,14 +151,19 @@ def schema_of(columns: list[Column]) -> pa.Schema:
 
 
 def table_columns(
-    conn: pg8000.native.Connection, table: str, *, window: str | None = None
+    conn: pg8000.native.Connection,
+    table: str,
+    *,
+    window: str | None = None,
+    relation: str | None = None,
 ) -> list[Column]:
     """``table``'s columns in order, each with its Arrow type (see the module docstring).
 
+    ``relation`` is its schema-qualified name (default: ``table`` on the search path);
     ``window`` only labels the errors.
     """
-    try:
-        ((rel,),) = conn.run(_TABLE_OID, name=quote_ident(table))
+    with source_errors("catalog read", table=table, window=window):
+        ((rel,),) = conn.run(_TABLE_OID, name=relation or quote_ident(table))
         if rel is None:
             raise SourceError("table does not exist", table=table, window=window)
         rows = conn.run(_COLUMNS, rel=rel)
@@ -166,17 +172,6 @@ def table_columns(
             _column(conn, types, table, window, name, pg_type, typmod, oid)
             for name, pg_type, typmod, oid in rows
         ]
-    except pg8000.exceptions.DatabaseError as e:
-        # imported here: db_connections brings boto3, which reading the catalog needs not
-        from totes_ingest.db_connections import as_source_error
-
-        raise as_source_error(e, "catalog read", table=table, window=window) from e
-    except (pg8000.exceptions.InterfaceError, OSError) as e:
-        raise SourceUnavailable(
-            f"connection lost reading the catalog: {type(e).__name__}",
-            table=table,
-            window=window,
-        ) from e
 
 
 def _column(

@@ -1,8 +1,9 @@
 """The steps of an ingest run, as plain functions over explicit clients.
 
 Each function takes a step's input payload (see docs/CONTRACTS.md) and returns its output
-payload; the Lambda handlers only build clients around them. No row data ever travels in
-a payload: rows go from the database to a staged Parquet object, and only keys and counts
+payload; the Lambda handlers only build clients around them. Each per-table payload is
+parsed once into a :class:`~totes_ingest.window.Window`. No row data ever travels in a
+payload: rows go from the database to a staged Parquet object, and only keys and counts
 move between steps.
 """
 
@@ -13,22 +14,28 @@ import json
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from aws_lambda_powertools.metrics import MetricUnit
 
+from totes_ingest import config
+from totes_ingest.cursor import CursorRange, cursor_range
+from totes_ingest.db_errors import source_errors
+from totes_ingest.end_bound import EndBound, commit_safe_end_time
 from totes_ingest.errors import InvalidEvent
-from totes_ingest.extract import extract_to_parquet
-from totes_ingest.format_time import format_time, parse_time
-from totes_ingest.generate_new_entry_query import validated_time
-from totes_ingest.identifiers import is_valid_table_name
-from totes_ingest.lake import Lake, staging_key
+from totes_ingest.extract import extract_window
+from totes_ingest.format_time import format_time
+from totes_ingest.generate_file_key import staging_key
+from totes_ingest.lake import Lake, staged_metadata
 from totes_ingest.observability import logger, put_metric
-from totes_ingest.validation import require_keys, validate_event
-from totes_ingest.window import commit_safe_end_time
+from totes_ingest.reread import lake_versions
+from totes_ingest.source import resolve_table
+from totes_ingest.validation import validate_event
+from totes_ingest.window import Window
 from totes_ingest.write_to_s3 import write_to_s3
 
 Payload = dict[str, Any]
@@ -37,37 +44,45 @@ COLUMNS_METADATA = "columns"
 _MAX_SIGNATURE_BYTES = 1800
 
 
-def _window(start: str | None, end: str) -> str:
-    return f"[{start or 'beginning'}, {end})"
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run bounds its windows (see config for each setting)."""
+
+    fallback_lag_seconds: float
+    max_concurrency: int
+    safety_margin_seconds: float = 1.0
+    schema: str = "public"
+    source_timezone: str | None = None  # None: the database's TimeZone
+    allow_hot_standby: bool = False
+    stall_warning_seconds: float = 60.0
+
+    @classmethod
+    def from_environment(cls, *, max_concurrency: int | None = None) -> RunSettings:
+        return cls(
+            fallback_lag_seconds=config.fallback_lag_seconds(),
+            max_concurrency=config.max_concurrency()
+            if max_concurrency is None
+            else max_concurrency,
+            safety_margin_seconds=config.safety_margin_seconds(),
+            schema=config.source_schema(),
+            source_timezone=config.source_timezone(),
+            allow_hot_standby=config.allow_hot_standby(),
+            stall_warning_seconds=config.stall_warning_seconds(),
+        )
 
 
-def _table_item(payload: Mapping[str, Any], *keys: str) -> tuple[str, datetime]:
-    """The validated table and end time of a per-table payload."""
-    require_keys(payload, "table", "end_time", "run_id", *keys)
-    table = payload["table"]
-    if not is_valid_table_name(table):
-        raise InvalidEvent(f"not a valid table name: {str(table)[:40]!r}")
-    return table, parse_time(validated_time(payload["end_time"], table=table))
-
-
-def _start(payload: Mapping[str, Any], table: str) -> datetime | None:
-    start = payload.get("start_time")
-    return None if start is None else parse_time(validated_time(start, table=table))
-
-
-def start_run(
-    event: object,
-    conn: Any,
-    *,
-    fallback_lag_seconds: float,
-    max_concurrency: int,
-    safety_margin_seconds: float = 1.0,
-) -> Payload:
-    """Validate the execution input and fix the run's end time from the database clock."""
-    tables = validate_event(event, conn)
-    bound = commit_safe_end_time(conn, fallback_lag_seconds, safety_margin_seconds)
-    end_time = format_time(bound.end_time)
+def start_run(event: object, conn: Any, settings: RunSettings) -> Payload:
+    """Validate the execution input and fix the run's end bound from the database."""
+    zone = settings.source_timezone or _database_zone(conn)
+    tables = [t.name for t in validate_event(event, conn, settings.schema, zone)]
+    bound = commit_safe_end_time(
+        conn,
+        settings.fallback_lag_seconds,
+        settings.safety_margin_seconds,
+        allow_hot_standby=settings.allow_hot_standby,
+    )
     run_id = f"run-{uuid.uuid4().hex}"
+    end_time = format_time(bound.end_time)
     logger.info(
         "Run started",
         extra={
@@ -75,73 +90,145 @@ def start_run(
             "end_time": end_time,
             "tables": tables,
             "database_clock": format_time(bound.clock),
+            "source_timezone": zone,
             "held_back_by_open_transaction": bound.held_back_by_open_transaction,
             "fallback_lag_used": bound.fallback_lag_used,
         },
     )
+    _report_stalls(bound, settings.stall_warning_seconds)
+    put_metric("EndBoundLagSeconds", MetricUnit.Seconds, bound.lag_seconds, None)
     return {
         "run_id": run_id,
         "end_time": end_time,
         "tables": tables,
-        "max_concurrency": max_concurrency,
+        "max_concurrency": settings.max_concurrency,
+        "source_timezone": zone,
+        "hold": bound.hold_at_watermark,
     }
+
+
+def _database_zone(conn: Any) -> str:
+    with source_errors("time zone lookup"):
+        ((zone,),) = conn.run("SELECT current_setting('TimeZone')")
+    return str(zone)
+
+
+def _report_stalls(bound: EndBound, threshold_seconds: float) -> None:
+    """WARNING for whatever holds the bound back: never a session's query text."""
+    blocker = bound.held_back_by
+    if blocker is not None and bound.lag_seconds > threshold_seconds:
+        logger.warning(
+            "End bound held back by an open transaction",
+            extra={"lag_seconds": round(bound.lag_seconds, 3), **blocker.describe(bound.clock)},
+        )
+    if bound.invisible:
+        logger.warning(
+            "Open transactions whose start is not visible: the bound trails by the fallback lag",
+            extra={"sessions": [t.describe(bound.clock) for t in bound.invisible[:10]]},
+        )
+    if bound.hold_at_watermark:
+        logger.warning(
+            "Every table held at its watermark",
+            extra={"reason": bound.hold_at_watermark, "prepared": len(bound.prepared)},
+        )
 
 
 def find_watermark(payload: Mapping[str, Any], lake: Lake) -> Payload:
     """The start of this table's window: the end of its last committed window."""
-    table, _ = _table_item(payload)
-    watermark, last_key = lake.resolve_watermark(table)
-    start_time = None if watermark is None else format_time(watermark)
+    window = Window.from_payload(payload)
+    mark = lake.resolve_watermark(window.table)
+    window = window.with_watermark(mark.end, mark.key, mark.cursor_end)
     logger.info(
         "Found last ingest time",
-        extra={"table": table, "start_time": start_time, "last_key": last_key},
+        extra={
+            "table": window.table,
+            "start_time": window.to_payload()["start_time"],
+            "last_key": mark.key,
+        },
     )
-    return {**payload, "start_time": start_time, "last_key": last_key}
+    return {**payload, **window.to_payload()}
 
 
 def stage_table(
-    payload: Mapping[str, Any], conn: Any, lake: Lake, *, row_group_rows: int
+    payload: Mapping[str, Any],
+    conn: Any,
+    lake: Lake,
+    *,
+    row_group_rows: int,
+    reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS,
+    schema: str = config.DEFAULT_SOURCE_SCHEMA,
 ) -> Payload:
-    """Extract the window's rows to Parquet and upload it to the table's staging key."""
-    table, end = _table_item(payload, "start_time")
-    start = _start(payload, table)
-    window = _window(payload["start_time"], payload["end_time"])
-    if start is not None and start >= end:
-        # Another run already moved the watermark past this run's end: nothing to do.
+    """Extract the window's rows to Parquet and upload it to the run's staging key."""
+    window = Window.from_payload(payload)
+    table = window.table
+    empty = {**payload, "rows": 0, "bytes": 0, "staging_key": None}
+    if window.is_empty:
+        reason = window.hold or "another run already moved the watermark past this run's end"
         logger.warning(
-            "Watermark is already past this run's end time",
-            extra={"table": table, "window": window},
+            "Window held at the watermark",
+            extra={"table": table, "window": window.label, "reason": reason},
         )
-        return {**payload, "rows": 0, "bytes": 0, "staging_key": None}
+        _freshness(table, window.start)
+        return empty
+    source = resolve_table(conn, table, schema)
+    rng = cursor_range(
+        conn,
+        source,
+        window.source_timezone,
+        window.start,
+        window.end,
+        window.cursor_start,
+        timedelta(seconds=reread_lag_seconds),
+    )
+    if not source.key and rng.reread_from is not None:
+        logger.warning("No key: no re-read overlap", extra={"table": table})
+        rng = CursorRange(rng.start, rng.end)
+    window = window.with_cursor(rng)
+    in_lake = None
+    if rng.reread_from is not None and rng.start is not None:
+        in_lake = lake_versions(lake, source, rng.reread_from, rng.start)
     with tempfile.TemporaryDirectory(prefix="totes-") as workdir:
         path = Path(workdir) / f"{table}.parquet"
-        result = extract_to_parquet(
-            conn,
-            table,
-            payload["start_time"],
-            payload["end_time"],
-            path,
-            row_group_rows=row_group_rows,
+        result = extract_window(
+            conn, window, source, path, row_group_rows=row_group_rows, in_lake=in_lake
         )
         if result.rows == 0:
-            logger.warning("No new rows", extra={"table": table, "window": window})
-            return {**payload, "rows": 0, "bytes": 0, "staging_key": None}
+            logger.warning("No new rows", extra={"table": table, "window": window.label})
+            _freshness(table, window.end)
+            return empty
         columns = schema_signature(result.schema)
-        _log_schema_change(lake, table, payload.get("last_key"), columns)
-        key = staging_key(table, start, end)
+        _log_schema_change(lake, table, window.last_key, columns)
+        key = staging_key(table, window.start, window.end, window.run_id)
+        metadata = {COLUMNS_METADATA: columns, **staged_metadata(window, result.rows)}
         with path.open("rb") as parquet:
-            write_to_s3(lake.s3, lake.bucket, key, parquet, metadata={COLUMNS_METADATA: columns})
+            write_to_s3(lake.s3, lake.bucket, key, parquet, metadata=metadata)
     logger.info(
         "Staged parquet",
         extra={
             "table": table,
-            "window": window,
+            "window": window.label,
+            "cursor": rng.to_payload(),
             "rows": result.rows,
+            "reread_rows": result.reread,
             "bytes": result.bytes,
             "staging_key": key,
         },
     )
-    return {**payload, "rows": result.rows, "bytes": result.bytes, "staging_key": key}
+    return {
+        **payload,
+        **window.to_payload(),
+        "rows": result.rows,
+        "bytes": result.bytes,
+        "staging_key": key,
+    }
+
+
+def _freshness(table: str, complete_until: datetime | None) -> None:
+    """``FreshnessSeconds``: how long ago the instant up to which the lake is complete."""
+    if complete_until is None:
+        return
+    lag = datetime.now(UTC).replace(tzinfo=None) - complete_until
+    put_metric("FreshnessSeconds", MetricUnit.Seconds, max(lag.total_seconds(), 0.0), table)
 
 
 def schema_signature(schema: pa.Schema) -> str:
@@ -152,9 +239,9 @@ def schema_signature(schema: pa.Schema) -> str:
     return signature
 
 
-def _log_schema_change(lake: Lake, table: str, last_key: object, columns: str) -> None:
+def _log_schema_change(lake: Lake, table: str, last_key: str | None, columns: str) -> None:
     """WARNING when this window's columns differ from those of the table's previous file."""
-    if not isinstance(last_key, str):
+    if last_key is None:
         return
     previous = lake.metadata(last_key, table=table).get(COLUMNS_METADATA)
     if previous is None or previous == columns:
@@ -173,27 +260,28 @@ def _log_schema_change(lake: Lake, table: str, last_key: object, columns: str) -
 
 def commit_table(payload: Mapping[str, Any], lake: Lake) -> Payload:
     """Publish the staged window as the table's next key (exactly once)."""
-    table, end = _table_item(payload, "start_time", "rows")
-    start = _start(payload, table)
+    window = Window.from_payload(payload)
+    if window.cursor is None or "rows" not in payload:
+        raise InvalidEvent(
+            "step input lacks the staged window's cursor and rows", table=window.table
+        )
     rows = int(payload["rows"])
-    result = lake.commit(table, start, end, payload["run_id"], rows)
-    window = _window(payload["start_time"], payload["end_time"])
+    result = lake.commit(window, rows)
     if result.status == "written":
         logger.info(
             "Wrote parquet",
-            extra={"table": table, "window": window, "rows": rows, "key": result.key},
+            extra={"table": window.table, "window": window.label, "rows": rows, "key": result.key},
         )
-        put_metric("RowsIngested", MetricUnit.Count, rows, table)
-        put_metric("BytesWritten", MetricUnit.Bytes, int(payload.get("bytes", 0)), table)
-        # Assumes the database clock is UTC (as RDS's is by default).
-        lag = datetime.now(UTC).replace(tzinfo=None) - end
-        put_metric("FreshnessSeconds", MetricUnit.Seconds, max(lag.total_seconds(), 0.0), table)
+        put_metric("RowsIngested", MetricUnit.Count, rows, window.table)
+        put_metric("BytesWritten", MetricUnit.Bytes, int(payload.get("bytes", 0)), window.table)
+        _freshness(window.table, window.end)
     else:
         logger.warning(
-            "Skipped commit", extra={"table": table, "window": window, "reason": result.reason}
+            "Skipped commit",
+            extra={"table": window.table, "window": window.label, "reason": result.reason},
         )
     return {
-        "table": table,
+        "table": window.table,
         "status": result.status,
         "key": result.key,
         "rows": rows,

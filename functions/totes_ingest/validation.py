@@ -5,21 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from totes_ingest.cursor import zone_has_transitions
 from totes_ingest.errors import InvalidEvent
 from totes_ingest.identifiers import is_valid_table_name
+from totes_ingest.source import SourceTable, resolve_tables
 
 MAX_TABLES: Final = 100
-
-_INGESTIBLE_TABLES_SQL = """
-SELECT c.relname
-FROM pg_class AS c
-JOIN pg_namespace AS n ON n.oid = c.relnamespace
-JOIN pg_attribute AS a ON a.attrelid = c.oid
-WHERE n.nspname = current_schema()
-  AND c.relkind IN ('r', 'p')
-  AND a.attname = 'last_updated' AND NOT a.attisdropped
-  AND c.relname = ANY(CAST(:names AS text[]))
-"""
 
 
 def _shown(value: object, limit: int = 40) -> str:
@@ -51,25 +42,16 @@ def tables_from_event(event: object) -> list[str]:
     return list(tables)
 
 
-def check_tables_exist(conn: Any, tables: list[str]) -> None:
-    """Every table must exist in the source schema and have a ``last_updated`` column."""
-    found = {row[0] for row in conn.run(_INGESTIBLE_TABLES_SQL, names=tables)}
-    missing = [name for name in tables if name not in found]
-    if missing:
+def validate_event(event: object, conn: Any, schema: str, zone: str) -> list[SourceTable]:
+    """The event's tables, resolved; InvalidEvent otherwise (nothing has been queried
+    with the names but the catalog look-up, with the names as bound parameters)."""
+    tables = resolve_tables(conn, tables_from_event(event), schema)
+    keyless = [t.name for t in tables.values() if not t.key and t.cursor_type == "timestamp"]
+    if keyless and zone_has_transitions(conn, zone):
         raise InvalidEvent(
-            "not tables of the source with a last_updated column: " + ", ".join(missing)
+            f"{', '.join(keyless)}: no primary key, and last_updated is a timestamp without "
+            f"time zone in {zone}, whose clock goes back at a fall-back: the versions of the "
+            "repeated hour cannot be told from those already ingested; add a primary key, "
+            "or make last_updated a timestamptz"
         )
-
-
-def validate_event(event: object, conn: Any) -> list[str]:
-    """Validated table names; InvalidEvent otherwise (nothing has been queried with them)."""
-    tables = tables_from_event(event)
-    check_tables_exist(conn, tables)
-    return tables
-
-
-def require_keys(payload: Mapping[str, Any], *keys: str) -> None:
-    """Step payloads come from our own ASL; a missing key is a wiring bug, said plainly."""
-    missing = [key for key in keys if key not in payload]
-    if missing:
-        raise InvalidEvent(f"step input lacks {', '.join(missing)}")
+    return list(tables.values())

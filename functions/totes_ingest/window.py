@@ -1,79 +1,126 @@
-"""The run's end bound, computed from the database so that no late commit is skipped.
+"""One table's window in one run, as a value: parsed once from a step's payload.
 
-A row is safe to ingest below a bound ``E`` only if no transaction that could still
-commit a row with ``last_updated < E`` is in flight. ToteSys sets ``last_updated = now()``,
-the start time of the writing transaction, so the bound is the database clock capped by
-the start of the oldest transaction still open in the database. Transactions that start
-later take a later ``now()``, so they land in the next window.
+Payloads are JSON and travel through the state machine; every step turns its payload
+into a :class:`Window` here, so the table name, the instants and the cursor range are
+checked once, and every log line and error labels the window the same way.
 
-A backend takes its transaction's timestamp a moment before it publishes it in
-``pg_stat_activity``, so the clock is also pulled back by a small safety margin
-(``END_TIME_SAFETY_MARGIN_SECONDS``, default 1 s) to cover a transaction that began just
-before the bound was read.
-
-When this role cannot see other sessions in ``pg_stat_activity`` (it lacks
-``pg_read_all_stats``), the cap cannot be computed; the bound then trails the clock by a
-configurable lag (``END_TIME_FALLBACK_LAG_SECONDS``), which must exceed the longest
-writing transaction.
+``start`` and ``end`` are instants, naive UTC (the lake's keys are in UTC); ``start`` is
+the table's watermark (None: its first window) and ``end`` the run's end bound. The
+cursor range (see ``cursor``) is what the extract reads, fixed by QueryToParquet and
+recorded by the commit in the window's claim.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
-import pg8000.exceptions
+from totes_ingest.cursor import CursorRange
+from totes_ingest.errors import InvalidEvent
+from totes_ingest.format_time import format_time, parse_time
+from totes_ingest.generate_new_entry_query import validated_time
+from totes_ingest.identifiers import is_valid_table_name
 
-from totes_ingest.db_connections import APPLICATION_NAME, as_source_error
-from totes_ingest.errors import SourceUnavailable
-
-_END_BOUND_SQL = """
-SELECT clock_timestamp()::timestamp AS clock,
-       min(a.xact_start)::timestamp AS oldest_open,
-       count(*) FILTER (WHERE a.query = '<insufficient privilege>') AS hidden
-FROM (SELECT 1) AS one
-LEFT JOIN pg_stat_activity AS a
-       ON a.datname = current_database()
-      AND a.pid <> pg_backend_pid()
-      AND (a.backend_type = 'client backend' OR a.query = '<insufficient privilege>')
-      AND a.application_name IS DISTINCT FROM :ingest_application
-      AND (a.xact_start IS NOT NULL OR a.query = '<insufficient privilege>')
-"""
+Payload = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class EndBound:
-    """The bound and why it is where it is (for the run's log line)."""
+class Window:
+    table: str
+    run_id: str
+    end: datetime
+    source_timezone: str = "UTC"
+    start: datetime | None = None
+    last_key: str | None = None
+    cursor_start: datetime | None = None  # the previous window's cursor end
+    cursor: CursorRange | None = None
+    hold: str | None = None  # why this run may not pass the watermark
+    execution: str | None = None
 
-    end_time: datetime
-    clock: datetime
-    held_back_by_open_transaction: bool
-    fallback_lag_used: bool
+    @property
+    def label(self) -> str:
+        start = "beginning" if self.start is None else format_time(self.start)
+        return f"[{start}, {format_time(self.end)})"
+
+    @property
+    def is_empty(self) -> bool:
+        """The watermark is already at or past this run's end, or held there."""
+        return self.hold is not None or (self.start is not None and self.start >= self.end)
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Window:
+        """The window of a step payload; InvalidEvent if it is malformed."""
+        missing = [key for key in ("table", "end_time", "run_id") if key not in payload]
+        if missing:
+            raise InvalidEvent(f"step input lacks {', '.join(missing)}")
+        table = payload["table"]
+        if not is_valid_table_name(table):
+            raise InvalidEvent(f"not a valid table name: {str(table)[:40]!r}")
+        run_id = payload["run_id"]
+        if not isinstance(run_id, str) or not run_id:
+            raise InvalidEvent("step input has no run_id", table=table)
+        zone = payload.get("source_timezone", "UTC")
+        if not isinstance(zone, str) or not zone or len(zone) > 100:
+            raise InvalidEvent("step input has no valid source_timezone", table=table)
+        cursor = payload.get("cursor")
+        return cls(
+            table=table,
+            run_id=run_id,
+            end=_time(payload["end_time"], table),
+            source_timezone=zone,
+            start=_optional_time(payload.get("start_time"), table),
+            last_key=_optional_str(payload.get("last_key"), "last_key", table),
+            cursor_start=_optional_time(payload.get("cursor_start"), table),
+            cursor=None if cursor is None else _cursor(cursor, table),
+            hold=_optional_str(payload.get("hold"), "hold", table),
+            execution=_optional_str(payload.get("execution"), "execution", table),
+        )
+
+    def with_watermark(
+        self, start: datetime | None, last_key: str | None, cursor_start: datetime | None
+    ) -> Window:
+        return replace(self, start=start, last_key=last_key, cursor_start=cursor_start)
+
+    def with_cursor(self, cursor: CursorRange) -> Window:
+        return replace(self, cursor=cursor)
+
+    def to_payload(self) -> Payload:
+        """The fields of the window, for the next step's payload."""
+        payload: Payload = {
+            "table": self.table,
+            "run_id": self.run_id,
+            "end_time": format_time(self.end),
+            "source_timezone": self.source_timezone,
+            "start_time": None if self.start is None else format_time(self.start),
+            "last_key": self.last_key,
+            "cursor_start": None if self.cursor_start is None else format_time(self.cursor_start),
+            "hold": self.hold,
+        }
+        if self.cursor is not None:
+            payload["cursor"] = self.cursor.to_payload()
+        if self.execution is not None:
+            payload["execution"] = self.execution
+        return payload
 
 
-def commit_safe_end_time(
-    conn: Any, fallback_lag_seconds: float, safety_margin_seconds: float = 1.0
-) -> EndBound:
-    """The exclusive end bound of this run's windows, in the database's own time."""
+def _time(value: object, table: str) -> datetime:
+    return parse_time(validated_time(value, table=table))
+
+
+def _optional_time(value: object, table: str) -> datetime | None:
+    return None if value is None else _time(value, table)
+
+
+def _optional_str(value: object, name: str, table: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidEvent(f"step input's {name} is not a string", table=table)
+
+
+def _cursor(value: object, table: str) -> CursorRange:
     try:
-        clock, oldest_open, hidden = conn.run(_END_BOUND_SQL, ingest_application=APPLICATION_NAME)[
-            0
-        ]
-    except pg8000.exceptions.DatabaseError as e:
-        raise as_source_error(e, "end bound query") from e
-    except (pg8000.exceptions.InterfaceError, OSError) as e:
-        raise SourceUnavailable(f"database connection lost: {type(e).__name__}") from e
-    end = clock - timedelta(seconds=safety_margin_seconds)
-    held_back = oldest_open is not None and oldest_open < end
-    if held_back:
-        end = oldest_open
-    fallback = bool(hidden)
-    if fallback:
-        end = min(end, clock - timedelta(seconds=fallback_lag_seconds))
-    return EndBound(
-        end_time=end,
-        clock=clock,
-        held_back_by_open_transaction=held_back,
-        fallback_lag_used=fallback,
-    )
+        return CursorRange.from_payload(value)
+    except ValueError as e:
+        raise InvalidEvent(f"step input's cursor is malformed: {e}", table=table) from e

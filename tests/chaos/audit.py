@@ -8,8 +8,8 @@ with the database:
   (``tests.lakecheck.mismatches``);
 - *duplicated*: ``(primary key, last_updated)`` pairs present more than once
   (``tests.lakecheck.duplicated_versions``);
-- *misplaced*: a row version in a file whose window ``[previous key's end, key's end)``
-  does not hold its ``last_updated`` (windows must chain without gap or overlap);
+- *misplaced*: a row version in a file whose claim's cursor range (its re-read range
+  included) does not hold its ``last_updated``;
 - *chain breaks*: a committed file without the claim for its window's start naming it;
 - *staged leftovers*: ``_staging/`` objects of committed windows (the commit deletes
   them); those whose deletion the chaos refused, or that were uploaded again after the
@@ -30,8 +30,9 @@ from typing import Any
 from tests.conftest import BUCKET
 from tests.lakecheck import duplicated_versions, lake_keys, mismatches, read_file, table_files
 from totes_ingest.config import CLAIMS_PREFIX, STAGING_PREFIX
-from totes_ingest.generate_file_key import parse_file_key
-from totes_ingest.lake import Claim, claim_key
+from totes_ingest.cursor import CursorRange
+from totes_ingest.generate_file_key import claim_key, parse_file_key
+from totes_ingest.lake import Claim
 from totes_ingest.local.runner import TaskReport
 
 
@@ -128,30 +129,34 @@ def audit_lake(conn: Any, s3: Any, tables: Iterable[str]) -> LakeAudit:
     return report
 
 
-def _read_claim(s3: Any, key: str) -> Claim | None:
+def _read_claim(s3: Any, key: str, table: str) -> Claim | None:
     try:
         body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     except s3.exceptions.NoSuchKey:
         return None
-    return Claim.from_json(body)
+    return Claim.parse(body, key=key, table=table)
 
 
 def _check_chain(s3: Any, table: str, report: LakeAudit) -> None:
+    """Each file is named by the claim for its start, and holds only versions of the
+    cursor range that claim recorded (its re-read range included)."""
     start = None
     for key in table_files(s3, table):
         parsed = parse_file_key(key)
         assert parsed is not None
         end = parsed[1]
         report.files += 1
-        for row in read_file(s3, key).to_pylist():
-            report.versions += 1
-            at = row["last_updated"]
-            if at >= end or (start is not None and at < start):
-                report.misplaced.append(f"{key}: {table} {row[f'{table}_id']} @ {at}")
-        claim = _read_claim(s3, claim_key(table, start))
+        claim = _read_claim(s3, claim_key(table, start), table)
         if claim is None or claim.final_key != key:
             owner = claim.final_key if claim else "nothing"
             report.chain_breaks.append(f"{key}: the claim for its start names {owner}")
+        cursor = claim.cursor if claim is not None and claim.cursor else CursorRange(start, end)
+        low = cursor.reread_from or cursor.start
+        for row in read_file(s3, key).to_pylist():
+            report.versions += 1
+            at = row["last_updated"]
+            if at >= cursor.end or (low is not None and at < low):
+                report.misplaced.append(f"{key}: {table} {row[f'{table}_id']} @ {at}")
         start = end
 
 
@@ -159,7 +164,7 @@ def _check_staging(s3: Any, report: LakeAudit) -> None:
     for key in lake_keys(s3, STAGING_PREFIX):
         table, _, window = key[len(STAGING_PREFIX) :].partition("/")
         start_stamp = window.split("-", 1)[0]
-        claim = _read_claim(s3, f"{CLAIMS_PREFIX}{table}/{start_stamp}.json")
+        claim = _read_claim(s3, f"{CLAIMS_PREFIX}{table}/{start_stamp}.json", table)
         committed = (
             claim is not None and claim.staging_key == key and bool(lake_keys(s3, claim.final_key))
         )

@@ -6,10 +6,12 @@ import logging
 import os
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.chaos.audit import LogTally
+from tests.pgcluster import PrivateCluster
 from totes_ingest import config, observability
 
 
@@ -37,3 +39,11 @@ def pipeline_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[LogTally]:
     finally:
         logging.getLogger().removeHandler(tally)
         service_logger.handlers = saved
+
+
+@pytest.fixture(scope="session")
+def server_settings() -> Iterator[dict[str, Any]]:
+    """The chaos runs on a private cluster that allows two-phase commit (a writer prepares
+    its transactions), whatever server the other tests use."""
+    with PrivateCluster(max_prepared_transactions=20) as cluster:
+        yield cluster.connection_settings

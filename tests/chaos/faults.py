@@ -306,9 +306,13 @@ def _table_of(key: str) -> str:
 class SessionKiller:
     """A thread that terminates the pipeline's database sessions now and then."""
 
-    def __init__(self, settings: Mapping[str, Any], plan: FaultPlan) -> None:
+    def __init__(
+        self, settings: Mapping[str, Any], plan: FaultPlan, spare: set[int] | None = None
+    ) -> None:
         self.settings = dict(settings)
         self.plan = plan
+        # Backends never to kill: writers that use the ingest's application_name.
+        self.spare = spare if spare is not None else set()
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chaos-session-killer", daemon=True)
@@ -359,6 +363,7 @@ class SessionKiller:
                 app=APPLICATION_NAME,
             )
         ]
+        sessions = [pid for pid in sessions if pid not in self.spare]
         if not sessions:
             return
         victims = sessions if rng.random() < 0.2 else [rng.choice(sessions)]

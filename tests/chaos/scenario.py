@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -19,7 +20,8 @@ import pytest
 from tests.chaos.audit import LakeAudit, LogTally, TaskTally, audit_lake
 from tests.chaos.faults import CALM, HEAVY, LIGHT, FaultPlan, Intensity, SessionKiller
 from tests.chaos.machine import LocalDeployment
-from tests.chaos.writers import Writers, WriterStats
+from tests.chaos.writers import STYLES, Writers, WriterStats
+from tests.clock import fall_back_zone
 from tests.conftest import _connect
 from totes_ingest import config
 from totes_ingest.format_time import parse_time
@@ -27,7 +29,8 @@ from totes_ingest.local.runner import ExecutionResult
 from totes_ingest.local.seed import seed
 from totes_ingest.local.totesys import TABLES
 
-WRITERS = 3
+# One writer of each kind the end bound once missed (see writers.STYLES).
+WRITERS = len(STYLES)
 # Generous: a round under heavy faults takes seconds (the ASL's retries back off), and
 # an execution that really hangs is a failure, reported as TIMED_OUT.
 EXECUTION_TIMEOUT_S = 180.0
@@ -76,8 +79,15 @@ def _chaos_rounds(
 
 
 def _catch_up(machine: LocalDeployment, tally: TaskTally, conn: Any) -> list[ExecutionResult]:
-    """Clean runs until one succeeds with an end bound past every row's last_updated."""
-    newest = max(conn.run(f'SELECT max(last_updated) FROM "{table}"')[0][0] for table in TABLES)
+    """Clean runs until one succeeds with an end bound past every row's last_updated
+    (as an instant: a wall-clock time of the repeated hour counts as its later one)."""
+    newest = max(
+        conn.run(
+            "SELECT max(last_updated AT TIME ZONE current_setting('TimeZone') AT TIME ZONE 'UTC')"
+            f' FROM "{table}"'
+        )[0][0]
+        for table in TABLES
+    )
     results: list[ExecutionResult] = []
     for _ in range(FINAL_RUNS):
         # A run's end bound trails the database clock by the safety margin.
@@ -94,6 +104,7 @@ def _catch_up(machine: LocalDeployment, tally: TaskTally, conn: Any) -> list[Exe
 class ChaosReport:
     """Everything a chaos run did and found."""
 
+    fall_back: datetime
     seed: int
     seconds: float
     seeded_rows: int
@@ -117,7 +128,8 @@ class ChaosReport:
         return "\n".join(
             [
                 f"chaos seed {self.seed}: {self.seconds:g} s of chaos, {self.elapsed_s:.1f} s "
-                "in all",
+                f"in all; the source's clock fell back an hour at {self.fall_back} UTC",
+                f"writers: {', '.join(STYLES)}",
                 f"rounds {rounds.rounds} ({rounds.overlapping_rounds} with overlapping "
                 f"executions); executions {statuses}; final clean runs {finals}",
                 f"writers: transactions committed {writers.committed}, rolled back "
@@ -175,10 +187,13 @@ def run_chaos(
     plan.install(monkeypatch)
     tasks = TaskTally()
     writers = Writers(settings, seed_value, count=WRITERS)
-    killer = SessionKiller(settings, plan)
+    killer = SessionKiller(settings, plan, spare=writers.pids)
     conn = _connect(settings)
     try:
         seeded_rows = sum(seed(conn, scale=1).values())
+        # The database's clock falls back an hour halfway through the chaos.
+        zone, fall_back = fall_back_zone(seconds / 2)
+        conn.run(f"ALTER DATABASE \"{settings['database']}\" SET timezone = '{zone}'")
         with LocalDeployment(on_task=tasks) as machine:
             writers.start()
             killer.start()
@@ -199,6 +214,7 @@ def run_chaos(
         writers.stop_quietly()
         conn.close()
     return ChaosReport(
+        fall_back=fall_back,
         seed=seed_value,
         seconds=seconds,
         seeded_rows=seeded_rows,

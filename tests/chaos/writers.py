@@ -9,6 +9,12 @@ end bound back at their start, so that overlapping executions often share an end
 One in ten is rolled back; one that fails (a deadlock between
 writers, a foreign key to an id a rolled-back transaction never created) is rolled back
 and counted as aborted.
+
+The writers are of the kinds the end bound once could not see (``STYLES``, one each):
+a plain session; a two-phase one (``PREPARE TRANSACTION``, then ``COMMIT PREPARED`` a
+moment later: in between it is in no session's ``pg_stat_activity`` row); one with
+``track_activities = off`` (its ``xact_start`` is never published); one whose
+``application_name`` is the ingest's own.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from typing import Any
 import pg8000.exceptions
 import pg8000.native
 
-from tests.conftest import _connect
+from tests.pgcluster import connect
+from totes_ingest.db_connections import APPLICATION_NAME
 from totes_ingest.local.simulate import CHANGES, _Activity
+
+STYLES = ("plain", "two-phase", "untracked", "named like the ingest")
 
 MAX_PAUSE_S = 0.3
 LONG_RATE = 0.03
@@ -52,24 +61,31 @@ class WriterStats:
 class Writers:
     """``count`` writer threads, seeded from ``seed``; :meth:`stop` joins and reports."""
 
-    def __init__(self, settings: Mapping[str, Any], seed: int, count: int = 3) -> None:
+    def __init__(self, settings: Mapping[str, Any], seed: int, count: int = len(STYLES)) -> None:
         self.settings = dict(settings)
+        self.pids: set[int] = set()  # the writers' backends, which the session killer spares
         self._stop = threading.Event()
         self._stats = [WriterStats() for _ in range(count)]
         self._errors: list[BaseException] = []
         self._threads = [
             threading.Thread(
                 target=self._write,
-                args=(random.Random(f"{seed}/writer/{i}"), self._stats[i]),
+                args=(random.Random(f"{seed}/writer/{i}"), self._stats[i], STYLES[i % 4]),
                 name=f"chaos-writer-{i}",
                 daemon=True,
             )
             for i in range(count)
         ]
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 20.0) -> None:
+        """Start writing, once every writer is connected (so its pid is known)."""
         for thread in self._threads:
             thread.start()
+        deadline = time.monotonic() + timeout_s
+        while len(self.pids) + len(self._errors) < len(self._threads):
+            if time.monotonic() > deadline:
+                raise RuntimeError("writers did not connect")
+            time.sleep(0.01)
 
     def stop(self, timeout_s: float = 20.0) -> WriterStats:
         """Stop writing, wait for the threads (their connections closed) and sum up."""
@@ -94,19 +110,23 @@ class Writers:
             if thread.ident is not None:
                 thread.join(timeout_s)
 
-    def _write(self, rng: random.Random, stats: WriterStats) -> None:
+    def _write(self, rng: random.Random, stats: WriterStats, style: str) -> None:
         try:
-            conn = _connect(self.settings)
+            extra = {"application_name": APPLICATION_NAME} if style == STYLES[3] else {}
+            conn = connect(self.settings, **extra)
+            self.pids.add(conn.run("SELECT pg_backend_pid()")[0][0])
         except BaseException as e:
             self._errors.append(e)
             return
         try:
             conn.run(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            if style == "untracked":
+                conn.run("SET track_activities = off")
             activity = _Activity(conn, rng)
             kinds, weights = zip(*CHANGES, strict=True)
             while not self._stop.is_set():
                 changes = rng.choices(kinds, weights=weights, k=rng.choice((1, 1, 2, 3)))
-                self._transaction(conn, activity, rng, changes, stats)
+                self._transaction(conn, activity, rng, changes, stats, style == "two-phase")
                 time.sleep(rng.uniform(0.0, 0.05))
         except BaseException as e:
             self._errors.append(e)
@@ -120,6 +140,7 @@ class Writers:
         rng: random.Random,
         changes: list[Any],
         stats: WriterStats,
+        two_phase: bool,
     ) -> None:
         conn.run("START TRANSACTION")
         try:
@@ -133,10 +154,16 @@ class Writers:
             conn.run("ROLLBACK")
             stats.aborted += 1
             return
-        if rng.random() < ROLLBACK_RATE:
-            conn.run("ROLLBACK")
+        rollback = rng.random() < ROLLBACK_RATE
+        if two_phase:
+            gid = f"chaos-{threading.get_ident()}-{stats.committed + stats.rolled_back}"
+            conn.run(f"PREPARE TRANSACTION '{gid}'")
+            time.sleep(rng.uniform(0.0, MAX_PAUSE_S))
+            conn.run(f"{'ROLLBACK' if rollback else 'COMMIT'} PREPARED '{gid}'")
+        else:
+            conn.run("ROLLBACK" if rollback else "COMMIT")
+        if rollback:
             stats.rolled_back += 1
         else:
-            conn.run("COMMIT")
             stats.committed += 1
             stats.versions += versions

@@ -33,6 +33,7 @@ S3_GRANTS: dict[str, set[tuple[str, str]]] = {
     "QueryToParquet": {
         ("s3:ListBucket", ""),
         ("s3:GetObject", TABLE_KEYS),
+        ("s3:GetObject", "_claims/*"),
         ("s3:PutObject", "_staging/*"),
         ("s3:AbortMultipartUpload", "_staging/*"),
         ("s3:ListMultipartUploadParts", "_staging/*"),
@@ -53,7 +54,7 @@ S3_GRANTS: dict[str, set[tuple[str, str]]] = {
 # absence it must see as 404 (S3 checks ListBucket with s3:prefix = the missing key).
 LIST_PREFIXES: dict[str, set[str]] = {
     "GetLastIngestTime": {"*/", "_claims/*", "_staging/*", TABLE_KEYS},
-    "QueryToParquet": {TABLE_KEYS},
+    "QueryToParquet": {"*/", "_claims/*", TABLE_KEYS},
     "WriteToS3": {"_claims/*", "_staging/*", TABLE_KEYS},
 }
 

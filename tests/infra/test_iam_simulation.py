@@ -20,8 +20,11 @@ import pytest
 
 from tests.conftest import BUCKET
 from totes_ingest import pipeline
+from totes_ingest.cursor import CursorRange
 from totes_ingest.format_time import format_time
-from totes_ingest.lake import Claim, Lake, claim_key, staging_key
+from totes_ingest.generate_file_key import claim_key, staging_key
+from totes_ingest.lake import Claim, Lake, staged_metadata
+from totes_ingest.window import Window
 
 pytestmark = pytest.mark.infra
 
@@ -177,6 +180,26 @@ def payload(table: str, **more: Any) -> dict[str, Any]:
     return {"table": table, "end_time": format_time(T1), "run_id": "run-sim", **more}
 
 
+def staged(
+    s3: Any, table: str, start: datetime | None, end: datetime, run: str, body: bytes
+) -> Window:
+    """A run's extract of ``[start, end)``, staged as QueryToParquet stages it."""
+    window = Window(table=table, run_id=run, start=start, end=end)
+    window = window.with_cursor(CursorRange(start, end))
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=staging_key(table, start, end, run),
+        Body=body,
+        Metadata=staged_metadata(window, 1),
+    )
+    return window
+
+
+def commit_payload(table: str, end: datetime = T1) -> dict[str, Any]:
+    cursor = {"start": None, "end": format_time(end), "reread_from": None}
+    return {**payload(table), "start_time": None, "rows": 3, "cursor": cursor}
+
+
 # -- the steps ------------------------------------------------------------------------
 
 
@@ -193,12 +216,13 @@ def test_get_last_ingest_time_may_finish_an_interrupted_multipart_commit(
     s3: Any, recorder: Recorder, transformed: dict[str, Any]
 ) -> None:
     # GIVEN a claim whose staged object was never copied to its table key
-    staged = staging_key("staff", None, T0)
-    s3.put_object(Bucket=BUCKET, Key=staged, Body=BIG)
+    staged(s3, "staff", None, T0, "run-old", BIG)
     claim = Claim(
         run_id="run-old",
+        start=None,
+        end=T0,
         final_key="staff/2026/11/25/090000000001.parquet",
-        staging_key=staged,
+        staging_key=staging_key("staff", None, T0, "run-old"),
         rows=3,
     )
     s3.put_object(Bucket=BUCKET, Key=claim_key("staff", None), Body=claim.to_json())
@@ -218,8 +242,10 @@ def test_get_last_ingest_time_may_remove_a_void_claim(
 ) -> None:
     claim = Claim(
         run_id="run-old",
+        start=None,
+        end=T0,
         final_key="staff/2026/11/25/090000000001.parquet",
-        staging_key=staging_key("staff", None, T0),
+        staging_key=staging_key("staff", None, T0, "run-old"),
         rows=3,
     )
     s3.put_object(Bucket=BUCKET, Key=claim_key("staff", None), Body=claim.to_json())
@@ -238,10 +264,10 @@ def test_get_last_ingest_time_may_remove_a_void_claim(
 def test_write_to_s3_may_commit_a_multipart_window(
     s3: Any, recorder: Recorder, transformed: dict[str, Any]
 ) -> None:
-    s3.put_object(Bucket=BUCKET, Key=staging_key("staff", None, T1), Body=BIG)
+    staged(s3, "staff", None, T1, "run-sim", BIG)
     recorder.calls.clear()
 
-    result = pipeline.commit_table(payload("staff", start_time=None, rows=3), Lake(s3, BUCKET))
+    result = pipeline.commit_table(commit_payload("staff"), Lake(s3, BUCKET))
 
     assert result["status"] == "written"
     assert denied(transformed, "WriteToS3", recorder) == []
@@ -252,12 +278,11 @@ def test_write_to_s3_may_lose_a_race_for_the_window(
 ) -> None:
     # GIVEN another run already committed the window starting at the same watermark
     lake = Lake(s3, BUCKET)
-    s3.put_object(Bucket=BUCKET, Key=staging_key("staff", None, T0), Body=b"theirs")
-    lake.commit("staff", None, T0, "run-other", 1)
-    s3.put_object(Bucket=BUCKET, Key=staging_key("staff", None, T1), Body=b"mine")
+    lake.commit(staged(s3, "staff", None, T0, "run-other", b"theirs"), 1)
+    staged(s3, "staff", None, T1, "run-sim", b"mine")
     recorder.calls.clear()
 
-    result = pipeline.commit_table(payload("staff", start_time=None, rows=1), lake)
+    result = pipeline.commit_table(commit_payload("staff"), lake)
 
     assert result["status"] == "skipped"
     assert denied(transformed, "WriteToS3", recorder) == []
@@ -267,49 +292,57 @@ def test_write_to_s3_may_lose_a_race_for_the_window(
 def test_query_to_parquet_may_stage_a_window_and_read_the_previous_files_schema(
     s3: Any, recorder: Recorder, transformed: dict[str, Any], totesys_settings: dict[str, Any]
 ) -> None:
-    # GIVEN a committed previous file and a new currency row in the database
-    previous = "currency/2026/11/25/090000000001.parquet"
-    s3.put_object(Bucket=BUCKET, Key=previous, Body=b"old", Metadata={"columns": "a int32"})
+    # GIVEN a committed previous window, and currency rows below and after its end
     conn = pg8000.native.Connection(**{k: v for k, v in totesys_settings.items() if v != ""})
+    lake = Lake(s3, BUCKET)
+    for minute in (58, 59):
+        conn.run(
+            "INSERT INTO currency (currency_code, created_at, last_updated) VALUES ('GBP', :t, :t)",
+            t=datetime(2026, 11, 25, 8, minute),
+        )
+    first = pipeline.stage_table(
+        payload("currency", end_time=format_time(T0), start_time=None, cursor_start=None),
+        conn,
+        lake,
+        row_group_rows=1024,
+    )
+    pipeline.commit_table(first, lake)
+
+    # WHEN the next window is staged, re-reading the previous file's versions
     conn.run(
-        "INSERT INTO currency (currency_id, currency_code, created_at, last_updated) "
-        "VALUES (1, 'GBP', :t, :t)",
+        "INSERT INTO currency (currency_code, created_at, last_updated) VALUES ('USD', :t, :t)",
         t=datetime(2026, 11, 25, 9, 2),
     )
-    recorder.calls.clear()
-
     try:
-        result = pipeline.stage_table(
-            payload("currency", start_time=format_time(T0), last_key=previous),
-            conn,
-            Lake(s3, BUCKET),
-            row_group_rows=1024,
-        )
+        mark = pipeline.find_watermark(payload("currency"), lake)
+        recorder.calls.clear()
+        result = pipeline.stage_table(mark, conn, lake, row_group_rows=1024)
     finally:
         conn.close()
 
     assert result["rows"] == 1
+    assert any(c["params"].get("Range") for c in recorder.calls)
     assert denied(transformed, "QueryToParquet", recorder) == []
 
 
 def test_the_grants_of_one_step_do_not_cover_another_steps_requests(
     s3: Any, recorder: Recorder, transformed: dict[str, Any]
 ) -> None:
-    s3.put_object(Bucket=BUCKET, Key=staging_key("staff", None, T1), Body=b"rows")
+    staged(s3, "staff", None, T1, "run-sim", b"rows")
     recorder.calls.clear()
 
-    pipeline.commit_table(payload("staff", start_time=None, rows=3), Lake(s3, BUCKET))
+    pipeline.commit_table(commit_payload("staff"), Lake(s3, BUCKET))
 
     assert denied(transformed, "QueryToParquet", recorder) != []
     assert len(denied(transformed, "StartRun", recorder)) == len(recorder.needs())
 
 
-def test_an_unprefixed_listing_of_the_bucket_is_denied_to_every_step(
+def test_no_step_may_list_the_whole_bucket_nor_write_to_s3_a_tables_folders(
     transformed: dict[str, Any],
 ) -> None:
     whole_bucket: Grant = ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", None)
-    claims: Grant = ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", "_claims/")
+    table_folder: Grant = ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", "staff/")
 
     for step in ("GetLastIngestTime", "QueryToParquet", "WriteToS3"):
         assert not allowed_by(transformed, f"{step}Role")(whole_bucket)
-    assert not allowed_by(transformed, "QueryToParquetRole")(claims)
+    assert not allowed_by(transformed, "WriteToS3Role")(table_folder)

@@ -32,9 +32,7 @@ def _run_table(conn: Any, lake: Lake, table: str) -> dict[str, Any]:
     run = pipeline.start_run(
         {"tables_to_query": [table]},
         conn,
-        fallback_lag_seconds=0,
-        max_concurrency=1,
-        safety_margin_seconds=0,
+        pipeline.RunSettings(fallback_lag_seconds=0, max_concurrency=1, safety_margin_seconds=0),
     )
     item = {"table": table, "end_time": run["end_time"], "run_id": run["run_id"]}
     item = pipeline.find_watermark(item, lake)
@@ -81,7 +79,9 @@ def test_a_table_dropped_mid_run_fails_with_its_name_and_writes_nothing(
 ) -> None:
     lake = Lake(s3, BUCKET)
     run = pipeline.start_run(
-        {"tables_to_query": ["department"]}, source, fallback_lag_seconds=0, max_concurrency=1
+        {"tables_to_query": ["department"]},
+        source,
+        pipeline.RunSettings(fallback_lag_seconds=0, max_concurrency=1),
     )
     item = pipeline.find_watermark(
         {"table": "department", "end_time": run["end_time"], "run_id": run["run_id"]}, lake

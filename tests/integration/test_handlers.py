@@ -61,7 +61,12 @@ def test_start_run_rejects_an_unknown_table_by_name(seeded: dict[str, Any]) -> N
 
 def test_get_last_ingest_time_of_an_empty_lake_is_none(seeded: dict[str, Any]) -> None:
     result = get_last_ingest_time.lambda_handler(event("get_last_ingest_time"), Context())
-    assert result == {**event("get_last_ingest_time"), "start_time": None, "last_key": None}
+    assert result == {
+        **event("get_last_ingest_time"),
+        "start_time": None,
+        "last_key": None,
+        "cursor_start": None,
+    }
 
 
 def test_query_then_write_commits_the_window_under_its_end_time(

@@ -6,7 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from totes_ingest import config, pipeline
+from totes_ingest import pipeline
 from totes_ingest.db_connections import close_db_connection, connect_to_db
 from totes_ingest.observability import logger, metrics, step, tracer
 
@@ -18,12 +18,6 @@ from totes_ingest.observability import logger, metrics, step, tracer
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     conn = connect_to_db()
     try:
-        return pipeline.start_run(
-            event,
-            conn,
-            fallback_lag_seconds=config.fallback_lag_seconds(),
-            safety_margin_seconds=config.safety_margin_seconds(),
-            max_concurrency=config.max_concurrency(),
-        )
+        return pipeline.start_run(event, conn, pipeline.RunSettings.from_environment())
     finally:
         close_db_connection(conn)

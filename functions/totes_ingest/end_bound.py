@@ -1,0 +1,180 @@
+"""The run's end bound, computed from the database so that no late commit is skipped.
+
+A row is safe to ingest below a bound ``E`` only if no transaction that could still
+commit a row with ``last_updated < E`` is in flight. ToteSys sets ``last_updated = now()``,
+the start time of the writing transaction, so the bound is the database clock capped by
+the start of the oldest transaction still open. The bound is an instant (UTC), whatever
+the zone of either session.
+
+Which transactions are open comes from ``pg_locks``: every transaction holds the lock on
+its own virtual transaction id from its first moment, whether or not it has written yet,
+whatever its ``application_name``, its ``track_activities`` setting or its backend type
+(client, background or logical replication worker). Its start comes from
+``pg_stat_activity.xact_start``. Only what provably cannot write is left out: this
+session itself and autovacuum. Then:
+
+- a transaction whose start is invisible (another role's session without
+  ``pg_read_all_stats``, or ``track_activities = off``) pulls the bound back to the clock
+  minus ``END_TIME_FALLBACK_LAG_SECONDS``, which must exceed its duration;
+- a prepared (two-phase) transaction of this database has left its session but not
+  committed, and its start is unknown: every table is held at its watermark until it ends
+  (exact: it started after the bound of every earlier run, which it held back or
+  preceded);
+- a hot standby cannot see its primary's transactions at all: refused, unless
+  ``ALLOW_HOT_STANDBY`` is set, when the bound is the last replayed commit minus the
+  fallback lag.
+
+A backend takes its transaction's timestamp a moment before it shows in ``pg_locks``, so
+the clock is read first and pulled back by ``END_TIME_SAFETY_MARGIN_SECONDS`` (1 s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from totes_ingest.db_errors import source_errors
+from totes_ingest.errors import SourceError, SourceUnavailable
+
+_CLOCK_SQL = (
+    "SELECT clock_timestamp(), pg_is_in_recovery(), "
+    "CASE WHEN pg_is_in_recovery() THEN pg_last_xact_replay_timestamp() END"
+)
+_OPEN_TRANSACTIONS_SQL = """
+SELECT l.pid, a.xact_start, coalesce(a.application_name, ''), coalesce(a.state, ''),
+       coalesce(a.backend_type, ''), a.usename::text
+FROM pg_catalog.pg_locks AS l
+LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'virtualxid' AND l.granted AND l.mode = 'ExclusiveLock'
+  AND l.virtualxid = l.virtualtransaction
+  AND l.pid <> pg_backend_pid()
+  AND (a.datname IS NULL OR a.datname = current_database())
+  AND coalesce(a.backend_type, '') NOT IN ('autovacuum worker', 'autovacuum launcher')
+"""
+_PREPARED_SQL = """
+SELECT gid, prepared, owner::text FROM pg_catalog.pg_prepared_xacts
+WHERE database = current_database() ORDER BY prepared
+"""
+
+
+@dataclass(frozen=True)
+class OpenTransaction:
+    """A transaction the bound had to account for (never its query text)."""
+
+    pid: int
+    started: datetime | None  # None: its start is not visible to this role
+    application_name: str
+    state: str
+    backend_type: str
+    user: str | None
+
+    def describe(self, clock: datetime) -> dict[str, Any]:
+        open_for = None if self.started is None else (clock - self.started).total_seconds()
+        return {
+            "pid": self.pid,
+            "application_name": self.application_name,
+            "state": self.state or "not visible",
+            "backend_type": self.backend_type,
+            "user": self.user,
+            "open_seconds": None if open_for is None else round(open_for, 3),
+        }
+
+
+@dataclass(frozen=True)
+class PreparedTransaction:
+    gid: str
+    prepared: datetime
+    owner: str
+
+
+@dataclass(frozen=True)
+class EndBound:
+    """The bound (naive UTC) and why it is where it is (for the run's log lines)."""
+
+    end_time: datetime
+    clock: datetime
+    held_back_by: OpenTransaction | None = None
+    fallback_lag_used: bool = False
+    invisible: tuple[OpenTransaction, ...] = ()
+    prepared: tuple[PreparedTransaction, ...] = field(default_factory=tuple)
+    standby: bool = False
+
+    @property
+    def held_back_by_open_transaction(self) -> bool:
+        return self.held_back_by is not None
+
+    @property
+    def hold_at_watermark(self) -> str | None:
+        """Why no table may pass its watermark in this run (None: they may)."""
+        if not self.prepared:
+            return None
+        oldest = self.prepared[0]
+        return (
+            f"prepared transaction {oldest.gid!r} of {oldest.owner} "
+            f"(prepared at {oldest.prepared:%Y-%m-%d %H:%M:%S} UTC) has not ended"
+        )
+
+    @property
+    def lag_seconds(self) -> float:
+        return (self.clock - self.end_time).total_seconds()
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def commit_safe_end_time(
+    conn: Any,
+    fallback_lag_seconds: float,
+    safety_margin_seconds: float = 1.0,
+    *,
+    allow_hot_standby: bool = False,
+) -> EndBound:
+    """The exclusive end bound of this run's windows: an instant, naive UTC."""
+    with source_errors("end bound query"):
+        ((clock_tz, in_recovery, replayed),) = conn.run(_CLOCK_SQL)
+        clock = _utc(clock_tz)
+        fallback = clock - timedelta(seconds=fallback_lag_seconds)
+        if in_recovery:
+            return _standby_bound(clock, replayed, fallback_lag_seconds, allow_hot_standby)
+        transactions = [
+            OpenTransaction(pid, None if start is None else _utc(start), app, state, kind, user)
+            for pid, start, app, state, kind, user in conn.run(_OPEN_TRANSACTIONS_SQL)
+        ]
+        prepared = tuple(
+            PreparedTransaction(gid, _utc(at), owner) for gid, at, owner in conn.run(_PREPARED_SQL)
+        )
+    end = clock - timedelta(seconds=safety_margin_seconds)
+    visible = [t for t in transactions if t.started is not None]
+    invisible = tuple(t for t in transactions if t.started is None)
+    oldest = min(visible, key=lambda t: t.started or clock, default=None)
+    held_back_by = None
+    if oldest is not None and oldest.started is not None and oldest.started < end:
+        end, held_back_by = oldest.started, oldest
+    if invisible and fallback < end:
+        end = fallback
+    return EndBound(
+        end_time=end,
+        clock=clock,
+        held_back_by=held_back_by,
+        fallback_lag_used=bool(invisible),
+        invisible=invisible,
+        prepared=prepared,
+    )
+
+
+def _standby_bound(
+    clock: datetime, replayed: datetime | None, lag_seconds: float, allowed: bool
+) -> EndBound:
+    if not allowed:
+        raise SourceError(
+            "the database is a hot standby: its primary's open transactions are invisible "
+            "here, so no end bound is safe; point DB_SECRET_NAME at the primary, or set "
+            "ALLOW_HOT_STANDBY=true to bound windows by the last replayed commit minus "
+            "END_TIME_FALLBACK_LAG_SECONDS"
+        )
+    if replayed is None:
+        raise SourceUnavailable("the hot standby has not replayed any transaction yet")
+    end = min(clock, _utc(replayed)) - timedelta(seconds=lag_seconds)
+    return EndBound(end_time=end, clock=clock, fallback_lag_used=True, standby=True)

@@ -1,0 +1,171 @@
+"""The re-read overlap: versions below a window's start that the lake does not hold yet.
+
+A window also reads the cursor values ``[reread_from, start)`` (see ``cursor``): the
+re-read overlap after a writer the end bound could not see, and the repeated hour after a
+fall-back. Of the rows there, only those whose (key, cursor) pair no committed file of
+the table holds are new. The lake's pairs are read from just the files whose cursor range
+reaches the overlap, and from those files just the key and cursor columns (ranged GETs of
+the Parquet footer and two column chunks); the source's pairs come from the window's own
+snapshot, with each row's ``ctid``, so the new rows are then copied by ``ctid``.
+
+A table without a key (no primary key, no unique index over NOT NULL columns) cannot tell
+a new version from an ingested one: it gets no overlap (``start_run`` refuses one whose
+cursor needs it to be exact).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from totes_ingest.aws import lake_errors
+from totes_ingest.errors import LakeError
+from totes_ingest.identifiers import quote_ident
+from totes_ingest.lake import Lake
+from totes_ingest.source import CURSOR_COLUMN, SourceTable
+
+_CTID = re.compile(r"\(\d+,\d+\)", re.ASCII)
+_READ_AHEAD = 1 << 20
+
+
+class S3RangeFile(io.RawIOBase):
+    """A seekable, read-only view of one S3 object, read with ranged GETs."""
+
+    def __init__(self, s3: Any, bucket: str, key: str, *, table: str) -> None:
+        self._s3, self._bucket, self._key, self._table = s3, bucket, key, table
+        with lake_errors(f"head of {key}", table=table):
+            self._size = int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        size = min(len(buffer), self._size - self._pos)
+        if size <= 0:
+            return 0
+        span = f"bytes={self._pos}-{self._pos + size - 1}"
+        with lake_errors(f"read of {self._key}", table=self._table):
+            data = self._s3.get_object(Bucket=self._bucket, Key=self._key, Range=span)["Body"]
+            chunk = data.read()
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+def lake_versions(lake: Lake, table: SourceTable, since: datetime, before: datetime) -> pa.Table:
+    """``(key columns as text, cursor)`` of the lake's versions with a cursor value in
+    ``[since, before)``, from the committed files whose range reaches ``since``."""
+    parts: list[pa.Table] = []
+    columns = [*table.key, CURSOR_COLUMN]
+    for key, claim in lake.committed(table.name):
+        if claim.cursor_end <= since:
+            break
+        source = io.BufferedReader(
+            S3RangeFile(lake.s3, lake.bucket, key, table=table.name), buffer_size=_READ_AHEAD
+        )
+        parquet = pq.ParquetFile(source)
+        absent = [c for c in columns if c not in parquet.schema_arrow.names]
+        if absent:
+            raise LakeError(
+                f"{key} lacks the key columns {absent}: cannot tell ingested versions apart",
+                table=table.name,
+            )
+        read = parquet.read(columns=columns)
+        cursor = read.column(CURSOR_COLUMN)
+        low, high = (_scalar(moment, cursor.type) for moment in (since, before))
+        keep = pc.and_(pc.greater_equal(cursor, low), pc.less(cursor, high))
+        parts.append(_normalised(read.filter(keep), table))
+    if not parts:
+        return _empty(table)
+    return pa.concat_tables(parts)
+
+
+def missing_ctids(
+    run: Any, table: SourceTable, predicate: str, in_lake: pa.Table, cursor_type: pa.DataType
+) -> list[str]:
+    """``ctid`` of each source row matching ``predicate`` whose (key, cursor) pair is not
+    in ``in_lake``; ``run(sql, stream=...)`` runs a statement in the window's snapshot."""
+    keys = ", ".join(f"{quote_ident(c)}::text" for c in table.key)
+    sql = (
+        f"COPY (SELECT ctid::text, {keys}, {quote_ident(CURSOR_COLUMN)} "  # nosec B608
+        f"FROM {table.relation} WHERE {predicate}) TO STDOUT (FORMAT csv)"
+    )
+    out = io.BytesIO()
+    run(sql, stream=out)
+    if not out.getvalue():
+        return []
+    names = ["ctid", *table.key, CURSOR_COLUMN]
+    types = {name: pa.string() for name in names[:-1]} | {CURSOR_COLUMN: cursor_type}
+    source = pacsv.read_csv(
+        io.BytesIO(out.getvalue()),
+        read_options=pacsv.ReadOptions(column_names=names),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False
+        ),
+    )
+    lake = in_lake.cast(pa.schema([pa.field(n, source.schema.field(n).type) for n in names[1:]]))
+    new = source.join(lake, keys=names[1:], join_type="left anti", use_threads=False)
+    ctids = new.column("ctid").to_pylist()
+    bad = [c for c in ctids if not isinstance(c, str) or _CTID.fullmatch(c) is None]
+    if bad:
+        raise ValueError(f"unexpected ctid {bad[0]!r}")
+    return sorted(ctids, key=lambda c: tuple(int(n) for n in c[1:-1].split(",")))
+
+
+def ctid_predicate(ctids: list[str]) -> str:
+    """SQL: the rows of these ``ctid`` values (checked, so safe as a literal)."""
+    if any(_CTID.fullmatch(c) is None for c in ctids):
+        raise ValueError("not a ctid")
+    return "ctid = ANY('{" + ",".join(f'"{c}"' for c in ctids) + "}'::tid[])"
+
+
+def _scalar(moment: datetime, arrow_type: pa.DataType) -> pa.Scalar:
+    if getattr(arrow_type, "tz", None):
+        moment = moment.replace(tzinfo=UTC)
+    return pa.scalar(moment, type=arrow_type)
+
+
+def _normalised(read: pa.Table, table: SourceTable) -> pa.Table:
+    """Key columns as PostgreSQL's text of them; the cursor as it is."""
+    arrays = [_as_text(read.column(name).combine_chunks()) for name in table.key]
+    cursor = read.column(CURSOR_COLUMN).combine_chunks()
+    return pa.Table.from_arrays([*arrays, cursor], names=[*table.key, CURSOR_COLUMN])
+
+
+def _as_text(array: pa.Array) -> pa.Array:
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        return array.cast(pa.string())
+    if isinstance(array.type, pa.ExtensionType) and array.type.extension_name == "arrow.uuid":
+        values = array.storage.to_pylist()
+        return pa.array([None if v is None else str(uuid.UUID(bytes=v)) for v in values])
+    return pc.cast(array, pa.string())
+
+
+def _empty(table: SourceTable) -> pa.Table:
+    return pa.table(
+        {
+            **{name: pa.array([], pa.string()) for name in table.key},
+            CURSOR_COLUMN: pa.array([], pa.timestamp("us")),
+        }
+    )

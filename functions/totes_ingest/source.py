@@ -1,0 +1,140 @@
+"""A source table, resolved once: its schema-qualified relation, cursor column and key.
+
+Every step names a table by the same resolution (``resolve_tables``): a relation of the
+configured source schema (``SOURCE_SCHEMA``, default ``public``), never whatever the
+search path finds first, so a table named like a catalog view is that table. A
+partition is refused (its rows already land under its parent's prefix).
+
+The cursor column is ``last_updated``; it must be ``timestamp`` or ``timestamptz`` of
+any precision (a lower precision is handled by flooring the window's bounds, see
+``cursor``). The key (the primary key, else a unique index over NOT NULL columns) tells
+row versions apart where a window re-reads values already ingested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from totes_ingest.db_errors import source_errors
+from totes_ingest.errors import IngestError, InvalidEvent, SourceError
+from totes_ingest.identifiers import quote_ident
+
+CURSOR_COLUMN: Final = "last_updated"
+CursorType = Literal["timestamp", "timestamptz"]
+_CURSOR_TYPES: Final[dict[str, CursorType]] = {
+    "timestamp": "timestamp",
+    "timestamptz": "timestamptz",
+}
+
+_RELATIONS_SQL = """
+SELECT c.relname, c.oid::int8, c.relkind::text, c.relispartition,
+       (SELECT p.relname FROM pg_catalog.pg_inherits i
+        JOIN pg_catalog.pg_class p ON p.oid = i.inhparent WHERE i.inhrelid = c.oid LIMIT 1),
+       t.typname, a.atttypmod
+FROM pg_catalog.pg_class AS c
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_attribute AS a
+       ON a.attrelid = c.oid AND a.attname = :cursor AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+WHERE n.nspname = :schema AND c.relname = ANY(CAST(:names AS text[]))
+"""
+# The primary key, else the first unique, non-partial index over NOT NULL columns only.
+_KEY_SQL = """
+SELECT x.indexrelid, x.indisprimary,
+       array_agg(a.attname::text ORDER BY array_position(x.indkey::int2[], a.attnum)),
+       bool_and(a.attnotnull)
+FROM pg_catalog.pg_index AS x
+JOIN pg_catalog.pg_attribute AS a ON a.attrelid = x.indrelid AND a.attnum = ANY(x.indkey)
+WHERE x.indrelid = :rel AND x.indisunique AND x.indpred IS NULL AND x.indexprs IS NULL
+GROUP BY x.indexrelid, x.indisprimary
+ORDER BY x.indisprimary DESC, x.indexrelid
+"""
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """One table of the source, as every step reads it."""
+
+    schema: str
+    name: str
+    oid: int
+    cursor_type: CursorType
+    precision: int  # fractional digits of the cursor column, 0-6
+    key: tuple[str, ...]  # empty: no primary key nor NOT NULL unique index
+
+    @property
+    def relation(self) -> str:
+        """The schema-qualified, quoted name used in every statement."""
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+
+def resolve_tables(
+    conn: Any,
+    names: Sequence[str],
+    schema: str,
+    *,
+    views: bool = False,
+    error: type[IngestError] = InvalidEvent,
+) -> dict[str, SourceTable]:
+    """Each of ``names`` as a table of ``schema``; ``error`` names every one that is not.
+
+    ``views`` also accepts views and materialized views (for ad-hoc extracts; the
+    pipeline ingests tables only).
+    """
+    kinds = ("r", "p", "v", "m") if views else ("r", "p")
+    only = names[0] if len(names) == 1 else None
+    with source_errors("table lookup", table=only):
+        rows = conn.run(_RELATIONS_SQL, names=list(names), schema=schema, cursor=CURSOR_COLUMN)
+    found = {row[0]: row for row in rows}
+    problems: list[str] = []
+    tables: dict[str, SourceTable] = {}
+    for name in names:
+        row = found.get(name)
+        problem = _problem(name, schema, row, kinds)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        assert row is not None
+        _, oid, _, _, _, typname, typmod = row
+        with source_errors("key lookup", table=name):
+            key = _key(conn, oid)
+        tables[name] = SourceTable(
+            schema=schema,
+            name=name,
+            oid=int(oid),
+            cursor_type=_CURSOR_TYPES[typname],
+            precision=6 if typmod is None or typmod < 0 else int(typmod),
+            key=key,
+        )
+    if problems:
+        raise error("; ".join(problems), table=only)
+    return tables
+
+
+def resolve_table(conn: Any, name: str, schema: str, *, views: bool = False) -> SourceTable:
+    """One table, once the run has started: one that went missing is a SourceError."""
+    return resolve_tables(conn, [name], schema, views=views, error=SourceError)[name]
+
+
+def _problem(name: str, schema: str, row: Any, kinds: tuple[str, ...]) -> str | None:
+    if row is None:
+        return f"{name}: does not exist in schema {schema}"
+    if row[2] not in kinds:
+        return f"{name}: not a table of schema {schema} (relkind {row[2]})"
+    _, _, _, is_partition, parent, typname, _ = row
+    if is_partition:
+        return f"{name}: a partition of {parent}; ingest {parent} instead"
+    if typname is None:
+        return f"{name}: has no {CURSOR_COLUMN} column"
+    if typname not in _CURSOR_TYPES:
+        return f"{name}: {CURSOR_COLUMN} is {typname}, not a timestamp or timestamptz"
+    return None
+
+
+def _key(conn: Any, oid: int) -> tuple[str, ...]:
+    for _, _, columns, not_null in conn.run(_KEY_SQL, rel=oid):
+        if not_null:
+            return tuple(columns)
+    return ()

@@ -1,0 +1,174 @@
+"""The end bound comes from the database and never passes a transaction that may write.
+
+Each writer below once wrote a row below the bound that committed after the run, and the
+row was lost: a prepared transaction, a session with ``track_activities = off``, a
+session named like the ingest, and the ingest pointed at a hot standby.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pg8000.native
+import pytest
+
+from tests.pgcluster import PrivateCluster, connect
+from totes_ingest.db_connections import APPLICATION_NAME
+from totes_ingest.end_bound import commit_safe_end_time
+from totes_ingest.errors import SourceError
+
+pytestmark = pytest.mark.integration
+
+
+def _now_utc(conn: Any) -> datetime:
+    return conn.run("SELECT clock_timestamp()")[0][0].astimezone(UTC).replace(tzinfo=None)
+
+
+def _begun(settings: dict[str, Any], *setup: str, **extra: Any) -> pg8000.native.Connection:
+    """A session inside a transaction that has not written yet; its now() is fixed."""
+    session = connect(settings, **extra)
+    for statement in setup:
+        session.run(statement)
+    session.run("BEGIN")
+    session.run("SELECT now()")
+    return session
+
+
+def _started(session: pg8000.native.Connection) -> datetime:
+    return session.run("SELECT now()")[0][0].astimezone(UTC).replace(tzinfo=None)
+
+
+def test_with_no_open_transaction_the_bound_is_the_database_clock(conn: Any) -> None:
+    before = _now_utc(conn)
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=0)
+    after = _now_utc(conn)
+    assert before <= bound.end_time <= after
+    assert not bound.held_back_by_open_transaction
+    assert not bound.fallback_lag_used
+
+
+def test_the_bound_is_an_instant_whatever_the_session_time_zone(conn: Any) -> None:
+    # GIVEN an ingest session whose zone is far from UTC
+    conn.run("SET TimeZone = 'Pacific/Kiritimati'")
+    before = datetime.now(UTC).replace(tzinfo=None)
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=0)
+    # THEN the bound is UTC, not the session's wall clock
+    assert abs((bound.end_time - before).total_seconds()) < 5
+
+
+def test_an_open_writing_transaction_holds_the_bound_at_its_start(
+    conn: Any, db_settings: dict[str, Any]
+) -> None:
+    conn.run("CREATE TABLE t (last_updated timestamp)")
+    writer = _begun(db_settings)
+    writer.run("INSERT INTO t VALUES (now())")
+    time.sleep(0.05)
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=0)
+    assert bound.held_back_by is not None
+    assert bound.end_time == _started(writer)
+    assert bound.held_back_by.pid == writer.run("SELECT pg_backend_pid()")[0][0]
+    writer.run("COMMIT")
+    writer.close()
+
+
+def test_a_transaction_that_has_not_written_yet_holds_the_bound_too(
+    conn: Any, db_settings: dict[str, Any]
+) -> None:
+    # GIVEN a forgotten BEGIN (idle in transaction): its now() is already fixed
+    idle = _begun(db_settings)
+    time.sleep(0.05)
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=0)
+    assert bound.end_time == _started(idle)
+    assert bound.held_back_by is not None
+    described = bound.held_back_by.describe(bound.clock)
+    assert described["state"] == "idle in transaction"
+    assert described["open_seconds"] >= 0.05
+    assert "query" not in described
+    idle.close()
+
+
+def test_a_session_named_like_the_ingest_holds_the_bound(
+    conn: Any, db_settings: dict[str, Any]
+) -> None:
+    # GIVEN a writer that spoofs the ingest's application_name
+    spoof = _begun(db_settings, application_name=APPLICATION_NAME)
+    time.sleep(0.05)
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=0)
+    assert bound.end_time == _started(spoof)
+    spoof.close()
+
+
+def test_a_session_with_activity_tracking_off_pulls_the_bound_back_by_the_fallback_lag(
+    conn: Any, db_settings: dict[str, Any]
+) -> None:
+    # GIVEN a writer whose xact_start is never published (state "disabled")
+    hidden = _begun(db_settings, "SET track_activities = off")
+    clock = _now_utc(conn)
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=120, safety_margin_seconds=0)
+    assert bound.fallback_lag_used
+    assert [t.pid for t in bound.invisible] == [hidden.run("SELECT pg_backend_pid()")[0][0]]
+    assert (clock - bound.end_time).total_seconds() == pytest.approx(120, abs=5)
+    hidden.close()
+
+
+def test_when_other_sessions_are_hidden_the_bound_trails_by_the_fallback_lag(
+    conn: Any, db_settings: dict[str, Any]
+) -> None:
+    # GIVEN an unprivileged ingest role that cannot see another role's transaction
+    conn.run("CREATE ROLE hidden_app LOGIN")
+    conn.run("CREATE ROLE plain_ingest LOGIN")
+    app = _begun({**db_settings, "user": "hidden_app"})
+    ingest = connect({**db_settings, "user": "plain_ingest"})
+    try:
+        clock = _now_utc(ingest)
+        bound = commit_safe_end_time(ingest, fallback_lag_seconds=120)
+        assert bound.fallback_lag_used
+        assert (clock - bound.end_time).total_seconds() == pytest.approx(120, abs=5)
+    finally:
+        ingest.close()
+        app.close()
+
+
+def test_the_bound_trails_the_clock_by_the_safety_margin(conn: Any) -> None:
+    bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=2)
+    assert (bound.clock - bound.end_time).total_seconds() == 2
+
+
+@pytest.fixture(scope="module")
+def two_phase() -> Iterator[PrivateCluster]:
+    with PrivateCluster(max_prepared_transactions=5) as cluster:
+        yield cluster
+
+
+def test_a_prepared_transaction_holds_every_table_at_its_watermark(
+    two_phase: PrivateCluster,
+) -> None:
+    # GIVEN a two-phase writer that wrote a row and PREPAREd: it left pg_stat_activity
+    admin = two_phase.connect()
+    admin.run("CREATE TABLE IF NOT EXISTS t (last_updated timestamp)")
+    writer = two_phase.connect()
+    writer.run("BEGIN")
+    writer.run("INSERT INTO t VALUES (now())")
+    writer.run("PREPARE TRANSACTION 'pay-42'")
+    writer.close()
+    try:
+        bound = commit_safe_end_time(admin, fallback_lag_seconds=300, safety_margin_seconds=0)
+        # THEN the run may not pass any watermark, and says why
+        assert bound.hold_at_watermark is not None
+        assert "pay-42" in bound.hold_at_watermark
+    finally:
+        admin.run("COMMIT PREPARED 'pay-42'")
+    assert commit_safe_end_time(admin, 300).hold_at_watermark is None
+    admin.close()
+
+
+def test_a_hot_standby_is_refused_unless_allowed() -> None:
+    with PrivateCluster(standby=True) as standby:
+        conn = standby.connect()
+        assert conn.run("SELECT pg_is_in_recovery()") == [[True]]
+        with pytest.raises(SourceError, match="hot standby"):
+            commit_safe_end_time(conn, fallback_lag_seconds=300)
+        conn.close()

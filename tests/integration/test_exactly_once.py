@@ -1,0 +1,249 @@
+"""Exactly once without hidden assumptions: every row version lands once, through the
+pipeline's own steps against a real PostgreSQL, where it once was lost.
+
+- a fall-back of the source's zone (a POSIX rule puts it seconds from now);
+- a writer whose value lies below the window start (a client clock behind, or a
+  transaction the end bound could not see): the re-read overlap picks it up, once;
+- a ``timestamp(0)`` cursor, whose values round below the bound;
+- names that must resolve to the table of the source schema, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tests.clock import fall_back_zone
+from tests.conftest import BUCKET
+from tests.lakecheck import read_table
+from tests.pgcluster import connect
+from totes_ingest import pipeline
+from totes_ingest.errors import InvalidEvent
+from totes_ingest.lake import Lake
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = pipeline.RunSettings(fallback_lag_seconds=0, max_concurrency=1, safety_margin_seconds=0)
+
+
+def _run(conn: Any, lake: Lake, table: str, *, lag: float = 300) -> dict[str, Any]:
+    """One table through StartRun, GetLastIngestTime, QueryToParquet and WriteToS3."""
+    run = pipeline.start_run({"tables_to_query": [table]}, conn, SETTINGS)
+    item = {
+        "table": table,
+        **{k: run[k] for k in ("end_time", "run_id", "source_timezone", "hold")},
+    }
+    item = pipeline.find_watermark(item, lake)
+    item = pipeline.stage_table(item, conn, lake, row_group_rows=1000, reread_lag_seconds=lag)
+    return pipeline.commit_table(item, lake) if item["rows"] else item
+
+
+def _versions(s3: Any, table: str) -> Counter[tuple[int, datetime]]:
+    return Counter((row["id"], row["last_updated"]) for row in read_table(s3, table))
+
+
+def _write(writer: Any, sql: str, **params: Any) -> tuple[int, datetime]:
+    ((row_id, at),) = writer.run(sql + " RETURNING id, last_updated", **params)
+    return row_id, at
+
+
+def _insert(writer: Any, n: int) -> list[tuple[int, datetime]]:
+    return [_write(writer, "INSERT INTO item (v) VALUES ('x')") for _ in range(n)]
+
+
+@pytest.fixture
+def items(conn: Any) -> Any:
+    conn.run(
+        "CREATE TABLE item (id serial PRIMARY KEY, v text, "
+        "last_updated timestamp NOT NULL DEFAULT now())"
+    )
+    return conn
+
+
+def test_across_a_fall_back_no_version_is_lost_or_written_twice(
+    items: Any, db_settings: dict[str, Any], s3: Any
+) -> None:
+    # GIVEN a database whose zone falls back an hour a few seconds from now
+    zone, change = fall_back_zone(6)
+    items.run(f"ALTER DATABASE \"{db_settings['database']}\" SET timezone = '{zone}'")
+    writer, ingest, lake = connect(db_settings), connect(db_settings), Lake(s3, BUCKET)
+    # ... versions written, and ingested, before the change
+    written = _insert(writer, 5)
+    assert _run(ingest, lake, "item")["rows"] == 5
+    # WHEN the clock falls back and new versions carry wall-clock times already ingested
+    time.sleep(max(0.0, (change - datetime.now(UTC).replace(tzinfo=None)).total_seconds()) + 1)
+    after = _insert(writer, 5)
+    after.append(_write(writer, "UPDATE item SET v = 'z', last_updated = now() WHERE id = 1"))
+    assert max(at for _, at in after) < max(at for _, at in written)
+    # THEN the next run writes exactly the new versions, and the one after nothing
+    assert _run(ingest, lake, "item")["rows"] == 6
+    assert _run(ingest, lake, "item")["rows"] == 0
+    assert _versions(s3, "item") == Counter(written + after)
+
+
+def test_a_version_written_below_the_window_start_is_reread_once(
+    items: Any, db_settings: dict[str, Any], s3: Any
+) -> None:
+    # GIVEN an ingested table, then a writer whose clock is 30 s behind the database's
+    writer, lake = connect(db_settings), Lake(s3, BUCKET)
+    written = _insert(writer, 3)
+    _run(items, lake, "item")
+    late = _write(
+        writer, "INSERT INTO item (v, last_updated) VALUES ('late', now() - '30 s'::interval)"
+    )
+    written += _insert(writer, 2)
+    # WHEN the next runs re-read the overlap THEN the late version lands, once
+    assert _run(items, lake, "item")["rows"] == 3
+    assert _run(items, lake, "item")["rows"] == 0
+    assert _versions(s3, "item") == Counter([*written, late])
+
+
+def test_without_the_overlap_that_version_would_be_lost(
+    items: Any, db_settings: dict[str, Any], s3: Any
+) -> None:
+    writer, lake = connect(db_settings), Lake(s3, BUCKET)
+    _insert(writer, 3)
+    _run(items, lake, "item", lag=0)
+    late = _write(
+        writer, "INSERT INTO item (v, last_updated) VALUES ('late', now() - '30 s'::interval)"
+    )
+    _run(items, lake, "item", lag=0)
+    assert late not in _versions(s3, "item")
+
+
+def test_a_timestamp_0_cursor_never_loses_a_value_rounded_below_the_bound(
+    conn: Any, db_settings: dict[str, Any], s3: Any
+) -> None:
+    # GIVEN last_updated timestamp(0): now() is rounded to the second, down as well as up
+    conn.run("CREATE TABLE item (id serial PRIMARY KEY, last_updated timestamp(0) NOT NULL)")
+    writer, lake = connect(db_settings), Lake(s3, BUCKET)
+    first = _write(writer, "INSERT INTO item (last_updated) VALUES (now() - '2 s'::interval)")
+    assert _run(conn, lake, "item", lag=0)["rows"] == 1
+    # WHEN a later transaction's now() rounds down into the second the bound fell in
+    run_end = lake.resolve_watermark("item").end
+    assert run_end is not None
+    rounded = run_end.replace(microsecond=0)
+    second = _write(writer, "INSERT INTO item (last_updated) VALUES (:at)", at=rounded)
+    # THEN the next window starts at that second and takes it, even with no overlap
+    assert lake.resolve_watermark("item").cursor_end == rounded
+    assert _run(conn, lake, "item", lag=0)["rows"] == 1
+    assert _versions(s3, "item") == Counter([first, second])
+
+
+def test_a_cursor_that_is_not_a_timestamp_is_refused_before_anything_runs(conn: Any) -> None:
+    conn.run("CREATE TABLE dated (id int PRIMARY KEY, last_updated date)")
+    conn.run("CREATE TABLE counted (id int PRIMARY KEY, last_updated bigint)")
+    with pytest.raises(
+        InvalidEvent, match=r"dated: last_updated is date.*counted: last_updated is int8"
+    ):
+        pipeline.start_run({"tables_to_query": ["dated", "counted"]}, conn, SETTINGS)
+
+
+def test_a_partition_is_refused_and_its_parent_named(conn: Any) -> None:
+    conn.run(
+        "CREATE TABLE sales (id int, last_updated timestamp, PRIMARY KEY (id, last_updated))"
+        " PARTITION BY RANGE (last_updated)"
+    )
+    conn.run(
+        "CREATE TABLE sales_2026 PARTITION OF sales"
+        " FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"
+    )
+    with pytest.raises(InvalidEvent, match="sales_2026: a partition of sales"):
+        pipeline.start_run({"tables_to_query": ["sales", "sales_2026"]}, conn, SETTINGS)
+    assert pipeline.start_run({"tables_to_query": ["sales"]}, conn, SETTINGS)["tables"] == ["sales"]
+
+
+def test_a_table_named_like_a_catalog_view_is_read_from_the_source_schema(
+    conn: Any, s3: Any
+) -> None:
+    # GIVEN public.pg_stat_activity, a table (pg_catalog comes first on the search path)
+    conn.run("CREATE TABLE pg_stat_activity (id int PRIMARY KEY, last_updated timestamp)")
+    conn.run("INSERT INTO public.pg_stat_activity VALUES (7, now())")
+    result = _run(conn, Lake(s3, BUCKET), "pg_stat_activity")
+    assert result["rows"] == 1
+    assert [row["id"] for row in read_table(s3, "pg_stat_activity")] == [7]
+
+
+def test_a_table_of_another_schema_is_ingested_when_configured(conn: Any, s3: Any) -> None:
+    conn.run("CREATE SCHEMA shop")
+    conn.run("CREATE TABLE shop.item (id int PRIMARY KEY, last_updated timestamp)")
+    conn.run("INSERT INTO shop.item VALUES (1, now())")
+    with pytest.raises(InvalidEvent, match="item: does not exist in schema public"):
+        pipeline.start_run({"tables_to_query": ["item"]}, conn, SETTINGS)
+    run = pipeline.start_run(
+        {"tables_to_query": ["item"]}, conn, pipeline.RunSettings(0, 1, 0, schema="shop")
+    )
+    assert run["tables"] == ["item"]
+
+
+def test_a_keyless_table_with_a_wall_clock_cursor_in_a_zone_with_dst_is_refused(
+    conn: Any,
+) -> None:
+    conn.run("CREATE TABLE log (msg text, last_updated timestamp)")
+    settings = pipeline.RunSettings(0, 1, 0, source_timezone="Europe/London")
+    with pytest.raises(InvalidEvent, match="log: no primary key"):
+        pipeline.start_run({"tables_to_query": ["log"]}, conn, settings)
+    utc = pipeline.RunSettings(0, 1, 0, source_timezone="UTC")
+    assert pipeline.start_run({"tables_to_query": ["log"]}, conn, utc)["tables"] == ["log"]
+
+
+def _metrics(out: str, name: str) -> list[dict[str, Any]]:
+    """The EMF documents of metric ``name`` printed on stdout."""
+    found = []
+    for line in out.splitlines():
+        if line.startswith("{") and f'"{name}"' in line:
+            document = json.loads(line)
+            if name in document:
+                found.append(document)
+    return found
+
+
+def _value(document: dict[str, Any], name: str) -> float:
+    value = document[name]
+    return float(value[0] if isinstance(value, list) else value)
+
+
+def test_a_forgotten_begin_is_named_and_freshness_keeps_being_reported(
+    items: Any,
+    db_settings: dict[str, Any],
+    s3: Any,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # GIVEN a table ingested once, then a psql session left idle in a transaction
+    lake = Lake(s3, BUCKET)
+    _insert(connect(db_settings), 2)
+    _run(items, lake, "item")
+    forgotten = connect(db_settings, application_name="psql")
+    forgotten.run("BEGIN")
+    forgotten.run("SELECT 'secret query text'")
+    time.sleep(1.2)
+    capsys.readouterr()
+    # WHEN the next runs find nothing they may ingest
+    settings = pipeline.RunSettings(0, 1, 0, stall_warning_seconds=1)
+    run = pipeline.start_run({"tables_to_query": ["item"]}, items, settings)
+    item = {
+        "table": "item",
+        **{k: run[k] for k in ("end_time", "run_id", "source_timezone", "hold")},
+    }
+    pipeline.stage_table(pipeline.find_watermark(item, lake), items, lake, row_group_rows=100)
+    # THEN a WARNING names the session, never its query
+    (stall,) = [r for r in caplog.records if r.getMessage().startswith("End bound held back")]
+    assert stall.levelname == "WARNING"
+    assert stall.application_name == "psql"  # type: ignore[attr-defined]
+    assert stall.state == "idle in transaction"  # type: ignore[attr-defined]
+    assert stall.open_seconds >= 1  # type: ignore[attr-defined]
+    assert "secret query text" not in caplog.text + str(vars(stall))
+    # ... and the lag and the table's freshness are measured though nothing was written
+    out = capsys.readouterr().out
+    (lag,) = _metrics(out, "EndBoundLagSeconds")
+    assert _value(lag, "EndBoundLagSeconds") >= 1
+    (fresh,) = _metrics(out, "FreshnessSeconds")
+    assert fresh["table"] == "item"
+    assert _value(fresh, "FreshnessSeconds") >= 1
+    forgotten.close()
