@@ -84,7 +84,7 @@ build: $(SAM_STAMP) ## sam build (pinned SAM CLI): no Docker, no python3.12 need
 
 # -- what `sam build` runs (template.yaml: BuildMethod makefile) -------------------------
 # The dependencies are installed once, into the DependenciesLayer; each function's code is
-# the library without local/ (SAM runs a makefile build per function: a copy of ~0.5 MB).
+# the library without local/ (SAM runs a makefile build per function: a copy of ~0.1 MB).
 
 build-DependenciesLayer:
 	$(MAKE) -C $(ROOT) lambda-deps LAMBDA_DEPS="$(ARTIFACTS_DIR)/python"
