@@ -22,7 +22,8 @@ import pytest
 from moto import mock_aws
 
 from totes_ingest import config
-from totes_ingest.local.dburl import settings_from_url, with_database
+from totes_ingest.local import dburl
+from totes_ingest.local.dburl import Connect, settings_from_url, with_database
 from totes_ingest.local.embedded import embedded_database_url
 from totes_ingest.local.totesys import create_schema
 
@@ -49,16 +50,18 @@ def server_settings() -> Iterator[dict[str, Any]]:
     yield settings_from_url(embedded_database_url(data_dir / "data"))
 
 
-def _connect(settings: dict[str, Any]) -> pg8000.native.Connection:
-    kwargs = {k: v for k, v in settings.items() if k != "password" or v}
-    return pg8000.native.Connection(**kwargs)
+@pytest.fixture(scope="session")
+def connect() -> Connect:
+    """Open a connection from pg8000 settings (``db_settings``, ``db_secret``...), with
+    any pg8000 option (``application_name=...``); the test closes it."""
+    return dburl.connect
 
 
 @pytest.fixture
-def db_settings(server_settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def db_settings(server_settings: dict[str, Any], connect: Connect) -> Iterator[dict[str, Any]]:
     """Settings of a fresh, empty database, dropped after the test."""
     name = f"totes_test_{uuid.uuid4().hex[:12]}"
-    admin = _connect(server_settings)
+    admin = connect(server_settings)
     admin.run(f'CREATE DATABASE "{name}"')
     try:
         yield with_database(server_settings, name)
@@ -73,16 +76,16 @@ def db_settings(server_settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-def conn(db_settings: dict[str, Any]) -> Iterator[pg8000.native.Connection]:
-    connection = _connect(db_settings)
+def conn(db_settings: dict[str, Any], connect: Connect) -> Iterator[pg8000.native.Connection]:
+    connection = connect(db_settings)
     yield connection
     connection.close()
 
 
 @pytest.fixture
-def totesys_settings(db_settings: dict[str, Any]) -> dict[str, Any]:
+def totesys_settings(db_settings: dict[str, Any], connect: Connect) -> dict[str, Any]:
     """A fresh database holding the (empty) ToteSys schema."""
-    connection = _connect(db_settings)
+    connection = connect(db_settings)
     try:
         create_schema(connection)
     finally:

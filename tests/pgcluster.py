@@ -11,30 +11,36 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pg8000.native
-from pgserver._commands import initdb, pg_ctl
+from pgserver._commands import POSTGRES_BIN_PATH, initdb, pg_ctl
 from pgserver.utils import ensure_user_exists
 
+from totes_ingest.local.dburl import connect
+
 _SYSTEM_USER = "pgserver" if os.geteuid() == 0 else None
-
-
-def connect(settings: dict[str, Any], **extra: Any) -> pg8000.native.Connection:
-    kwargs = {k: v for k, v in settings.items() if k != "password" or v}
-    return pg8000.native.Connection(**kwargs, **extra)
 
 
 class PrivateCluster:
     """A throwaway cluster: ``with PrivateCluster(max_prepared_transactions=5) as c``."""
 
-    def __init__(self, *, standby: bool = False, **settings: str | int) -> None:
+    def __init__(
+        self,
+        *,
+        standby: bool = False,
+        replica_of: PrivateCluster | None = None,
+        **settings: str | int,
+    ) -> None:
+        """``standby``: a standby with no primary; ``replica_of``: a streaming replica."""
         self.root = Path(tempfile.mkdtemp(prefix="totes-cluster-", dir="/tmp"))
         self.data = self.root / "data"
         self.socket_dir = self.root
         self.standby = standby
+        self.primary = replica_of
         self.settings = {"listen_addresses": "''", **settings}
 
     def __enter__(self) -> PrivateCluster:
@@ -46,11 +52,20 @@ class PrivateCluster:
         self.data.mkdir(mode=0o700)
         if _SYSTEM_USER is not None:
             os.chown(self.data, user.pw_uid, user.pw_gid)
-        initdb(
-            ["--auth=trust", "-U", "postgres", "--encoding=utf8"],
-            pgdata=self.data,
-            user=_SYSTEM_USER,
-        )
+        if self.primary is not None:
+            # A base backup of the primary, streaming from it (-R writes standby.signal).
+            backup = [
+                str(POSTGRES_BIN_PATH / "pg_basebackup"),
+                *("-D", str(self.data), "-R", "-X", "stream"),
+                *("-h", str(self.primary.socket_dir), "-U", "postgres"),
+            ]
+            subprocess.run(backup, check=True, user=_SYSTEM_USER, timeout=120, capture_output=True)
+        else:
+            initdb(
+                ["--auth=trust", "-U", "postgres", "--encoding=utf8"],
+                pgdata=self.data,
+                user=_SYSTEM_USER,
+            )
         self._start()
         if self.standby:
             self._stop()

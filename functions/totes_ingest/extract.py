@@ -55,7 +55,7 @@ from totes_ingest.format_time import parse_time
 from totes_ingest.generate_new_entry_query import validated_time
 from totes_ingest.identifiers import quote_ident
 from totes_ingest.pg_types import INTERVAL, Column, schema_of, table_columns
-from totes_ingest.reread import ctid_predicate, missing_ctids
+from totes_ingest.reread import ctid_predicate, missing_ctids, pairs_query
 from totes_ingest.source import CURSOR_COLUMN, SourceTable, resolve_table
 from totes_ingest.window import Window
 
@@ -163,10 +163,10 @@ def extract_window(
         rows_of = f"SELECT {select} FROM {source.relation} AS {_SRC} WHERE "  # nosec B608
         predicate = window.cursor.predicate(source, cursor)
         copies = [f"COPY ({rows_of}{predicate}) TO STDOUT (FORMAT csv)"]
+        _widen_read_buffer(conn)
         extra = _reread(db, window.cursor, source, schema, in_lake)
         if extra:
             copies.append(f"COPY ({rows_of}{_SRC}.{ctid_predicate(extra)}) TO STDOUT (FORMAT csv)")
-        _widen_read_buffer(conn)
         sink = _ParquetSink(conn, path, schema, plans, group_rows, table, label)
         count = f"SELECT count(*) FROM {source.relation} AS {_SRC} WHERE {predicate}"  # nosec B608
         written, ((counted,),) = sink.run(
@@ -198,8 +198,12 @@ def _reread(
         return []
     if in_lake is None:
         raise ValueError("a window with a re-read range needs the lake's versions")
+    chunks: list[bytes] = []
+    stream = _CopyStream(db.conn, lambda chunk: chunks.append(chunk.data), CHUNK_BYTES)
+    db.run(pairs_query(source, predicate), stream=stream)
+    stream.flush()
     cursor_type = schema.field(CURSOR_COLUMN).type
-    return missing_ctids(db.run, source, predicate, in_lake, cursor_type)
+    return missing_ctids(b"".join(chunks), source, in_lake, cursor_type)
 
 
 class _Db:

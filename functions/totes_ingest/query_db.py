@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from totes_ingest.db_errors import source_errors
 from totes_ingest.observability import logger
 
 
@@ -26,7 +27,8 @@ def query_db(
     """
     conn = connect_to_db()
     try:
-        rows = conn.run(sql_string, **kwargs)
+        with source_errors("query"):
+            rows = conn.run(sql_string, **kwargs)
         columns = [column["name"] for column in conn.columns or []]
     finally:
         close_db_connection(conn)

@@ -100,25 +100,27 @@ def lake_versions(lake: Lake, table: SourceTable, since: datetime, before: datet
     return pa.concat_tables(parts)
 
 
-def missing_ctids(
-    run: Any, table: SourceTable, predicate: str, in_lake: pa.Table, cursor_type: pa.DataType
-) -> list[str]:
-    """``ctid`` of each source row matching ``predicate`` whose (key, cursor) pair is not
-    in ``in_lake``; ``run(sql, stream=...)`` runs a statement in the window's snapshot."""
+def pairs_query(table: SourceTable, predicate: str) -> str:
+    """COPY of ``(ctid, key columns as text, cursor)`` of the rows matching ``predicate``."""
     keys = ", ".join(f"{quote_ident(c)}::text" for c in table.key)
-    sql = (
+    return (
         f"COPY (SELECT ctid::text, {keys}, {quote_ident(CURSOR_COLUMN)} "  # nosec B608
         f"FROM {table.relation} WHERE {predicate}) TO STDOUT (FORMAT csv)"
     )
-    out = io.BytesIO()
-    run(sql, stream=out)
-    if not out.getvalue():
+
+
+def missing_ctids(
+    source_csv: bytes, table: SourceTable, in_lake: pa.Table, cursor_type: pa.DataType
+) -> list[str]:
+    """``ctid`` of each source row of ``source_csv`` (the output of :func:`pairs_query`)
+    whose (key, cursor) pair is not in ``in_lake``."""
+    if not source_csv:
         return []
     names = ["ctid", *table.key, CURSOR_COLUMN]
     types = {name: pa.string() for name in names[:-1]} | {CURSOR_COLUMN: cursor_type}
     source = pacsv.read_csv(
-        io.BytesIO(out.getvalue()),
-        read_options=pacsv.ReadOptions(column_names=names),
+        pa.py_buffer(source_csv),
+        read_options=pacsv.ReadOptions(column_names=names, block_size=len(source_csv) + 1),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False

@@ -109,7 +109,7 @@ def resolve_tables(
             key=key,
         )
     if problems:
-        raise error("; ".join(problems), table=only)
+        raise error("not tables of the source: " + "; ".join(problems), table=only)
     return tables
 
 

@@ -41,7 +41,6 @@ import pg8000.native
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import _connect
 from totes_ingest import aws, pipeline
 from totes_ingest.config import CLAIMS_PREFIX, STAGING_PREFIX
 from totes_ingest.db_connections import APPLICATION_NAME
@@ -49,6 +48,7 @@ from totes_ingest.errors import IngestError, LakeUnavailable, SourceUnavailable
 from totes_ingest.handlers import get_last_ingest_time, query_to_parquet, write_to_s3
 from totes_ingest.lake import Lake
 from totes_ingest.local import runner
+from totes_ingest.local.dburl import connect
 
 Moment = Literal["before", "after"]
 
@@ -337,7 +337,7 @@ class SessionKiller:
     def _run(self) -> None:
         rng = random.Random(f"{self.plan.seed}/session-killer")
         try:
-            conn = _connect(self.settings)
+            conn = connect(self.settings)
         except BaseException as e:
             self.error = e
             return

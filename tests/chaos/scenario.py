@@ -22,9 +22,9 @@ from tests.chaos.faults import CALM, HEAVY, LIGHT, FaultPlan, Intensity, Session
 from tests.chaos.machine import LocalDeployment
 from tests.chaos.writers import STYLES, Writers, WriterStats
 from tests.clock import fall_back_zone
-from tests.conftest import _connect
 from totes_ingest import config
 from totes_ingest.format_time import parse_time
+from totes_ingest.local.dburl import connect
 from totes_ingest.local.runner import ExecutionResult
 from totes_ingest.local.seed import seed
 from totes_ingest.local.totesys import TABLES
@@ -188,7 +188,7 @@ def run_chaos(
     tasks = TaskTally()
     writers = Writers(settings, seed_value, count=WRITERS)
     killer = SessionKiller(settings, plan, spare=writers.pids)
-    conn = _connect(settings)
+    conn = connect(settings)
     try:
         seeded_rows = sum(seed(conn, scale=1).values())
         # The database's clock falls back an hour halfway through the chaos.

@@ -18,10 +18,11 @@ from botocore.exceptions import ClientError
 
 from tests.chaos.faults import HEAVY, ChaosCrash, FaultPlan, Intensity, SessionKiller
 from tests.chaos.machine import LocalDeployment, serialized_s3
-from tests.conftest import BUCKET, REGION, _connect
+from tests.conftest import BUCKET, REGION
 from tests.lakecheck import duplicated_versions, mismatches, table_files
 from totes_ingest.db_connections import APPLICATION_NAME
 from totes_ingest.errors import LakeUnavailable
+from totes_ingest.local.dburl import Connect
 from totes_ingest.local.runner import TaskReport
 from totes_ingest.local.seed import seed
 
@@ -100,12 +101,11 @@ def test_s3_faults_fail_a_request_before_or_after_the_bucket_carries_it_out(s3: 
 
 @pytest.mark.integration
 def test_the_session_killer_terminates_only_the_pipelines_sessions(
-    totesys_settings: dict[str, Any],
+    totesys_settings: dict[str, Any], connect: Connect
 ) -> None:
     # GIVEN a session of the pipeline and another one
-    settings = {k: v for k, v in totesys_settings.items() if k != "password" or v}
-    pipeline = pg8000.native.Connection(application_name=APPLICATION_NAME, **settings)
-    other = _connect(totesys_settings)
+    pipeline = connect(totesys_settings, application_name=APPLICATION_NAME)
+    other = connect(totesys_settings)
     plan = FaultPlan(3)
     plan.enabled, plan.intensity = True, ALWAYS
     killer = SessionKiller(totesys_settings, plan)
@@ -169,11 +169,11 @@ def test_conditional_puts_have_one_winner_as_on_s3(s3: Any) -> None:
 
 @pytest.mark.e2e
 def test_overlapping_executions_on_one_deployment_commit_each_window_once(
-    db_secret: dict[str, Any], s3: Any, monkeypatch: pytest.MonkeyPatch
+    db_secret: dict[str, Any], s3: Any, monkeypatch: pytest.MonkeyPatch, connect: Connect
 ) -> None:
     # GIVEN a seeded database and nothing in the lake
     monkeypatch.setenv("END_TIME_SAFETY_MARGIN_SECONDS", "0")
-    conn = _connect(db_secret)
+    conn = connect(db_secret)
     tables = ["currency", "department", "staff", "design"]
     try:
         seed(conn, scale=0.02)

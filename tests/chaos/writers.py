@@ -30,8 +30,8 @@ from typing import Any
 import pg8000.exceptions
 import pg8000.native
 
-from tests.pgcluster import connect
 from totes_ingest.db_connections import APPLICATION_NAME
+from totes_ingest.local.dburl import connect
 from totes_ingest.local.simulate import CHANGES, _Activity
 
 STYLES = ("plain", "two-phase", "untracked", "named like the ingest")

@@ -10,8 +10,9 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import REGION, SECRET_NAME, _connect
+from tests.conftest import REGION, SECRET_NAME
 from tests.lakecheck import duplicated_versions, lake_keys, mismatches, table_files
+from totes_ingest.local.dburl import Connect
 from totes_ingest.local.runner import ExecutionResult, run_state_machine
 from totes_ingest.local.seed import seed
 from totes_ingest.local.simulate import simulate
@@ -57,9 +58,9 @@ def no_safety_margin(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def source(db_secret: dict[str, Any], s3: Any) -> Iterator[Any]:
+def source(db_secret: dict[str, Any], s3: Any, connect: Connect) -> Iterator[Any]:
     """A seeded ToteSys database behind the secret, and an empty ingest bucket."""
-    conn = _connect(db_secret)
+    conn = connect(db_secret)
     seed(conn, scale=1)
     yield conn
     conn.close()

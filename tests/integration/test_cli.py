@@ -7,17 +7,14 @@ process, so that what reaches stdout and stderr is exactly what a user sees.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import boto3
 import pg8000.native
 import pytest
 
+from tests.command import CANARY_PASSWORD, database_url, totes_ingest
 from totes_ingest.local import lake_dir
 from totes_ingest.local.cli import (
     DEFAULT_LAKE,
@@ -30,9 +27,6 @@ from totes_ingest.local.cli import (
 from totes_ingest.local.runner import ExecutionResult, TaskReport
 from totes_ingest.local.seed import seed
 from totes_ingest.local.totesys import TABLES
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 # --- arguments ----------------------------------------------------------------------------
 
@@ -170,16 +164,17 @@ def bucket(aws_env: None) -> Any:
 @pytest.mark.integration
 def test_lake_directory_round_trips_through_the_bucket(bucket: Any, tmp_path: Path) -> None:
     root = tmp_path / "lake"
-    lake_dir.prepare(root)
     (root / "sales_order/2024/01/01").mkdir(parents=True)
     (root / "sales_order/2024/01/01/000000000000.parquet").write_bytes(b"old")
     (root / "_staging/sales_order").mkdir(parents=True)
     (root / "_staging/sales_order/x.parquet").write_bytes(b"staged")
+    (root / lake_dir.MARKER).write_text("")
 
-    uploaded = lake_dir.upload(bucket, "lake", root)
-    bucket.delete_object(Bucket="lake", Key="_staging/sales_order/x.parquet")
-    bucket.put_object(Bucket="lake", Key="payment/2024/01/02/000000000000.parquet", Body=b"new")
-    report = lake_dir.download(bucket, "lake", root, uploaded)
+    with lake_dir.locked(root) as lake:
+        uploaded = lake.upload(bucket, "lake")
+        bucket.delete_object(Bucket="lake", Key="_staging/sales_order/x.parquet")
+        bucket.put_object(Bucket="lake", Key="payment/2024/01/02/000000000000.parquet", Body=b"new")
+        report = lake.download(bucket, "lake", uploaded)
 
     assert sorted(uploaded) == [
         "_staging/sales_order/x.parquet",
@@ -202,42 +197,14 @@ def test_a_directory_that_is_not_a_lake_is_refused(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_an_object_key_cannot_escape_the_lake(bucket: Any, tmp_path: Path) -> None:
     root = tmp_path / "lake"
-    lake_dir.prepare(root)
     bucket.put_object(Bucket="lake", Key="../escape.txt", Body=b"x")
 
-    with pytest.raises(lake_dir.LakeDirError, match="cannot be a file"):
-        lake_dir.download(bucket, "lake", root, [])
+    with lake_dir.locked(root) as lake, pytest.raises(lake_dir.LakeDirError, match="cannot be"):
+        lake.download(bucket, "lake", [])
     assert not (tmp_path / "escape.txt").exists()
 
 
 # --- end to end: the command as a user runs it --------------------------------------------------
-
-CANARY_PASSWORD = "canary-pw-7f3a"  # must never appear in any output
-
-
-def database_url(settings: dict[str, Any]) -> str:
-    """A URL for pg8000 settings (unix socket or TCP), with a password if there is one."""
-    password = settings.get("password") or CANARY_PASSWORD  # trust auth ignores it
-    auth = f"{quote(settings['user'])}:{quote(password, safe='')}@"
-    if "unix_sock" in settings:
-        directory, _, name = str(settings["unix_sock"]).rpartition("/")
-        port = name.rsplit(".", 1)[-1]
-        return f"postgresql://{auth}:{port}/{settings['database']}?host={directory}"
-    return f"postgresql://{auth}{settings['host']}:{settings['port']}/{settings['database']}"
-
-
-def totes_ingest(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOTES_"))}
-    env["END_TIME_SAFETY_MARGIN_SECONDS"] = "0"  # nothing writes beside these tests
-    return subprocess.run(
-        [sys.executable, "-m", "totes_ingest.local", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 @pytest.mark.e2e
@@ -297,3 +264,35 @@ def test_a_failed_execution_exits_non_zero_with_the_reasons(
     assert "currency: 3 rows -> currency/" in bad_table.stderr
     for process in (bad_input, bad_table):
         assert CANARY_PASSWORD not in process.stderr
+
+
+# The password holds every character that breaks a generic URL parser, between letters
+# that appear nowhere else: none of them may reach stdout or stderr.
+SECRET_LETTERS = "жыщ"
+RAW_PASSWORD = "жы#/?@щ"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("command", ["run", "seed", "simulate"])
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        (f"postgresql://ingest:{RAW_PASSWORD}@127.0.0.1:1/totesys", "cannot connect to"),
+        (f"postgresql://ingest:{RAW_PASSWORD}@127.0.0.1:port/totesys", "bad database URL"),
+        (f"postgres:/ingest:{RAW_PASSWORD}@127.0.0.1/totesys", "bad database URL"),
+    ],
+    ids=["unreachable", "bad-port", "no-scheme"],
+)
+def test_a_bad_or_unreachable_url_never_shows_its_password(
+    command: str, url: str, error: str, tmp_path: Path
+) -> None:
+    lake = ("--lake", str(tmp_path / "lake")) if command == "run" else ()
+
+    process = totes_ingest(command, "--database-url", url, *lake, cwd=tmp_path)
+
+    assert process.returncode == 1
+    assert process.stdout == ""
+    last_line = process.stderr.splitlines()[-1]
+    assert last_line.startswith(f"totes-ingest {command}: {error} ")
+    assert "Traceback" not in process.stderr
+    assert not any(letter in process.stderr for letter in SECRET_LETTERS), process.stderr

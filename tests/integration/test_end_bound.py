@@ -15,10 +15,11 @@ from typing import Any
 import pg8000.native
 import pytest
 
-from tests.pgcluster import PrivateCluster, connect
+from tests.pgcluster import PrivateCluster
 from totes_ingest.db_connections import APPLICATION_NAME
 from totes_ingest.end_bound import commit_safe_end_time
 from totes_ingest.errors import SourceError
+from totes_ingest.local.dburl import connect
 
 pytestmark = pytest.mark.integration
 
@@ -172,3 +173,68 @@ def test_a_hot_standby_is_refused_unless_allowed() -> None:
         with pytest.raises(SourceError, match="hot standby"):
             commit_safe_end_time(conn, fallback_lag_seconds=300)
         conn.close()
+
+
+def test_an_allowed_hot_standby_bounds_windows_by_its_last_replayed_commit() -> None:
+    # GIVEN a streaming replica of a primary that has just committed a transaction
+    with PrivateCluster() as primary, PrivateCluster(replica_of=primary) as replica:
+        writer = primary.connect()
+        writer.run("CREATE TABLE t (last_updated timestamp)")
+        writer.run("INSERT INTO t VALUES (now())")
+        committed = _now_utc(writer)
+        standby = replica.connect()
+        deadline = time.monotonic() + 30
+        while standby.run("SELECT count(*) FROM pg_class WHERE relname = 't'") == [[0]]:
+            assert time.monotonic() < deadline, "the replica never replayed the commit"
+            time.sleep(0.1)
+        # WHEN the ingest, pointed at the replica, is allowed to use it
+        bound = commit_safe_end_time(standby, fallback_lag_seconds=60, allow_hot_standby=True)
+        # THEN the bound trails the last replayed commit by the fallback lag
+        assert bound.standby
+        lag = (committed - bound.end_time).total_seconds()
+        assert 59 <= lag <= 65
+        standby.close()
+        writer.close()
+
+
+def test_a_logical_replication_apply_worker_holds_the_bound() -> None:
+    # GIVEN a subscriber whose apply worker is inside a transaction (a slow trigger fires)
+    with (
+        PrivateCluster(wal_level="logical") as publisher,
+        PrivateCluster() as subscriber,
+    ):
+        ddl = "CREATE TABLE t (id int PRIMARY KEY, last_updated timestamp)"
+        source, target = publisher.connect(), subscriber.connect()
+        source.run(ddl)
+        source.run("CREATE PUBLICATION p FOR TABLE t")
+        target.run(ddl)
+        target.run(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(4); RETURN NEW; END $$"
+        )
+        target.run("CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow()")
+        target.run("ALTER TABLE t ENABLE ALWAYS TRIGGER slow")
+        target.run(
+            f"CREATE SUBSCRIPTION s CONNECTION 'host={publisher.socket_dir} dbname=postgres "
+            "user=postgres' PUBLICATION p"
+        )
+        source.run("INSERT INTO t VALUES (1, now())")
+        deadline = time.monotonic() + 30
+        while not target.run(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'logical replication worker' "
+            "AND clock_timestamp() - xact_start > interval '0.5 seconds'"
+        )[0][0]:
+            assert time.monotonic() < deadline, "the apply worker never began the transaction"
+            time.sleep(0.05)
+        # WHEN the ingest computes its bound on the subscriber
+        bound = commit_safe_end_time(target, fallback_lag_seconds=300, safety_margin_seconds=0)
+        # THEN the worker's transaction holds it back
+        assert bound.held_back_by is not None
+        assert bound.held_back_by.backend_type == "logical replication worker"
+        target.run("ALTER SUBSCRIPTION s DISABLE")
+        target.run("ALTER SUBSCRIPTION s SET (slot_name = NONE)")
+        target.run("DROP SUBSCRIPTION s")
+        source.run("SELECT pg_drop_replication_slot('s')")
+        source.close()
+        target.close()

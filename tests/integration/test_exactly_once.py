@@ -21,10 +21,10 @@ import pytest
 from tests.clock import fall_back_zone
 from tests.conftest import BUCKET
 from tests.lakecheck import read_table
-from tests.pgcluster import connect
 from totes_ingest import pipeline
 from totes_ingest.errors import InvalidEvent
 from totes_ingest.lake import Lake
+from totes_ingest.local.dburl import connect
 
 pytestmark = pytest.mark.integration
 
@@ -247,3 +247,18 @@ def test_a_forgotten_begin_is_named_and_freshness_keeps_being_reported(
     assert fresh["table"] == "item"
     assert _value(fresh, "FreshnessSeconds") >= 1
     forgotten.close()
+
+
+def test_a_keyless_table_gets_no_overlap_and_says_so(
+    conn: Any, s3: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a table without a primary key whose cursor is an instant
+    conn.run("CREATE TABLE log (msg text, last_updated timestamptz NOT NULL DEFAULT now())")
+    conn.run("INSERT INTO log (msg) VALUES ('a'), ('b')")
+    lake = Lake(s3, BUCKET)
+    assert _run(conn, lake, "log")["rows"] == 2
+    conn.run("INSERT INTO log (msg) VALUES ('c')")
+    # WHEN the next window would re-read the overlap THEN it cannot, and warns
+    assert _run(conn, lake, "log")["rows"] == 1
+    assert any(r.getMessage() == "No key: no re-read overlap" for r in caplog.records)
+    assert sorted(row["msg"] for row in read_table(s3, "log")) == ["a", "b", "c"]

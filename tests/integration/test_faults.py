@@ -8,20 +8,21 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import BUCKET, _connect
+from tests.conftest import BUCKET
 from tests.lakecheck import lake_keys
 from totes_ingest import pipeline
 from totes_ingest.aws import as_lake_error
 from totes_ingest.errors import LakeError, LakeUnavailable, SourceError, SourceUnavailable
 from totes_ingest.lake import Lake
+from totes_ingest.local.dburl import Connect
 from totes_ingest.local.seed import seed
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def source(db_secret: dict[str, Any], s3: Any) -> Any:
-    conn = _connect(db_secret)
+def source(db_secret: dict[str, Any], s3: Any, connect: Connect) -> Any:
+    conn = connect(db_secret)
     seed(conn, scale=1)
     yield conn
     conn.close()
@@ -92,8 +93,10 @@ def test_a_table_dropped_mid_run_fails_with_its_name_and_writes_nothing(
     assert lake_keys(s3) == []
 
 
-def test_a_dropped_connection_is_transient(source: Any, s3: Any, db_secret: dict[str, Any]) -> None:
-    victim = _connect(db_secret)
+def test_a_dropped_connection_is_transient(
+    source: Any, s3: Any, db_secret: dict[str, Any], connect: Connect
+) -> None:
+    victim = connect(db_secret)
     pid = victim.run("SELECT pg_backend_pid()")[0][0]
     source.run("SELECT pg_terminate_backend(:pid)", pid=pid)
     item = _first_window("staff")
@@ -102,10 +105,10 @@ def test_a_dropped_connection_is_transient(source: Any, s3: Any, db_secret: dict
 
 
 def test_a_statement_timeout_is_a_named_error(
-    source: Any, s3: Any, db_secret: dict[str, Any]
+    source: Any, s3: Any, db_secret: dict[str, Any], connect: Connect
 ) -> None:
     # GIVEN another session holding the table locked, and a short statement timeout
-    locker = _connect(db_secret)
+    locker = connect(db_secret)
     locker.run("BEGIN")
     locker.run("LOCK TABLE staff IN ACCESS EXCLUSIVE MODE")
     source.run("SET statement_timeout = 200")

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import _connect
 from tests.lakecheck import lake_keys, read_file
 from totes_ingest.errors import InvalidEvent
 from totes_ingest.handlers import aggregate, get_last_ingest_time, query_to_parquet, start_run
 from totes_ingest.handlers import write_to_s3 as write_handler
 from totes_ingest.ingest import TablesFailed
 from totes_ingest.ingest import lambda_handler as ingest_handler
+from totes_ingest.local.dburl import Connect
 from totes_ingest.local.seed import seed
 
 pytestmark = pytest.mark.integration
@@ -39,8 +39,8 @@ def event(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def seeded(db_secret: dict[str, Any], s3: Any) -> dict[str, Any]:
-    conn = _connect(db_secret)
+def seeded(db_secret: dict[str, Any], s3: Any, connect: Connect) -> dict[str, Any]:
+    conn = connect(db_secret)
     seed(conn, scale=1)
     conn.close()
     return db_secret
@@ -105,8 +105,10 @@ def test_the_single_function_ingest_returns_the_seed_output(
     assert ingest_handler({"tables_to_query": ["currency"]}, Context()) == {}
 
 
-def test_the_single_function_ingest_names_failed_tables(seeded: dict[str, Any], s3: Any) -> None:
-    conn = _connect(seeded)
+def test_the_single_function_ingest_names_failed_tables(
+    seeded: dict[str, Any], s3: Any, connect: Connect
+) -> None:
+    conn = connect(seeded)
     conn.run("ALTER TABLE currency ADD COLUMN rate money")
     conn.close()
     with pytest.raises(TablesFailed, match="currency"):

@@ -318,11 +318,11 @@ def test_handler_running_past_its_lambda_timeout_fails_as_lambda_would(
 def test_execution_outliving_the_timeout_is_stopped_and_reported(
     aws_env: None, stack: Stack
 ) -> None:
-    started = time.monotonic()
-
     result = run_state_machine(_event("sleep:1.5"), timeout_s=0.3, stack=stack)
 
-    assert time.monotonic() - started < 1.5
+    # Stopped at the timeout, not when the handler finished (the deployment's own set-up,
+    # seconds on a loaded machine, is not part of the execution's time).
+    assert result.duration_s < 1.5
     assert result.status == "TIMED_OUT"
     assert result.error == "LocalTimeout"
     assert result.history

@@ -24,7 +24,7 @@ from typing import Any, Final, TextIO
 
 import pg8000.native
 
-from totes_ingest.local import lake_dir
+from totes_ingest.local import dburl, lake_dir
 from totes_ingest.local.dburl import redact, settings_from_url
 from totes_ingest.local.runner import (
     ExecutionResult,
@@ -247,9 +247,8 @@ def connect(url: str) -> pg8000.native.Connection:
         settings = settings_from_url(url)
     except ValueError as e:
         raise CliError(f"bad database URL {redact(url)}: {e}") from e
-    kwargs = {k: v for k, v in settings.items() if k != "password" or v}
     try:
-        return pg8000.native.Connection(application_name=_APPLICATION_NAME, **kwargs)
+        return dburl.connect(settings, application_name=_APPLICATION_NAME)
     except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError) as e:
         detail = e.args[0].get("M") if e.args and isinstance(e.args[0], dict) else e
         raise CliError(f"cannot connect to {redact(url)}: {detail}") from e
@@ -427,13 +426,12 @@ def _handler_environment(verbose: bool) -> dict[str, str]:
 
 
 def execute(
-    event: Any, url: str, lake: Path, *, timeout_s: float, verbose: bool
+    event: Any, url: str, lake: lake_dir.LocalLake, *, timeout_s: float, verbose: bool
 ) -> tuple[ExecutionResult, lake_dir.SyncReport]:
-    """One execution inside its own mocked AWS account, the lake synced around it."""
+    """One execution inside its own mocked AWS account, the (locked) lake synced around it."""
     import boto3
     from moto import mock_aws
 
-    lake_dir.prepare(lake)
     settings = settings_from_url(url)
     with (
         fake_aws_environment(),
@@ -451,9 +449,9 @@ def execute(
         boto3.client("secretsmanager").create_secret(
             Name=LOCAL_SECRET, SecretString=json.dumps(settings)
         )
-        uploaded = lake_dir.upload(s3, LOCAL_BUCKET, lake)
+        uploaded = lake.upload(s3, LOCAL_BUCKET)
         if uploaded:
-            say(f"lake {lake}: {len(uploaded)} objects")
+            say(f"lake {lake.root}: {len(uploaded)} objects")
         with handler_output(verbose=verbose):
             result = run_state_machine(
                 event,
@@ -461,20 +459,21 @@ def execute(
                 environment=_handler_environment(verbose),
                 on_task=Progress(sys.stderr, verbose=verbose),
             )
-        synced = lake_dir.download(s3, LOCAL_BUCKET, lake, uploaded)
+        synced = lake.download(s3, LOCAL_BUCKET, uploaded)
     return result, synced
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     event = event_from_args(args)
-    lake_dir.prepare(args.lake)
-    url, embedded = database_url(args.database_url)
-    if embedded:
-        _ensure_seeded(url)
-    else:
-        connect(url).close()  # fail early, and clearly, on a wrong URL
-    say(f"source {redact(url)}; lake {args.lake}")
-    result, synced = execute(event, url, args.lake, timeout_s=args.timeout, verbose=args.verbose)
+    # Held for the whole run: a second run on this lake is refused at once.
+    with lake_dir.locked(args.lake) as lake:
+        url, embedded = database_url(args.database_url)
+        if embedded:
+            _ensure_seeded(url)
+        else:
+            connect(url).close()  # fail early, and clearly, on a wrong URL
+        say(f"source {redact(url)}; lake {args.lake}")
+        result, synced = execute(event, url, lake, timeout_s=args.timeout, verbose=args.verbose)
     say(
         f"lake {args.lake}: {synced.written} files written, {synced.deleted} deleted, "
         f"{synced.unchanged} unchanged"

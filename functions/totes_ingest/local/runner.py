@@ -6,11 +6,13 @@ wires it (DefinitionSubstitutions to function ARNs). moto interprets the ASL
 ``lambda.invoke`` for each ``arn:aws:states:::lambda:invoke`` task; this module creates one
 moto Lambda function per ``AWS::Serverless::Function`` of the template and answers those
 invocations in-process by importing the template's ``Handler`` and calling it (moto's Lambda
-backend ``invoke`` is patched for the duration of the execution). A handler's
-exception comes back as Lambda reports it (FunctionError ``Unhandled``, payload with
-``errorType``), so the ASL's Retry and Catch see the exception's class name.
+backend ``invoke`` is patched while the deployment is open). A handler's exception comes
+back as Lambda reports it (FunctionError ``Unhandled``, payload with ``errorType``), so the
+ASL's Retry and Catch see the exception's class name.
 
-No Docker and no AWS: calling :func:`run_state_machine` outside ``mock_aws()`` is refused.
+:class:`LocalDeployment` is that set-up, done once, for any number of executions (the
+chaos tests run several at once); :func:`run_state_machine` is one deployment, one
+execution. No Docker and no AWS: either is refused outside ``mock_aws()``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import time
 import traceback
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Final, Literal
 from unittest import mock
 
@@ -545,16 +548,149 @@ def _history(sfn: Any, execution_arn: str) -> list[dict[str, Any]]:
         kwargs["nextToken"] = page["nextToken"]
 
 
-def _await(sfn: Any, execution_arn: str, timeout_s: float) -> dict[str, Any] | None:
-    """describe_execution once the execution has ended, or None after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        described: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
-        if described["status"] != "RUNNING":
-            return described
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(_POLL_INTERVAL_S)
+class LocalDeployment:
+    """The template's state machine and functions, deployed once inside ``mock_aws()``.
+
+    Opening it nests a mock in the caller's (same mocked account, Step Functions
+    interpreter switched on), creates one moto function per template function and the
+    state machine, and routes the functions' invocations to their handlers in this
+    process until it is closed. Any number of executions can then run, side by side:
+    moto runs each execution, and each Map iteration, in its own thread.
+
+    Handlers read ``os.environ``, set while the deployment is open from, in increasing
+    priority: the template's resolvable variables (parameter defaults), the current
+    environment, ``environment``. Per-function variables cannot differ, since concurrent
+    handlers share one process. ``on_task`` sees every Lambda invocation, from moto's
+    threads. Opening it outside ``mock_aws()`` is refused: it never reaches AWS.
+    """
+
+    def __init__(
+        self,
+        *,
+        stack: Stack | None = None,
+        environment: Mapping[str, str] | None = None,
+        on_task: Callable[[TaskReport], None] | None = None,
+    ) -> None:
+        self.stack = stack if stack is not None else load_stack()
+        self.environment = dict(environment or {})
+        self.on_task = on_task
+        self._exit = ExitStack()
+        self._sfn: Any = None
+        self._machine_arn = ""
+
+    def _handler_environment(self) -> dict[str, str]:
+        template_env: dict[str, str] = {}
+        for spec in self.stack.functions.values():
+            template_env.update(spec.environment)
+        effective = {**template_env, **os.environ, **self.environment}
+        return {name: effective[name] for name in {*template_env, *self.environment}}
+
+    def __enter__(self) -> LocalDeployment:
+        if not _aws_is_mocked():
+            raise RuntimeError("a local deployment must be opened inside moto's mock_aws()")
+        from moto import mock_aws
+
+        with ExitStack() as opening:
+            # Nested inside the caller's mock: same mocked account, interpreter switched on.
+            opening.enter_context(
+                mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
+            )
+            opening.enter_context(environment_applied(self._handler_environment()))
+            opening.enter_context(_quiet_interpreter())
+            opening.enter_context(serialized_s3())
+            iam = boto3.client("iam")
+            self._sfn = boto3.client("stepfunctions")
+            arns = _deploy_functions(boto3.client("lambda"), iam, self.stack)
+            values = {
+                key: (arns[value.logical_id] if value.attribute == "Arn" else value.logical_id)
+                if isinstance(value, FunctionRef)
+                else value
+                for key, value in self.stack.substitutions.items()
+            }
+            self._machine_arn = self._sfn.create_state_machine(
+                name=f"{self.stack.state_machine_id}-{uuid.uuid4().hex[:8]}",
+                definition=substitute(self.stack.definition, values),
+                roleArn=_role_arn(iam, _STATES_ROLE, "states.amazonaws.com"),
+            )["stateMachineArn"]
+            specs = {spec.logical_id: spec for spec in self.stack.functions.values()}
+            opening.enter_context(_lambda_dispatch(specs, self.on_task))
+            self._exit = opening.pop_all()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._exit.close()
+
+    def start(self, event: Mapping[str, Any]) -> str:
+        """Start an execution with ``event`` as input; its ARN."""
+        arn: str = self._sfn.start_execution(
+            stateMachineArn=self._machine_arn,
+            name=f"local-{uuid.uuid4().hex[:12]}",
+            input=json.dumps(event),
+        )["executionArn"]
+        return arn
+
+    def run_together(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        delays_s: Sequence[float] | None = None,
+        timeout_s: float,
+    ) -> list[ExecutionResult]:
+        """Start one execution per event (the i-th ``delays_s[i]`` seconds after the
+        first), wait for all of them, and return their results in the same order.
+
+        An execution still running ``timeout_s`` seconds after the first start is stopped
+        and reported as ``TIMED_OUT`` with error ``LocalTimeout``. The history is
+        returned in every case.
+        """
+        delays = list(delays_s) if delays_s is not None else [0.0] * len(events)
+        if len(delays) != len(events):
+            raise ValueError("one delay per event")
+        started = time.monotonic()
+        order = sorted(range(len(events)), key=lambda i: delays[i])
+        arns: dict[int, str] = {}
+        begun: dict[int, float] = {}
+        for i in order:
+            pause = started + delays[i] - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            begun[i] = time.monotonic()
+            arns[i] = self.start(events[i])
+        finished: dict[int, tuple[dict[str, Any] | None, float]] = {}
+        deadline = started + timeout_s
+        while len(finished) < len(events):
+            for i, arn in arns.items():
+                if i in finished:
+                    continue
+                described: dict[str, Any] = self._sfn.describe_execution(executionArn=arn)
+                if described["status"] != "RUNNING":
+                    finished[i] = (described, time.monotonic() - begun[i])
+            if len(finished) < len(events):
+                if time.monotonic() >= deadline:
+                    for i in set(arns) - set(finished):
+                        self._sfn.stop_execution(
+                            executionArn=arns[i],
+                            error="LocalTimeout",
+                            cause=f"no result within {timeout_s:g} s",
+                        )
+                        finished[i] = (None, time.monotonic() - begun[i])
+                    break
+                time.sleep(_POLL_INTERVAL_S)
+        return [self._result(arns[i], *finished[i], timeout_s) for i in range(len(events))]
+
+    def run(self, event: Mapping[str, Any], *, timeout_s: float) -> ExecutionResult:
+        """One execution: :meth:`run_together` with one event."""
+        return self.run_together([event], timeout_s=timeout_s)[0]
+
+    def _result(
+        self, arn: str, described: dict[str, Any] | None, duration: float, timeout_s: float
+    ) -> ExecutionResult:
+        return ExecutionResult.of(described, _history(self._sfn, arn), arn, duration, timeout_s)
 
 
 def run_state_machine(
@@ -568,63 +704,11 @@ def run_state_machine(
     """Execute ``stack``'s state machine (default: template.yaml's) with ``event`` as input.
 
     Must be called inside ``mock_aws()``: the caller owns the mocked account (bucket,
-    secret). Handlers run in this process and read ``os.environ``, set for the duration of
-    the execution from, in increasing priority: the template's resolvable variables
-    (parameter defaults), the current environment, ``environment``. Per-function
-    variables cannot differ, since concurrent handlers share one process.
+    secret). Deploys a :class:`LocalDeployment` (whose docstring says which environment
+    the handlers see), runs one execution and tears the deployment down.
 
     Waits at most ``timeout_s`` seconds; then the execution is stopped and reported as
     ``TIMED_OUT`` with error ``LocalTimeout``. The history is returned in every case.
     """
-    if not _aws_is_mocked():
-        raise RuntimeError("run_state_machine must be called inside moto's mock_aws()")
-    stack = stack if stack is not None else load_stack()
-    template_env: dict[str, str] = {}
-    for spec in stack.functions.values():
-        template_env.update(spec.environment)
-    effective = {**template_env, **os.environ, **(environment or {})}
-    handler_env = {name: effective[name] for name in {*template_env, *(environment or {})}}
-
-    from moto import mock_aws
-
-    # Nested inside the caller's mock: same mocked account, interpreter switched on.
-    with (
-        mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
-        environment_applied(handler_env),
-        _quiet_interpreter(),
-        serialized_s3(),
-    ):
-        lambda_ = boto3.client("lambda")
-        iam = boto3.client("iam")
-        sfn = boto3.client("stepfunctions")
-        arns = _deploy_functions(lambda_, iam, stack)
-        values = {
-            key: (arns[value.logical_id] if value.attribute == "Arn" else value.logical_id)
-            if isinstance(value, FunctionRef)
-            else value
-            for key, value in stack.substitutions.items()
-        }
-        definition = substitute(stack.definition, values)
-        machine_arn = sfn.create_state_machine(
-            name=f"{stack.state_machine_id}-{uuid.uuid4().hex[:8]}",
-            definition=definition,
-            roleArn=_role_arn(iam, _STATES_ROLE, "states.amazonaws.com"),
-        )["stateMachineArn"]
-        specs = {spec.logical_id: spec for spec in stack.functions.values()}
-        started = time.monotonic()
-        with _lambda_dispatch(specs, on_task):
-            execution_arn = sfn.start_execution(
-                stateMachineArn=machine_arn,
-                name=f"local-{uuid.uuid4().hex[:12]}",
-                input=json.dumps(event),
-            )["executionArn"]
-            described = _await(sfn, execution_arn, timeout_s)
-            if described is None:
-                sfn.stop_execution(
-                    executionArn=execution_arn,
-                    error="LocalTimeout",
-                    cause=f"no result within {timeout_s:g} s",
-                )
-        duration = time.monotonic() - started
-        history = _history(sfn, execution_arn)
-    return ExecutionResult.of(described, history, execution_arn, duration, timeout_s)
+    with LocalDeployment(stack=stack, environment=environment, on_task=on_task) as deployment:
+        return deployment.run(event, timeout_s=timeout_s)
