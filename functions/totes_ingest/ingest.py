@@ -26,19 +26,13 @@ _ITEM_FIELDS = ("end_time", "run_id", "source_timezone", "hold")
 def run_ingest(event: object, conn: Any, lake: Lake) -> dict[str, str]:
     """Run every step for every table of ``event``; raise TablesFailed naming the failures."""
     run = pipeline.start_run(event, conn, pipeline.RunSettings.from_environment(max_concurrency=1))
+    stage = pipeline.StageSettings.from_environment()
     results: list[dict[str, Any]] = []
     for table in run["tables"]:
         item = {"table": table, **{name: run[name] for name in _ITEM_FIELDS}}
         try:
             item = pipeline.find_watermark(item, lake)
-            item = pipeline.stage_table(
-                item,
-                conn,
-                lake,
-                row_group_rows=config.row_group_rows(),
-                reread_lag_seconds=config.reread_lag_seconds(),
-                schema=config.source_schema(),
-            )
+            item = pipeline.stage_table(item, conn, lake, **vars(stage))
             if item["rows"] > 0:
                 results.append(pipeline.commit_table(item, lake))
         except IngestError as e:

@@ -26,7 +26,7 @@ from totes_ingest import config
 from totes_ingest.cursor import CursorRange, cursor_range
 from totes_ingest.db_errors import source_errors
 from totes_ingest.end_bound import EndBound, commit_safe_end_time
-from totes_ingest.errors import InvalidEvent
+from totes_ingest.errors import InvalidEvent, SourceError
 from totes_ingest.extract import extract_window
 from totes_ingest.format_time import format_time
 from totes_ingest.generate_file_key import staging_key
@@ -71,9 +71,27 @@ class RunSettings:
         )
 
 
+@dataclass(frozen=True)
+class StageSettings:
+    """How QueryToParquet extracts a window (see config for each setting)."""
+
+    row_group_rows: int = config.DEFAULT_ROW_GROUP_ROWS
+    reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS
+    schema: str = config.DEFAULT_SOURCE_SCHEMA
+
+    @classmethod
+    def from_environment(cls) -> StageSettings:
+        return cls(
+            row_group_rows=config.row_group_rows(),
+            reread_lag_seconds=config.reread_lag_seconds(),
+            schema=config.source_schema(),
+        )
+
+
 def start_run(event: object, conn: Any, settings: RunSettings) -> Payload:
     """Validate the execution input and fix the run's end bound from the database."""
     zone = settings.source_timezone or _database_zone(conn)
+    _check_zone(conn, zone)
     tables = [t.name for t in validate_event(event, conn, settings.schema, zone)]
     bound = commit_safe_end_time(
         conn,
@@ -111,6 +129,15 @@ def _database_zone(conn: Any) -> str:
     with source_errors("time zone lookup"):
         ((zone,),) = conn.run("SELECT current_setting('TimeZone')")
     return str(zone)
+
+
+def _check_zone(conn: Any, zone: str) -> None:
+    """A zone PostgreSQL does not know fails the run at once, naming the setting."""
+    try:
+        with source_errors("time zone lookup"):
+            conn.run("SELECT now() AT TIME ZONE :zone", zone=zone)
+    except SourceError as e:
+        raise InvalidEvent(f"{config.SOURCE_TIMEZONE} {zone[:100]!r} is not a zone: {e}") from e
 
 
 def _report_stalls(bound: EndBound, threshold_seconds: float) -> None:
@@ -158,7 +185,10 @@ def stage_table(
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS,
     schema: str = config.DEFAULT_SOURCE_SCHEMA,
 ) -> Payload:
-    """Extract the window's rows to Parquet and upload it to the run's staging key."""
+    """Extract the window's rows to Parquet and upload it to the run's staging key.
+
+    Handlers pass ``**vars(StageSettings.from_environment())``.
+    """
     window = Window.from_payload(payload)
     table = window.table
     empty = {**payload, "rows": 0, "bytes": 0, "staging_key": None}

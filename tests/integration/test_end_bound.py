@@ -8,6 +8,7 @@ session named like the ingest, and the ingest pointed at a hot standby.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -119,10 +120,13 @@ def test_when_other_sessions_are_hidden_the_bound_trails_by_the_fallback_lag(
     conn: Any, db_settings: dict[str, Any]
 ) -> None:
     # GIVEN an unprivileged ingest role that cannot see another role's transaction
-    conn.run("CREATE ROLE hidden_app LOGIN")
-    conn.run("CREATE ROLE plain_ingest LOGIN")
-    app = _begun({**db_settings, "user": "hidden_app"})
-    ingest = connect({**db_settings, "user": "plain_ingest"})
+    # (roles are cluster-wide: named for this test, dropped after it)
+    suffix = uuid.uuid4().hex[:8]
+    app_role, ingest_role = f"hidden_app_{suffix}", f"plain_ingest_{suffix}"
+    conn.run(f"CREATE ROLE {app_role} LOGIN")
+    conn.run(f"CREATE ROLE {ingest_role} LOGIN")
+    app = _begun({**db_settings, "user": app_role})
+    ingest = connect({**db_settings, "user": ingest_role})
     try:
         clock = _now_utc(ingest)
         bound = commit_safe_end_time(ingest, fallback_lag_seconds=120)
@@ -131,6 +135,8 @@ def test_when_other_sessions_are_hidden_the_bound_trails_by_the_fallback_lag(
     finally:
         ingest.close()
         app.close()
+        conn.run(f"DROP ROLE {ingest_role}")
+        conn.run(f"DROP ROLE {app_role}")
 
 
 def test_the_bound_trails_the_clock_by_the_safety_margin(conn: Any) -> None:

@@ -262,3 +262,9 @@ def test_a_keyless_table_gets_no_overlap_and_says_so(
     assert _run(conn, lake, "log")["rows"] == 1
     assert any(r.getMessage() == "No key: no re-read overlap" for r in caplog.records)
     assert sorted(row["msg"] for row in read_table(s3, "log")) == ["a", "b", "c"]
+
+
+def test_a_source_timezone_postgresql_does_not_know_fails_the_run_at_once(items: Any) -> None:
+    settings = pipeline.RunSettings(0, 1, 0, source_timezone="Mars/Olympus_Mons")
+    with pytest.raises(InvalidEvent, match="SOURCE_TIMEZONE 'Mars/Olympus_Mons' is not a zone"):
+        pipeline.start_run({"tables_to_query": ["item"]}, items, settings)

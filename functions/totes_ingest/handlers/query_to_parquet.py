@@ -21,13 +21,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     lake = Lake(s3_client(), config.ingest_bucket())
     conn = connect_to_db()
     try:
-        return pipeline.stage_table(
-            event,
-            conn,
-            lake,
-            row_group_rows=config.row_group_rows(),
-            reread_lag_seconds=config.reread_lag_seconds(),
-            schema=config.source_schema(),
-        )
+        settings = pipeline.StageSettings.from_environment()
+        return pipeline.stage_table(event, conn, lake, **vars(settings))
     finally:
         close_db_connection(conn)
