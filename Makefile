@@ -112,7 +112,7 @@ lambda-code: ## The library, without local/ (the runner, seed data, simulator), 
 diagram: $(STAMP) ## Regenerate docs/architecture.md from statemachine/ingest.asl.json
 	$(PY) statemachine/diagram.py
 
-bench: $(STAMP) ## Time the extract against ADBC, the seed's approach and psql at N and 4N rows
+bench: $(STAMP) ## Time the extract against DuckDB, ConnectorX, ADBC, the seed's approach and psql at N and 4N rows (paired)
 	$(PY) benchmarks/extract_bench.py $(ARGS)
 
 bench-reread: $(STAMP) ## What the re-read overlap costs a run at 10, 10,000 and 1,000,000 changed rows

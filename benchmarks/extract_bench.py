@@ -1,16 +1,23 @@
-"""Benchmark: one ToteSys ``sales_order`` table to one Parquet file, four ways.
+"""Benchmark: one ToteSys ``sales_order`` table to one zstd Parquet file, against peers.
 
 Creates a throwaway database holding ``sales_order`` (the ToteSys DDL without foreign
 keys) with N rows generated server-side, then times each approach as a whole child
-process (wall time, and peak RSS from ``wait4``), at N and at 4N rows:
+process (wall time, and peak RSS from ``wait4``), at N and at 4N rows, round robin:
 
-- ours: ``totes_ingest.extract.extract_to_parquet`` (pg8000 COPY CSV -> Arrow -> Parquet)
+- ours: ``totes_ingest.extract.extract_to_parquet`` (pg8000 binary COPY -> Arrow -> Parquet)
+- duckdb: DuckDB with its postgres extension, ``COPY (SELECT ... WHERE last_updated ...)
+  TO 'x.parquet' (FORMAT parquet, COMPRESSION zstd)``
+- connectorx: ``connectorx.read_sql(..., return_type="arrow")`` -> ``pq.write_table``
 - adbc: ADBC PostgreSQL driver, ``fetch_arrow_table`` -> ``pq.write_table``
 - seed: pg8000 ``run("SELECT *")`` -> list of dicts -> pandas -> Parquet
-- psql: ``psql -c "COPY ... TO STDOUT (FORMAT csv)" > /dev/null``, the floor
+- psql: ``psql -c "COPY ... TO STDOUT (FORMAT binary)" > /dev/null``, the floor
+
+Each round runs every approach once, so ``ours / duckdb`` is also reported as the median
+of the per-round ratios (paired), which holds when the machine's speed drifts.
+``--wide-rows`` instead measures ours' peak RSS on rows of ``--row-bytes`` bytes.
 
 Usage: ``python benchmarks/extract_bench.py [--rows 1000000] [--database-url URL]``
-(default: the local server over its unix socket). See benchmarks/RESULTS.md.
+(default: the local server over TCP, 127.0.0.1:5432). See benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,29 +37,44 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_URL = "postgresql://postgres@/postgres?host=/var/run/postgresql"
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 BENCH_DB = "totes_bench"
+WIDE_DB = "totes_bench_wide"
 TABLE = "sales_order"
 END_TIME = "2100-01-01 00:00:00"
-APPROACHES = ("ours", "adbc", "seed", "psql")
+APPROACHES = ("ours", "duckdb", "connectorx", "adbc", "seed", "psql")
+WORKERS = ("ours", "duckdb", "connectorx", "adbc", "seed")
+WIDE_TABLE = "wide_row"
 
-# Realistic ToteSys values (see docs/totesys-schema.md), deterministic per row id.
+# Realistic ToteSys values (see docs/totesys-schema.md), deterministic per row id:
+# foreign keys, amounts and prices drawn by a hash of the id (no pattern an encoding
+# could exploit that real orders would not have), ids and timestamps rising with jitter.
 FILL = f"""
 INSERT INTO {TABLE}
 SELECT g,
-       1 + (g * 7919) % 500,
-       1 + (g * 31) % 20,
-       1 + (g * 17) % 20,
-       1000 + (g * 7717) % 99001,
-       round(2 + ((g * 13) % 201) / 100.0, 2),
-       1 + g % 3,
-       to_char(date '2022-11-03' + (g % 900)::int, 'YYYY-MM-DD'),
-       to_char(date '2022-11-03' + (g % 900 + 1 + g % 30)::int, 'YYYY-MM-DD'),
-       1 + (g * 11) % 30,
-       timestamp '2022-11-03 14:20:51.563' + g * interval '61 milliseconds',
+       1 + abs(hashint8(g)) % 500,
+       1 + abs(hashint8(g + 1)) % 20,
+       1 + abs(hashint8(g + 2)) % 20,
+       1000 + abs(hashint8(g + 3)) % 99001,
+       round(2 + (abs(hashint8(g + 4)) % 201) / 100.0, 2),
+       1 + abs(hashint8(g + 5)) % 3,
+       to_char(date '2022-11-03' + (g / 1100)::int, 'YYYY-MM-DD'),
+       to_char(date '2022-11-03' + (g / 1100 + 1 + abs(hashint8(g + 6)) % 30)::int,
+               'YYYY-MM-DD'),
+       1 + abs(hashint8(g + 7)) % 30,
        timestamp '2022-11-03 14:20:51.563' + g * interval '61 milliseconds'
-         + (g % 7) * interval '1 day 17 milliseconds'
+         + (abs(hashint8(g + 8)) % 1000) * interval '1 millisecond',
+       timestamp '2022-11-03 14:20:51.563' + g * interval '61 milliseconds'
+         + (abs(hashint8(g + 9)) % 7) * interval '1 day 17 milliseconds'
 FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) AS g
+"""
+# Wide rows (``--wide-rows``): an id, ``:bytes`` bytes of text, a timestamp.
+WIDE_DDL = f"CREATE TABLE {WIDE_TABLE} (id int, payload text, last_updated timestamp)"
+WIDE_FILL = f"""
+INSERT INTO {WIDE_TABLE}
+SELECT g, left(repeat(md5(g::text), CAST(:bytes AS int) / 32 + 1), CAST(:bytes AS int)),
+       timestamp '2024-01-01' + g * interval '1 second'
+FROM generate_series(1, CAST(:rows AS int)) AS g
 """
 
 
@@ -64,6 +86,7 @@ class Measurement:
     peak_rss_mb: float | None
     parquet_mb: float | None
     best_seconds: float | None = None
+    paired: float | None = None  # median over rounds of ours / this, same round
 
 
 def main() -> None:
@@ -71,17 +94,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="N (default 1,000,000)")
     parser.add_argument("--database-url", default=DEFAULT_URL)
     parser.add_argument("--scales", default="1,4", help="multiples of N to measure")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per approach (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per approach (median)")
     parser.add_argument("--seed-repeats", type=int, default=1, help="runs of the slow seed")
     parser.add_argument("--approaches", default=",".join(APPROACHES))
-    parser.add_argument("--worker", choices=APPROACHES[:3], help=argparse.SUPPRESS)
+    parser.add_argument("--wide-rows", type=int, help="instead: ours' peak RSS on N wide rows")
+    parser.add_argument("--row-bytes", type=int, default=16384, help="bytes a wide row")
+    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    parser.add_argument("--table", default=TABLE, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compression", default=None, help="ours: zstd or snappy")
     args = parser.parse_args()
     if args.worker:
-        _work(args.worker, args.database_url, args.out, args.compression)
-        return
-    _bench(args)
+        _work(args.worker, args.database_url, args.table, args.out, args.compression)
+    elif args.wide_rows:
+        _bench_wide(args)
+    else:
+        _bench(args)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -101,18 +129,51 @@ def _bench(args: argparse.Namespace) -> None:
             for approach in approaches:
                 repeats = args.seed_repeats if approach == "seed" else args.repeats
                 if round_ < repeats:
-                    runs[approach].append(_measure(approach, url, rows, args.compression))
-                    print(_line(runs[approach][-1]), file=sys.stderr)
+                    runs[approach].append(_measure(approach, url, TABLE, args.compression))
+                    print(_line(runs[approach][-1], rows), file=sys.stderr)
         for approach, measured in runs.items():
-            seconds = statistics.median_low([m.seconds for m in measured])
-            median = next(m for m in measured if m.seconds == seconds)
-            peak = max((m.peak_rss_mb or 0.0 for m in measured), default=0.0) or None
-            best = min(m.seconds for m in measured)
-            measurements.append(Measurement(approach, rows, seconds, peak, median.parquet_mb, best))
+            measurements.append(_summary(approach, rows, measured, runs.get("ours")))
     print(_markdown(measurements, args))
 
 
-def _measure(approach: str, url: str, rows: int, compression: str | None) -> Measurement:
+def _bench_wide(args: argparse.Namespace) -> None:
+    """Ours' peak RSS on wide rows: memory must follow the row group's bytes, not rows."""
+    import pg8000.native
+
+    from totes_ingest.local.dburl import settings_from_url
+
+    url = _with_database(args.database_url, WIDE_DB)
+    _create_database(args.database_url, WIDE_DB)
+    settings = {k: v for k, v in settings_from_url(url).items() if v != ""}
+    conn = pg8000.native.Connection(**settings)
+    conn.run(WIDE_DDL)
+    conn.run(WIDE_FILL, rows=args.wide_rows, bytes=args.row_bytes)
+    conn.close()
+    runs = [_measure("ours", url, WIDE_TABLE, args.compression) for _ in range(args.repeats)]
+    m = _summary("ours", args.wide_rows, runs, None)
+    print(
+        f"{args.wide_rows:,} rows of {args.row_bytes:,} bytes"
+        f" ({args.wide_rows * args.row_bytes / 1e6:,.0f} MB of text): ours {m.seconds:.2f} s"
+        f" (median of {len(runs)}), peak RSS {m.peak_rss_mb:.0f} MB, Parquet"
+        f" {m.parquet_mb:.1f} MB"
+    )
+
+
+def _summary(
+    approach: str, rows: int, measured: list[Measurement], ours: list[Measurement] | None
+) -> Measurement:
+    seconds = statistics.median_low([m.seconds for m in measured])
+    median = next(m for m in measured if m.seconds == seconds)
+    peak = max((m.peak_rss_mb or 0.0 for m in measured), default=0.0) or None
+    paired = None
+    if ours:
+        ratios = [o.seconds / m.seconds for o, m in zip(ours, measured, strict=False)]
+        paired = statistics.median(ratios)
+    best = min(m.seconds for m in measured)
+    return Measurement(approach, rows, seconds, peak, median.parquet_mb, best, paired)
+
+
+def _measure(approach: str, url: str, table: str, compression: str | None) -> Measurement:
     with tempfile.TemporaryDirectory(prefix="totes-bench-") as workdir:
         out = Path(workdir) / "out.parquet"
         if approach == "psql":
@@ -122,19 +183,11 @@ def _measure(approach: str, url: str, rows: int, compression: str | None) -> Mea
                 "-X",
                 "-q",
                 "-c",
-                f"COPY {TABLE} TO STDOUT (FORMAT csv)",
+                f"COPY {table} TO STDOUT (FORMAT binary)",
             ]
         else:
-            command = [
-                sys.executable,
-                __file__,
-                "--worker",
-                approach,
-                "--database-url",
-                url,
-                "--out",
-                str(out),
-            ]
+            command = [sys.executable, __file__, "--worker", approach, "--database-url", url]
+            command += ["--table", table, "--out", str(out)]
             if compression:
                 command += ["--compression", compression]
         started = time.perf_counter()
@@ -147,31 +200,54 @@ def _measure(approach: str, url: str, rows: int, compression: str | None) -> Mea
         size = out.stat().st_size / 1e6 if out.exists() else None
     # ru_maxrss is in kilobytes on Linux; psql's own RSS is not what we compare.
     peak = usage.ru_maxrss / 1024 if approach != "psql" else None
-    return Measurement(approach, rows, seconds, peak, size)
+    return Measurement(approach, 0, seconds, peak, size)
 
 
-def _work(approach: str, url: str, out: Path, compression: str | None) -> None:
+def _work(approach: str, url: str, table: str, out: Path, compression: str | None) -> None:
     """One approach, in this (child) process: the parent measures it from outside."""
+    window = f"SELECT * FROM {table} WHERE last_updated < TIMESTAMP '{END_TIME}'"
     if approach == "ours":
         import pg8000.native
 
-        from totes_ingest import extract
+        from totes_ingest import extract, parquet_sink
         from totes_ingest.local.dburl import settings_from_url
 
         if compression:
-            extract.COMPRESSION = compression  # type: ignore[assignment]
+            parquet_sink.COMPRESSION = compression  # type: ignore[assignment]
         settings = {k: v for k, v in settings_from_url(url).items() if v != ""}
         conn = pg8000.native.Connection(**settings)
-        extract.extract_to_parquet(conn, TABLE, None, END_TIME, out)
+        extract.extract_to_parquet(conn, table, None, END_TIME, out)
         conn.close()
+    elif approach == "duckdb":
+        import duckdb
+        import duckdb_extension_postgres_scanner
+
+        package = Path(duckdb_extension_postgres_scanner.__file__).parent
+        (extension,) = package.glob("extensions/*/postgres_scanner.duckdb_extension")
+        db = duckdb.connect()
+        db.execute(f"LOAD '{extension}'")
+        db.execute(f"ATTACH '{_libpq_dsn(url)}' AS pg (TYPE postgres, READ_ONLY)")
+        db.execute(
+            f"COPY ({window.replace(table, f'pg.public.{table}', 1)}) TO '{out}'"
+            " (FORMAT parquet, COMPRESSION zstd)"
+        )
+    elif approach == "connectorx":
+        import connectorx
+        import pyarrow.parquet as pq
+
+        pq.write_table(
+            connectorx.read_sql(_libpq_url(url), window, return_type="arrow"),
+            out,
+            compression="zstd",
+        )
     elif approach == "adbc":
         import adbc_driver_postgresql.dbapi
         import pyarrow.parquet as pq
 
         with adbc_driver_postgresql.dbapi.connect(_libpq_url(url)) as conn:
             cursor = conn.cursor()
-            cursor.execute(f"SELECT * FROM {TABLE}")
-            pq.write_table(cursor.fetch_arrow_table(), out)
+            cursor.execute(window)
+            pq.write_table(cursor.fetch_arrow_table(), out, compression="zstd")
             cursor.close()
     else:
         import pandas as pd
@@ -181,14 +257,14 @@ def _work(approach: str, url: str, out: Path, compression: str | None) -> None:
 
         settings = {k: v for k, v in settings_from_url(url).items() if v != ""}
         conn = pg8000.native.Connection(**settings)
-        rows = conn.run(f"SELECT * FROM {TABLE}")
+        rows = conn.run(window)
         names = [c["name"] for c in conn.columns]
         conn.close()
         records = [dict(zip(names, row, strict=True)) for row in rows]
         pd.DataFrame(records).to_parquet(out)
 
 
-def _create_database(admin_url: str) -> None:
+def _create_database(admin_url: str, name: str = BENCH_DB) -> None:
     import pg8000.native
 
     from totes_ingest.local.dburl import settings_from_url
@@ -196,8 +272,8 @@ def _create_database(admin_url: str) -> None:
     admin = pg8000.native.Connection(
         **{k: v for k, v in settings_from_url(admin_url).items() if v != ""}
     )
-    admin.run(f"DROP DATABASE IF EXISTS {BENCH_DB}")
-    admin.run(f"CREATE DATABASE {BENCH_DB}")
+    admin.run(f"DROP DATABASE IF EXISTS {name}")
+    admin.run(f"CREATE DATABASE {name}")
     admin.close()
 
 
@@ -232,9 +308,22 @@ def _libpq_url(url: str) -> str:
     return url  # libpq reads the same postgresql:// URLs, ?host=/socket/dir included
 
 
-def _line(m: Measurement) -> str:
+def _libpq_dsn(url: str) -> str:
+    """``host=... port=... user=... dbname=...`` (what DuckDB's ATTACH takes) of ``url``."""
+    parts = urlsplit(url)
+    fields = {
+        "host": parts.hostname or "",
+        "port": str(parts.port or 5432),
+        "user": parts.username or "",
+        "password": parts.password or "",
+        "dbname": parts.path.lstrip("/"),
+    }
+    return " ".join(f"{k}={v}" for k, v in fields.items() if v)
+
+
+def _line(m: Measurement, rows: int) -> str:
     rss = f"{m.peak_rss_mb:.0f} MB" if m.peak_rss_mb else "-"
-    return f"{m.approach:5} {m.rows:>10,} rows  {m.seconds:7.2f} s  peak RSS {rss}"
+    return f"{m.approach:10} {rows:>10,} rows  {m.seconds:7.2f} s  peak RSS {rss}"
 
 
 def _markdown(measurements: list[Measurement], args: argparse.Namespace) -> str:
@@ -245,22 +334,18 @@ def _markdown(measurements: list[Measurement], args: argparse.Namespace) -> str:
         f" load average at the end {os.getloadavg()[0]:.2f}.",
         "",
         "| rows | approach | wall time (median) | best | peak RSS | Parquet"
-        " | ours / this (median) | ours / this (best) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        " | ours / this (median of pairs) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for rows in sorted({m.rows for m in measurements}):
-        at = {m.approach: m for m in measurements if m.rows == rows}
-        ours = at.get("ours")
-        for m in at.values():
-            best = m.best_seconds or m.seconds
-            ratio = f"{ours.seconds / m.seconds:.2f}" if ours else "-"
-            best_ratio = f"{(ours.best_seconds or ours.seconds) / best:.2f}" if ours else "-"
-            rss = f"{m.peak_rss_mb:.0f} MB" if m.peak_rss_mb else "-"
-            size = f"{m.parquet_mb:.1f} MB" if m.parquet_mb else "-"
-            lines.append(
-                f"| {rows:,} | {m.approach} | {m.seconds:.2f} s | {best:.2f} s | {rss} | {size}"
-                f" | {ratio} | {best_ratio} |"
-            )
+    for m in measurements:
+        best = m.best_seconds or m.seconds
+        rss = f"{m.peak_rss_mb:.0f} MB" if m.peak_rss_mb else "-"
+        size = f"{m.parquet_mb:.1f} MB" if m.parquet_mb else "-"
+        paired = f"{m.paired:.2f}" if m.paired is not None else "-"
+        lines.append(
+            f"| {m.rows:,} | {m.approach} | {m.seconds:.2f} s | {best:.2f} s | {rss}"
+            f" | {size} | {paired} |"
+        )
     lines.append("")
     for rows in sorted({m.rows for m in measurements}):
         lines.append(_targets(rows, {m.approach: m for m in measurements if m.rows == rows}))
@@ -268,31 +353,22 @@ def _markdown(measurements: list[Measurement], args: argparse.Namespace) -> str:
 
 
 def _targets(rows: int, at: dict[str, Measurement]) -> str:
-    """The four targets at ``rows``, from medians (best runs in brackets)."""
+    """Issue 11's extract targets at ``rows``: paired medians against DuckDB."""
     ours = at.get("ours")
     if ours is None:
         return f"- {rows:,} rows: ours not measured"
-
-    def best(m: Measurement) -> float:
-        return m.best_seconds or m.seconds
-
     parts = [f"- {rows:,} rows:"]
-    if "adbc" in at:
-        parts.append(
-            f"ours/ADBC {ours.seconds / at['adbc'].seconds:.2f}"
-            f" ({best(ours) / best(at['adbc']):.2f}) [target <= 1.0];"
-        )
-    if "psql" in at:
-        parts.append(
-            f"ours/psql {ours.seconds / at['psql'].seconds:.2f}"
-            f" ({best(ours) / best(at['psql']):.2f}) [target <= 2.0];"
-        )
-    if "seed" in at:
-        parts.append(
-            f"seed/ours {at['seed'].seconds / ours.seconds:.1f}x"
-            f" ({best(at['seed']) / best(ours):.1f}x) [target >= 15x];"
-        )
-    parts.append(f"ours peak RSS {ours.peak_rss_mb or 0:.0f} MB [target < 256 MB]")
+    duck = at.get("duckdb")
+    if duck is not None and duck.paired is not None:
+        parts.append(f"ours/DuckDB {duck.paired:.2f} (paired median) [target <= 1.0];")
+        if ours.parquet_mb and duck.parquet_mb:
+            parts.append(
+                f"Parquet {ours.parquet_mb:.1f} MB vs DuckDB's {duck.parquet_mb:.1f} MB"
+                " [target: no larger];"
+            )
+    if "psql" in at and at["psql"].paired is not None:
+        parts.append(f"ours/psql floor {at['psql'].paired:.2f};")
+    parts.append(f"ours peak RSS {ours.peak_rss_mb or 0:.0f} MB [target <= 200 MB]")
     return " ".join(parts)
 
 

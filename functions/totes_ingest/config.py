@@ -53,6 +53,9 @@ DEFAULT_STALL_WARNING_SECONDS: Final = 60.0
 DEFAULT_FALLBACK_LAG_SECONDS: Final = 300.0
 DEFAULT_SAFETY_MARGIN_SECONDS: Final = 1.0
 DEFAULT_ROW_GROUP_ROWS: Final = 131_072
+# A row group is also cut when its Arrow data passes this (about 1,000 rows of 16 KB), so
+# wide rows bound memory too.
+DEFAULT_ROW_GROUP_BYTES: Final = 16 << 20
 DEFAULT_STATEMENT_TIMEOUT_MS: Final = 600_000
 DEFAULT_MAX_CONCURRENCY: Final = 4
 

@@ -1,9 +1,16 @@
-"""PostgreSQL column types to Arrow types, read from the catalog.
+"""The type mapping: how each PostgreSQL type lands in Arrow (and so in Parquet).
 
-A table's Arrow (and so Parquet) schema comes from ``pg_attribute``/``pg_type``, never
-from the rows of a run: every file of a table has the same schema, an all-NULL column
-keeps its type and an empty window is still a well-typed, zero-row file. Each field
-carries its PostgreSQL type (``format_type``) in its metadata under ``b"pg_type"``.
+This module owns every decision about a type, and no other module makes one: which Arrow
+type a PostgreSQL type maps to (``map_type``, from the catalog facts that ``catalog``
+reads), how the extract selects, parses and finishes a column of it (``plan``), and how a
+pg8000 Python value of it is conformed for the small-result path (``conform``). It does
+no I/O, so its rules are unit-tested without a database; changing how a type lands in
+Parquet means changing this file (and its tests) only.
+
+A table's schema comes from the catalog, never from the rows of a run: every file of a
+table has the same schema, an all-NULL column keeps its type and an empty window is
+still a well-typed, zero-row file. Each field carries its PostgreSQL type
+(``format_type``) in its metadata under ``b"pg_type"``.
 
 The mapping (domains are mapped as their base type):
 
@@ -44,15 +51,27 @@ UnsupportedColumnType naming the table and the column: no silent lossy fallback.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from functools import partial
 from typing import Any, Literal
 
-import pg8000.native
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
-from totes_ingest.db_errors import source_errors
-from totes_ingest.errors import SourceError, UnsupportedColumnType
-from totes_ingest.identifiers import quote_ident
+from totes_ingest.errors import UnsupportedColumnType
+from totes_ingest.pg_binary import (
+    Values,
+    array_elements,
+    fixed,
+    from_numpy,
+    validity,
+    variable,
+)
 
 PG_TYPE_KEY = b"pg_type"
 INTERVAL = pa.struct(
@@ -64,51 +83,54 @@ INTERVAL = pa.struct(
 )
 LIST_ITEM_NAME = "element"  # the name Parquet's compliant LIST layout reads back
 
-# How a column travels through COPY CSV: "plain" columns parse straight into their Arrow
-# type; the others need a finishing step (see extract).
-Kind = Literal["plain", "json", "uuid", "bytea", "interval", "array"]
+# How a column's values travel in the binary COPY (see ``plan``): "fixed" as big-endian
+# numbers of their Arrow type's width; "text" as their UTF-8 bytes; "text_cast" selected
+# as ``::text`` (their binary form is not their text); the others by their own layout.
+Kind = Literal[
+    "fixed",
+    "bool",
+    "text",
+    "text_cast",
+    "json",
+    "jsonb",
+    "numeric",
+    "date",
+    "time",
+    "timestamp",
+    "interval",
+    "uuid",
+    "bytea",
+    "array",
+]
 
 _SIMPLE: dict[str, tuple[pa.DataType, Kind]] = {
-    "int2": (pa.int16(), "plain"),
-    "int4": (pa.int32(), "plain"),
-    "int8": (pa.int64(), "plain"),
-    "oid": (pa.uint32(), "plain"),
-    "float4": (pa.float32(), "plain"),
-    "float8": (pa.float64(), "plain"),
-    "bool": (pa.bool_(), "plain"),
-    "text": (pa.string(), "plain"),
-    "varchar": (pa.string(), "plain"),
-    "bpchar": (pa.string(), "plain"),
-    "name": (pa.string(), "plain"),
-    "char": (pa.string(), "plain"),
-    "inet": (pa.string(), "plain"),
-    "cidr": (pa.string(), "plain"),
-    "macaddr": (pa.string(), "plain"),
-    "macaddr8": (pa.string(), "plain"),
-    "xml": (pa.string(), "plain"),
-    "date": (pa.date32(), "plain"),
-    "time": (pa.time64("us"), "plain"),
-    "timestamp": (pa.timestamp("us"), "plain"),
-    "timestamptz": (pa.timestamp("us", tz="UTC"), "plain"),
+    "int2": (pa.int16(), "fixed"),
+    "int4": (pa.int32(), "fixed"),
+    "int8": (pa.int64(), "fixed"),
+    "oid": (pa.uint32(), "fixed"),
+    "float4": (pa.float32(), "fixed"),
+    "float8": (pa.float64(), "fixed"),
+    "bool": (pa.bool_(), "bool"),
+    "text": (pa.string(), "text"),
+    "varchar": (pa.string(), "text"),
+    "bpchar": (pa.string(), "text"),
+    "name": (pa.string(), "text"),
+    "char": (pa.string(), "text_cast"),
+    "inet": (pa.string(), "text_cast"),
+    "cidr": (pa.string(), "text_cast"),
+    "macaddr": (pa.string(), "text_cast"),
+    "macaddr8": (pa.string(), "text_cast"),
+    "xml": (pa.string(), "text_cast"),
+    "date": (pa.date32(), "date"),
+    "time": (pa.time64("us"), "time"),
+    "timestamp": (pa.timestamp("us"), "timestamp"),
+    "timestamptz": (pa.timestamp("us", tz="UTC"), "timestamp"),
     "interval": (INTERVAL, "interval"),
     "uuid": (pa.uuid(), "uuid"),
     "json": (pa.json_(), "json"),
-    "jsonb": (pa.json_(), "json"),
+    "jsonb": (pa.json_(), "jsonb"),
     "bytea": (pa.binary(), "bytea"),
 }
-
-_TABLE_OID = "SELECT to_regclass(:name)::oid"
-_COLUMNS = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypmod, a.atttypid
-FROM pg_catalog.pg_attribute a
-WHERE a.attrelid = :rel AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
-_TYPE = """
-SELECT t.typname, n.nspname, t.typtype, t.typcategory, t.typelem, t.typbasetype, t.typtypmod
-FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-WHERE t.oid = :oid
-"""
 
 
 @dataclass(frozen=True)
@@ -127,91 +149,57 @@ class Column:
 
 
 @dataclass(frozen=True)
-class _PgType:
+class CatalogType:
+    """What ``pg_type`` says of one type (by oid): all the mapping needs to know."""
+
     name: str
     namespace: str
-    typtype: str
-    category: str
+    typtype: str  # b base, d domain, e enum, c composite, r range...
+    category: str  # A for arrays
     element_oid: int
-    base_oid: int
+    base_oid: int  # a domain's base type
     base_typmod: int
 
 
-def table_schema(conn: pg8000.native.Connection, table: str) -> pa.Schema:
-    """The Arrow schema of ``table``, from the catalog.
-
-    Raises SourceError if the table does not exist, UnsupportedColumnType if a column's
-    type has no faithful Arrow mapping.
-    """
-    return schema_of(table_columns(conn, table))
-
-
-def schema_of(columns: list[Column]) -> pa.Schema:
+def schema_of(columns: Sequence[Column]) -> pa.Schema:
     return pa.schema([column.field for column in columns])
 
 
-def table_columns(
-    conn: pg8000.native.Connection,
-    table: str,
-    *,
-    window: str | None = None,
-    relation: str | None = None,
-) -> list[Column]:
-    """``table``'s columns in order, each with its Arrow type (see the module docstring).
-
-    ``relation`` is its schema-qualified name (default: ``table`` on the search path);
-    ``window`` only labels the errors.
-    """
-    with source_errors("catalog read", table=table, window=window):
-        ((rel,),) = conn.run(_TABLE_OID, name=relation or quote_ident(table))
-        if rel is None:
-            raise SourceError("table does not exist", table=table, window=window)
-        rows = conn.run(_COLUMNS, rel=rel)
-        types: dict[int, _PgType] = {}
-        return [
-            _column(conn, types, table, window, name, pg_type, typmod, oid)
-            for name, pg_type, typmod, oid in rows
-        ]
-
-
-def _column(
-    conn: pg8000.native.Connection,
-    types: dict[int, _PgType],
-    table: str,
-    window: str | None,
-    name: str,
-    pg_type: str,
-    typmod: int,
-    oid: int,
+def map_type(
+    name: str, pg_type: str, oid: int, typmod: int, lookup: Callable[[int], CatalogType]
 ) -> Column:
-    def unsupported(what: str) -> UnsupportedColumnType:
+    """The column ``name`` of type ``oid`` (``pg_type`` is its ``format_type``).
+
+    ``lookup`` gives the catalog facts of a type oid. Raises UnsupportedColumnType (for
+    the caller to label with the table) if the type has no faithful Arrow mapping.
+    """
+
+    def unsupported() -> UnsupportedColumnType:
         return UnsupportedColumnType(
-            f"column {name!r} has type {what}, which has no faithful Arrow mapping",
-            table=table,
-            window=window,
+            f"column {name!r} has type {pg_type}, which has no faithful Arrow mapping"
         )
 
     def resolve(oid: int, typmod: int, in_array: bool) -> tuple[pa.DataType, Kind, Column | None]:
-        typ = _type(conn, types, oid)
+        typ = lookup(oid)
         while typ.typtype == "d":  # a domain: its base type, with the domain's typmod
             typmod = typ.base_typmod
-            typ = _type(conn, types, typ.base_oid)
+            typ = lookup(typ.base_oid)
         if typ.typtype == "e":
-            return pa.string(), "plain", None
+            return pa.string(), "text", None  # an enum's binary form is its label
         if typ.category == "A" and typ.element_oid != 0:
             if in_array:
-                raise unsupported(pg_type)
+                raise unsupported()
             arrow, kind, _ = resolve(typ.element_oid, typmod, True)
             element = Column(LIST_ITEM_NAME, pg_type, arrow, kind)
             return pa.list_(pa.field(LIST_ITEM_NAME, arrow)), "array", element
         if typ.typtype != "b" or typ.namespace != "pg_catalog":
-            raise unsupported(pg_type)
+            raise unsupported()
         if typ.name == "numeric":
-            return numeric_type(typmod), "plain", None
+            return numeric_type(typmod), "numeric", None
         try:
             arrow, kind = _SIMPLE[typ.name]
         except KeyError:
-            raise unsupported(pg_type) from None
+            raise unsupported() from None
         return arrow, kind, None
 
     arrow, kind, element = resolve(oid, typmod, False)
@@ -234,17 +222,321 @@ def numeric_type(typmod: int) -> pa.DataType:
     return pa.string()
 
 
-def _type(conn: pg8000.native.Connection, types: dict[int, _PgType], oid: int) -> _PgType:
-    if oid not in types:
-        ((name, namespace, typtype, category, element, base, base_typmod),) = conn.run(
-            _TYPE, oid=oid
-        )
-        types[oid] = _PgType(
-            name, namespace, _char(typtype), _char(category), element, base, base_typmod
-        )
-    return types[oid]
+# --- the extract's plan of a column: its SELECT expression and how its values decode ---
+
+Decode = Callable[[Values], pa.Array]
+
+_FIXED_WIRE = {
+    pa.int16(): ">i2",
+    pa.int32(): ">i4",
+    pa.int64(): ">i8",
+    pa.uint32(): ">u4",
+    pa.float32(): ">f4",
+    pa.float64(): ">f8",
+}
+_EPOCH_DAYS = 10_957  # PostgreSQL counts from 2000-01-01, Arrow from 1970-01-01
+_EPOCH_MICROS = _EPOCH_DAYS * 86_400_000_000
+_FIRST_DAY = -719_162  # 0001-01-01, days from 1970: earlier dates are BC
+_FIRST_MICROS = _FIRST_DAY * 86_400_000_000 - _EPOCH_MICROS  # 0001-01-01, PostgreSQL's
+_INT32 = np.iinfo(np.int32)
+_INT64 = np.iinfo(np.int64)
+_LAST_MICROS = _INT64.max - _EPOCH_MICROS  # PostgreSQL's microseconds that Arrow can hold
+_DAY_MICROS = 86_400_000_000
+_INT64_DIGITS = 18  # numeric(p, s) with p up to this is decoded from its binary form
+_POW10 = np.array([10**i for i in range(_INT64_DIGITS + 1)], dtype=np.int64)
+_NUMERIC_NEG, _NUMERIC_NAN, _NUMERIC_PINF, _NUMERIC_NINF = 0x4000, 0xC000, 0xD000, 0xF000
 
 
-def _char(value: Any) -> str:
-    """pg8000 returns the internal ``"char"`` type as str or bytes depending on version."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+@dataclass(frozen=True)
+class Plan:
+    """How the extract reads one column: the SELECT expression (one binary COPY field)
+    and the function turning that field's values into the column's Arrow array."""
+
+    column: Column
+    expr: str
+    decode: Decode
+    as_text: bool = False  # selected as ``::text``: an array of it is selected ``::text[]``
+
+
+def plan(column: Column, ref: str) -> Plan:
+    """How ``column`` (the SQL expression ``ref``) is selected and decoded."""
+    arrow_type, kind = column.arrow_type, column.kind
+    if kind == "array":
+        assert column.element is not None
+        return _array_plan(column, column.element, ref)
+    if kind in ("text_cast", "jsonb") or (kind == "numeric" and not _is_decimal(arrow_type)):
+        return Plan(column, f"({ref})::text", _TEXT_DECODERS[kind](arrow_type), as_text=True)
+    if kind == "numeric" and arrow_type.precision <= _INT64_DIGITS:
+        return Plan(column, ref, partial(_small_decimal, arrow_type))
+    if kind == "numeric":
+        # PostgreSQL's exact text, cast by Arrow, which refuses any rounding and NaN.
+        return Plan(column, f"({ref})::text", partial(_decimal, arrow_type), as_text=True)
+    return Plan(column, ref, _DECODERS[kind](arrow_type))
+
+
+def _is_decimal(arrow_type: pa.DataType) -> bool:
+    return bool(pa.types.is_decimal(arrow_type))
+
+
+def _array_plan(column: Column, element: Column, ref: str) -> Plan:
+    """A one-dimensional array as a list of its elements, each decoded by the element
+    type's own plan (so a list<T> is typed exactly as a T column would be)."""
+    inner = plan(element, "e")
+    expr = f"({ref})::text[]" if inner.as_text else ref
+
+    def decode(values: Values) -> pa.Array:
+        try:
+            counts, elements = array_elements(values)
+        except ValueError as e:
+            raise UnsupportedColumnType(
+                f"column {column.name!r} holds a {e}; only one-dimensional arrays map to a list"
+            ) from e
+        offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        return pa.Array.from_buffers(
+            column.arrow_type,
+            len(counts),
+            [validity(values), pa.py_buffer(offsets)],
+            children=[inner.decode(elements)],
+        )
+
+    return Plan(column, expr, decode)
+
+
+def _fixed(arrow_type: pa.DataType) -> Decode:
+    return partial(fixed, arrow_type=arrow_type, dtype=_FIXED_WIRE[arrow_type])
+
+
+def _bool(arrow_type: pa.DataType) -> Decode:
+    def decode(values: Values) -> pa.Array:
+        return from_numpy(arrow_type, values.big_endian(">u1") != 0, validity(values))
+
+    return decode
+
+
+def _text(arrow_type: pa.DataType) -> Decode:
+    return partial(variable, arrow_type=pa.string())
+
+
+def _json(arrow_type: pa.DataType) -> Decode:
+    def decode(values: Values) -> pa.Array:
+        return pa.ExtensionArray.from_storage(pa.json_(), variable(values, pa.string()))
+
+    return decode
+
+
+def _decimal(arrow_type: pa.DataType, values: Values) -> pa.Array:
+    import pyarrow.compute as pc  # here: 50 ms of import that most tables never need
+
+    return pc.cast(variable(values, pa.string()), arrow_type)
+
+
+def _small_decimal(arrow_type: pa.DataType, values: Values) -> pa.Array:
+    """numeric(p <= 18, s) from its binary form: base-10000 digits summed into the
+    unscaled int64 (exact: every value of the column has at most p digits, s after the
+    point), then widened to Arrow's 128-bit decimal. NaN and infinities are refused."""
+    valid = ~values.nulls
+    digits = values.big_endian(">i2").astype(np.int64)
+    weight = values.big_endian(">i2", 2).astype(np.int64)
+    sign = values.big_endian(">u2", 4)
+    _refuse(valid & (sign == _NUMERIC_NAN), "NaN")
+    _refuse(valid & ((sign == _NUMERIC_PINF) | (sign == _NUMERIC_NINF)), "an infinity")
+    unscaled = np.zeros(len(values), dtype=np.int64)
+    for k in range(int(digits[valid].max(initial=0))):
+        has = valid & (digits > k)
+        digit = np.where(has, values.big_endian(">i2", 8 + 2 * k), 0).astype(np.int64)
+        exponent = 4 * (weight - k) + arrow_type.scale  # of ten, for this digit
+        up = _POW10[np.clip(exponent, 0, _INT64_DIGITS)]
+        down = _POW10[np.clip(-exponent, 0, _INT64_DIGITS)]
+        if np.any(digit % down):
+            raise ValueError(f"more fractional digits than the scale {arrow_type.scale}")
+        unscaled += digit * up // down
+    unscaled = np.where(sign == _NUMERIC_NEG, -unscaled, unscaled)
+    halves = np.empty((len(values), 2), dtype=np.int64)  # little-endian 128-bit
+    halves[:, 0], halves[:, 1] = unscaled, unscaled >> 63
+    return pa.Array.from_buffers(arrow_type, len(values), [validity(values), pa.py_buffer(halves)])
+
+
+def _date(arrow_type: pa.DataType) -> Decode:
+    def decode(values: Values) -> pa.Array:
+        days = values.big_endian(">i4").astype(np.int64)
+        valid = ~values.nulls
+        _refuse(valid & ((days == _INT32.max) | (days == _INT32.min)), "an infinite date")
+        days += _EPOCH_DAYS
+        _refuse(valid & (days < _FIRST_DAY), "a date before year 1 (BC)")
+        return from_numpy(arrow_type, days.astype(np.int32), validity(values))
+
+    return decode
+
+
+def _time(arrow_type: pa.DataType) -> Decode:
+    def decode(values: Values) -> pa.Array:
+        micros = values.big_endian(">i8")
+        _refuse(~values.nulls & (micros >= _DAY_MICROS), "the time 24:00:00")
+        return from_numpy(arrow_type, micros, validity(values))
+
+    return decode
+
+
+def _timestamp(arrow_type: pa.DataType) -> Decode:
+    """PostgreSQL's microseconds since 2000 as Arrow's since 1970: years 10000 and on
+    too, exactly, up to Arrow's limit (year 294247; PostgreSQL's is 294276)."""
+
+    def decode(values: Values) -> pa.Array:
+        micros = values.big_endian(">i8")
+        nulls = values.nulls
+        valid = micros[~nulls] if nulls.any() else micros
+        if len(valid) and (valid.min() < _FIRST_MICROS or valid.max() > _LAST_MICROS):
+            _refuse((valid == _INT64.max) | (valid == _INT64.min), "an infinity")
+            _refuse(valid > _LAST_MICROS, "a timestamp past year 294247")
+            _refuse(valid < _FIRST_MICROS, "a timestamp before year 1 (BC)")
+        micros += _EPOCH_MICROS  # NULLs' values mean nothing: wrapping is harmless
+        return from_numpy(arrow_type, micros, validity(values))
+
+    return decode
+
+
+def _interval(arrow_type: pa.DataType) -> Decode:
+    """PostgreSQL's own three fields: microseconds (int64), days, months (int32)."""
+
+    def decode(values: Values) -> pa.Array:
+        fields = [
+            from_numpy(pa.int32(), values.big_endian(">i4", 12), None),
+            from_numpy(pa.int32(), values.big_endian(">i4", 8), None),
+            from_numpy(pa.int64(), values.big_endian(">i8"), None),
+        ]
+        return pa.Array.from_buffers(INTERVAL, len(values), [validity(values)], children=fields)
+
+    return decode
+
+
+def _uuid(arrow_type: pa.DataType) -> Decode:
+    def decode(values: Values) -> pa.Array:
+        start = np.where(values.nulls, 0, values.positions)
+        raw = values.data[start[:, None] + np.arange(16)].tobytes() if len(values) else b""
+        storage = pa.Array.from_buffers(
+            pa.binary(16), len(values), [validity(values), pa.py_buffer(raw)]
+        )
+        return pa.ExtensionArray.from_storage(pa.uuid(), storage)
+
+    return decode
+
+
+def _bytea(arrow_type: pa.DataType) -> Decode:
+    return partial(variable, arrow_type=pa.binary())
+
+
+def _refuse(bad: npt.NDArray[np.bool_], what: str) -> None:
+    if bad.any():
+        raise ValueError(what)
+
+
+_DECODERS: dict[str, Callable[[pa.DataType], Decode]] = {
+    "fixed": _fixed,
+    "bool": _bool,
+    "text": _text,
+    "json": _json,
+    "date": _date,
+    "time": _time,
+    "timestamp": _timestamp,
+    "interval": _interval,
+    "uuid": _uuid,
+    "bytea": _bytea,
+}
+_TEXT_DECODERS: dict[str, Callable[[pa.DataType], Decode]] = {
+    "text_cast": _text,
+    "numeric": _text,
+    "jsonb": _json,
+}
+
+
+# --- pg8000's Python values, conformed to the same mapping (the small-result path) ---
+
+Convert = Callable[[Any], Any]
+
+
+def conform(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> list[dict[str, Any]]:
+    """``rows`` with each pg8000 value in the form the catalog schema's type takes."""
+    converters = {
+        field.name: convert
+        for field in schema
+        if (convert := _converter(field.type, _pg_type(field))) is not None
+    }
+    if not converters:
+        return [dict(row) for row in rows]
+    conformed = []
+    for row in rows:
+        out = dict(row)
+        for name, convert in converters.items():
+            value = out.get(name)
+            if value is not None:
+                try:
+                    out[name] = convert(value)
+                except (ValueError, ArithmeticError) as e:
+                    raise UnsupportedColumnType(
+                        f"column {name!r} holds a value with no faithful Arrow form: {e}"
+                    ) from e
+        conformed.append(out)
+    return conformed
+
+
+def _pg_type(field: pa.Field) -> str:
+    metadata: dict[bytes, bytes] = field.metadata or {}
+    return metadata.get(PG_TYPE_KEY, b"").decode()
+
+
+def _converter(arrow_type: pa.DataType, pg_type: str) -> Convert | None:
+    """How a pg8000 value of ``pg_type`` becomes a value of ``arrow_type`` (None: as is)."""
+    base = pg_type.removesuffix("[]")
+    if pa.types.is_list(arrow_type):
+        element = _converter(arrow_type.value_type, base)
+        if element is None:
+            return None
+        return lambda values: [None if v is None else element(v) for v in values]
+    if arrow_type == pa.json_():
+        return _json_text
+    if arrow_type == INTERVAL:
+        return _interval_fields
+    if pa.types.is_string(arrow_type):
+        return _numeric_text
+    if pa.types.is_decimal(arrow_type):
+        return _finite_decimal
+    return None
+
+
+def _numeric_text(value: Any) -> Any:
+    """A numeric as PostgreSQL's text (positional, trailing zeros kept, NaN, Infinity)."""
+    return format(value, "f") if isinstance(value, Decimal) else value
+
+
+def _finite_decimal(value: Decimal) -> Decimal:
+    if not value.is_finite():
+        raise ValueError(f"{value} does not fit a decimal type")
+    return value
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _interval_fields(value: Any) -> dict[str, int]:
+    """pg8000's timedelta (normalised: 1 day 25:00 arrives as 2 days 01:00) or PGInterval."""
+    if isinstance(value, timedelta):
+        return {
+            "months": 0,
+            "days": value.days,
+            "microseconds": value.seconds * 1_000_000 + value.microseconds,
+        }
+    years = (
+        (value.millennia or 0) * 1000
+        + (value.centuries or 0) * 100
+        + (value.decades or 0) * 10
+        + (value.years or 0)
+    )
+    hours, minutes = value.hours or 0, value.minutes or 0
+    seconds, micros = value.seconds or 0, value.microseconds or 0
+    return {
+        "months": years * 12 + (value.months or 0),
+        "days": (value.weeks or 0) * 7 + (value.days or 0),
+        "microseconds": round(((hours * 60 + minutes) * 60 + seconds) * 1_000_000) + micros,
+    }

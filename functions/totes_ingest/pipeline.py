@@ -10,16 +10,14 @@ move between steps.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from aws_lambda_powertools.metrics import MetricUnit
 
 from totes_ingest import config
@@ -32,11 +30,14 @@ from totes_ingest.format_time import format_time
 from totes_ingest.generate_file_key import staging_key
 from totes_ingest.lake import Lake, staged_metadata
 from totes_ingest.observability import logger, put_metric
-from totes_ingest.reread import lake_versions
+from totes_ingest.run_summary import aggregate as aggregate  # the step, re-exported
 from totes_ingest.source import resolve_table
 from totes_ingest.validation import validate_event
 from totes_ingest.window import Window
 from totes_ingest.write_to_s3 import write_to_s3
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Payload = dict[str, Any]
 
@@ -216,6 +217,8 @@ def stage_table(
     window = window.with_cursor(rng)
     in_lake = None
     if rng.reread_from is not None and rng.start is not None:
+        from totes_ingest.reread import lake_versions  # here: it imports pyarrow
+
         in_lake = lake_versions(lake, source, rng.reread_from, rng.start)
     with tempfile.TemporaryDirectory(prefix="totes-") as workdir:
         path = Path(workdir) / f"{table}.parquet"
@@ -317,40 +320,3 @@ def commit_table(payload: Mapping[str, Any], lake: Lake) -> Payload:
         "rows": rows,
         "reason": result.reason,
     }
-
-
-def _reason(cause: object) -> str:
-    """The error message inside a Lambda failure's Cause (a JSON document), or the cause."""
-    if isinstance(cause, str):
-        try:
-            parsed = json.loads(cause)
-        except ValueError:
-            return cause
-        if isinstance(parsed, dict) and "errorMessage" in parsed:
-            return str(parsed["errorMessage"])
-    return str(cause)
-
-
-def aggregate(results: Iterable[Mapping[str, Any]]) -> Payload:
-    """The seed's ``{table: file_key}`` output, and a summary of the tables that failed."""
-    output: dict[str, str] = {}
-    failures: dict[str, str] = {}
-    for result in results:
-        table = str(result.get("table"))
-        if result.get("status") == "written" and result.get("key"):
-            output[table] = str(result["key"])
-        elif result.get("status") == "failed":
-            failures[table] = f"{result.get('error')}: {_reason(result.get('cause'))}"
-    summary: Payload = {
-        "output": output,
-        "failed_count": len(failures),
-        "error": None,
-        "cause": None,
-    }
-    if failures:
-        summary["error"] = "TablesFailed"
-        summary["cause"] = json.dumps({"failed": failures, "written": output})
-        logger.critical("Run failed for some tables", extra={"failed": failures, "written": output})
-    else:
-        logger.info("Run finished", extra={"written": output})
-    return summary

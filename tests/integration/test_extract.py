@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from totes_ingest import extract as extract_module
+from totes_ingest import config, copy_stream, parquet_sink
+from totes_ingest.catalog import table_schema
 from totes_ingest.errors import (
     ReconciliationError,
     SourceError,
@@ -19,7 +20,7 @@ from totes_ingest.errors import (
 )
 from totes_ingest.extract import ExtractResult, extract_to_parquet
 from totes_ingest.generate_new_entry_query import DateFormatError
-from totes_ingest.pg_types import PG_TYPE_KEY, table_schema
+from totes_ingest.pg_types import PG_TYPE_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -128,10 +129,28 @@ def test_row_groups_hold_at_most_row_group_rows(
     assert result.rows == 2500
 
 
+def test_row_groups_are_also_cut_by_their_bytes(
+    conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN wide rows (10 KB each) and a row-group bound of about 100 KB
+    monkeypatch.setattr(copy_stream, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(config, "DEFAULT_ROW_GROUP_BYTES", 100_000)
+    _items(conn, 800)
+    conn.run("UPDATE item SET name = repeat(md5(item_id::text), 320)")
+    # WHEN extracted with a row bound they never reach
+    result, table = _extract(conn, tmp_path, row_group_rows=100_000)
+    # THEN row groups are cut by bytes (the bound plus at most one chunk), every row there
+    metadata = pq.ParquetFile(tmp_path / "item.parquet").metadata
+    sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert sum(sizes) == result.rows == 800
+    assert len(sizes) >= 4
+    assert table.column("item_id").to_pylist() == list(range(1, 801))
+
+
 def test_every_row_arrives_when_the_copy_spans_many_chunks(
     conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)  # ~100 rows a chunk
+    monkeypatch.setattr(copy_stream, "CHUNK_BYTES", 4096)  # ~100 rows a chunk
     _items(conn, 20_000)
     result, table = _extract(conn, tmp_path, row_group_rows=3000)
     assert result.rows == 20_000
@@ -141,7 +160,7 @@ def test_every_row_arrives_when_the_copy_spans_many_chunks(
 def test_a_row_larger_than_a_chunk_arrives_whole(
     conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(copy_stream, "CHUNK_BYTES", 4096)
     _items(conn, 3)
     conn.run("UPDATE item SET name = repeat('x,\"y\"' || chr(10), 100000) WHERE item_id = 2")
     _, table = _extract(conn, tmp_path)
@@ -153,7 +172,7 @@ def test_line_breaks_inside_values_survive_chunking(
     conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN small chunks, some holding values with line breaks and some not
-    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(copy_stream, "CHUNK_BYTES", 4096)
     _items(conn, 5000)
     conn.run("UPDATE item SET name = name || chr(13) || chr(10) || 'x' WHERE item_id % 997 = 0")
     conn.run("UPDATE item SET name = chr(13) || name WHERE item_id % 1009 = 0")
@@ -203,7 +222,7 @@ def test_rows_arrive_one_by_one_when_the_socket_cannot_be_peeked(
     conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(conn, "_sock", _UnpeekableSocket(conn._sock))
-    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(copy_stream, "CHUNK_BYTES", 4096)
     _items(conn, 2000)
     result, table = _extract(conn, tmp_path)
     assert result.rows == 2000
@@ -301,12 +320,12 @@ def test_rows_lost_between_count_and_file_raise_reconciliation_error(
     conn: pg8000.native.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a sink that silently loses the first row of every batch
-    finished = extract_module._ParquetSink._finished
+    decoded = parquet_sink.ParquetSink._decoded
 
-    def lossy(self: Any, batch: pa.RecordBatch) -> pa.RecordBatch:
-        return finished(self, batch).slice(1)
+    def lossy(self: Any, chunk: Any) -> pa.RecordBatch:
+        return decoded(self, chunk).slice(1)
 
-    monkeypatch.setattr(extract_module._ParquetSink, "_finished", lossy)
+    monkeypatch.setattr(parquet_sink.ParquetSink, "_decoded", lossy)
     _items(conn, 10)
     # WHEN the window is extracted THEN the count disagrees with the file
     with pytest.raises(ReconciliationError, match=r"wrote 9 rows.*holds 10.*table=item"):

@@ -262,6 +262,61 @@ def test_an_infinite_timestamp_is_refused_naming_the_column(
         _round_trip(conn, tmp_path, "timestamp", ["'2024-01-01'", "'infinity'"])
 
 
+def _extracted_as_integers(
+    conn: pg8000.native.Connection, tmp_path: Path, column_type: str, values: list[str]
+) -> tuple[list[int | None], list[int | None]]:
+    """(the Parquet column's integers, the server's own count of days or microseconds
+    since 1970), for values Python's datetime cannot hold."""
+    conn.run(
+        f"CREATE TABLE t (id serial PRIMARY KEY, v {column_type},"
+        " last_updated timestamp NOT NULL DEFAULT '2024-01-01')"
+    )
+    for value in values:
+        conn.run(f"INSERT INTO t (v) VALUES ({value})")
+    extract_to_parquet(conn, "t", None, END, tmp_path / "t.parquet")
+    column = pq.read_table(tmp_path / "t.parquet").column("v")
+    storage = pa.int32() if column.type == pa.date32() else pa.int64()
+    since_1970 = (
+        "v - date '1970-01-01'"
+        if column_type == "date"
+        else "(extract(epoch FROM v) * 1000000)::int8"
+    )
+    expected = [row[0] for row in conn.run(f"SELECT {since_1970} FROM t ORDER BY id")]  # nosec
+    return column.cast(storage).to_pylist(), expected
+
+
+@pytest.mark.parametrize("column_type", ["timestamp", "timestamptz"])
+def test_timestamps_past_year_9999_are_kept_exactly(
+    conn: pg8000.native.Connection, tmp_path: Path, column_type: str
+) -> None:
+    values = [
+        "'10000-01-01 00:00:00'",
+        "'12345-06-07 08:09:10.111213'",
+        "'294246-12-31 23:59:59.999999'",
+        "'2024-01-01 00:00:00.000001'",
+        "NULL",
+    ]
+    got, expected = _extracted_as_integers(conn, tmp_path, column_type, values)
+    assert got == expected
+    assert got[0] == 253402300800000000  # 10000-01-01T00:00:00Z in microseconds
+
+
+def test_dates_past_year_9999_are_kept_exactly(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = ["'10000-01-01'", "'5874897-12-31'", "'0001-01-01'", "NULL"]
+    got, expected = _extracted_as_integers(conn, tmp_path, "date", values)
+    assert got == expected
+
+
+def test_a_timestamp_past_arrows_range_is_refused_naming_the_column(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    # PostgreSQL goes to 294276 AD; Arrow's int64 microseconds since 1970 to 294247 AD
+    with pytest.raises(UnsupportedColumnType, match=r"'v'.*294247.*table=t"):
+        _round_trip(conn, tmp_path, "timestamp", ["'2024-01-01'", "'294270-01-01'"])
+
+
 @pytest.mark.parametrize(
     ("column_type", "value"),
     [

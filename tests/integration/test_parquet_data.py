@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from totes_ingest.catalog import table_schema
 from totes_ingest.errors import UnsupportedColumnType
 from totes_ingest.extract import extract_to_parquet
 from totes_ingest.parquet_data import parquet_data
-from totes_ingest.pg_types import table_schema
 from totes_ingest.query_db import query_db
 
 pytestmark = pytest.mark.integration

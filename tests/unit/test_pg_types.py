@@ -1,11 +1,26 @@
-"""numeric typmods to Arrow decimals: exact, or exact text when no decimal fits."""
+"""The type mapping, without a database: catalog facts, plans and pg8000 values."""
 
 from __future__ import annotations
 
+import struct
+from decimal import Decimal
+
+import numpy as np
 import pyarrow as pa
 import pytest
 
-from totes_ingest.pg_types import PG_TYPE_KEY, Column, numeric_type
+from totes_ingest.errors import UnsupportedColumnType
+from totes_ingest.pg_binary import PADDING, Values
+from totes_ingest.pg_types import (
+    INTERVAL,
+    PG_TYPE_KEY,
+    CatalogType,
+    Column,
+    conform,
+    map_type,
+    numeric_type,
+    plan,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -44,6 +59,150 @@ def test_a_scale_above_the_precision_becomes_the_precision() -> None:
 
 
 def test_a_columns_field_carries_its_postgresql_type() -> None:
-    field = Column("price", "numeric(10,2)", pa.decimal128(10, 2), "plain").field
+    field = Column("price", "numeric(10,2)", pa.decimal128(10, 2), "numeric").field
     assert field.metadata == {PG_TYPE_KEY: b"numeric(10,2)"}
     assert field.nullable
+
+
+# --- map_type: catalog facts to Arrow types, no database needed ---
+
+_INT4, _TEXT, _NUMERIC, _INT4_ARRAY, _MONEY, _MOOD, _POSITIVE, _NESTED, _WIDE, _WIDES = range(1, 11)
+_CATALOG = {
+    _INT4: CatalogType("int4", "pg_catalog", "b", "N", 0, 0, -1),
+    _TEXT: CatalogType("text", "pg_catalog", "b", "S", 0, 0, -1),
+    _NUMERIC: CatalogType("numeric", "pg_catalog", "b", "N", 0, 0, -1),
+    _INT4_ARRAY: CatalogType("_int4", "pg_catalog", "b", "A", _INT4, 0, -1),
+    _MONEY: CatalogType("money", "pg_catalog", "b", "N", 0, 0, -1),
+    _MOOD: CatalogType("mood", "public", "e", "E", 0, 0, -1),
+    _POSITIVE: CatalogType("price", "public", "d", "N", 0, _NUMERIC, _typmod(10, 2)),
+    _NESTED: CatalogType("_price", "public", "b", "A", _POSITIVE, 0, -1),
+    _WIDE: CatalogType("amount", "public", "d", "N", 0, _NUMERIC, _typmod(30, 2)),
+    _WIDES: CatalogType("_amount", "public", "b", "A", _WIDE, 0, -1),
+}
+
+
+def _mapped(oid: int, pg_type: str = "t", typmod: int = -1) -> Column:
+    return map_type("v", pg_type, oid, typmod, _CATALOG.__getitem__)
+
+
+def test_a_base_type_maps_through_the_table() -> None:
+    column = _mapped(_INT4, "integer")
+    assert (column.arrow_type, column.kind, column.field.metadata) == (
+        pa.int32(),
+        "fixed",
+        {PG_TYPE_KEY: b"integer"},
+    )
+
+
+def test_a_domain_maps_as_its_base_type_with_the_domains_typmod() -> None:
+    assert _mapped(_POSITIVE).arrow_type == pa.decimal128(10, 2)
+
+
+def test_an_enum_is_its_label() -> None:
+    assert _mapped(_MOOD).arrow_type == pa.string()
+
+
+def test_an_array_is_a_list_of_its_elements_mapping() -> None:
+    column = _mapped(_INT4_ARRAY, "integer[]")
+    assert column.arrow_type == pa.list_(pa.field("element", pa.int32()))
+    assert column.element is not None
+    assert column.element.arrow_type == pa.int32()
+    assert column.kind == "array"
+
+
+def test_an_array_of_a_domain_over_numeric_keeps_the_domains_typmod() -> None:
+    assert _mapped(_NESTED).arrow_type == pa.list_(pa.field("element", pa.decimal128(10, 2)))
+
+
+def test_a_type_without_a_faithful_mapping_is_refused_naming_the_column() -> None:
+    with pytest.raises(UnsupportedColumnType, match=r"'v' has type money"):
+        _mapped(_MONEY, "money")
+
+
+# --- plan: how the extract selects and decodes a column (binary COPY values) ---
+
+
+def _values(*encoded: bytes | None) -> Values:
+    """Values as a binary COPY sends them: each a length (-1: NULL) and its bytes."""
+    data, positions, lengths = b"", [], []
+    for value in encoded:
+        positions.append(len(data) + 4)
+        lengths.append(-1 if value is None else len(value))
+        data += struct.pack(">i", lengths[-1]) + (value or b"")
+    buffer = np.frombuffer(data + PADDING, dtype=np.uint8)
+    return Values(buffer, np.array(positions, dtype=np.int64), np.array(lengths, np.int32))
+
+
+def test_an_integer_is_selected_as_it_is_and_decoded_from_big_endian() -> None:
+    planned = plan(_mapped(_INT4), "x")
+    assert planned.expr == "x"
+    decoded = planned.decode(_values(struct.pack(">i", -7), None, struct.pack(">i", 2**31 - 1)))
+    assert decoded.to_pylist() == [-7, None, 2**31 - 1]
+
+
+def _numeric(weight: int, sign: int, scale: int, *digits: int) -> bytes:
+    """PostgreSQL's binary numeric: base-10000 digits, the first at 10000**weight."""
+    return struct.pack(f">hhHh{len(digits)}h", len(digits), weight, sign, scale, *digits)
+
+
+def test_a_numeric_of_up_to_18_digits_is_decoded_from_its_binary_form() -> None:
+    planned = plan(_mapped(_POSITIVE), "x")
+    assert planned.expr == "x"
+    values = _values(
+        _numeric(0, 0, 2, 1, 5000),  # 1.50
+        _numeric(1, 0x4000, 2, 1, 2345, 6700),  # -12345.67
+        _numeric(0, 0, 0),  # 0
+        None,
+    )
+    expected = [Decimal("1.50"), Decimal("-12345.67"), Decimal("0.00"), None]
+    assert planned.decode(values).to_pylist() == expected
+
+
+def test_nan_in_a_numeric_of_up_to_18_digits_is_refused() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        plan(_mapped(_POSITIVE), "x").decode(_values(_numeric(0, 0xC000, 0)))
+
+
+def test_a_wider_numeric_is_selected_as_its_exact_text() -> None:
+    planned = plan(_mapped(_WIDE), "x")
+    assert planned.expr == "(x)::text"
+    assert planned.decode(_values(b"1.50", None)).to_pylist() == [Decimal("1.50"), None]
+
+
+def test_an_array_of_a_type_selected_as_text_is_selected_as_a_text_array() -> None:
+    assert plan(_mapped(_WIDES), "x").expr == "(x)::text[]"
+    assert plan(_mapped(_NESTED), "x").expr == "x"
+
+
+def test_an_interval_is_decoded_into_its_three_fields() -> None:
+    column = Column("v", "interval", INTERVAL, "interval")
+    decoded = plan(column, "x").decode(_values(struct.pack(">qii", 5, 3, 14), None))
+    assert decoded.to_pylist() == [{"months": 14, "days": 3, "microseconds": 5}, None]
+
+
+def test_a_timestamp_past_year_9999_is_decoded_exactly() -> None:
+    column = Column("v", "timestamp", pa.timestamp("us"), "timestamp")
+    # 10000-01-01 in PostgreSQL's microseconds since 2000-01-01
+    micros = 253402300800000000 - 946684800000000
+    decoded = plan(column, "x").decode(_values(struct.pack(">q", micros)))
+    assert decoded.cast(pa.int64()).to_pylist() == [253402300800000000]
+
+
+def test_an_infinite_timestamp_is_refused() -> None:
+    column = Column("v", "timestamp", pa.timestamp("us"), "timestamp")
+    with pytest.raises(ValueError, match="infinity"):
+        plan(column, "x").decode(_values(struct.pack(">q", 2**63 - 1)))
+
+
+# --- conform: pg8000's Python values in the mapping's form ---
+
+
+def test_an_unconstrained_numeric_value_is_conformed_to_its_exact_text() -> None:
+    schema = pa.schema([Column("v", "numeric", pa.string(), "numeric").field])
+    assert conform([{"v": Decimal("1.50")}, {"v": None}], schema) == [{"v": "1.50"}, {"v": None}]
+
+
+def test_a_nan_in_a_decimal_column_is_refused() -> None:
+    schema = pa.schema([Column("v", "numeric(10,2)", pa.decimal128(10, 2), "numeric").field])
+    with pytest.raises(UnsupportedColumnType, match="'v'"):
+        conform([{"v": Decimal("NaN")}], schema)

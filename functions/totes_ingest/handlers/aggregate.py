@@ -6,9 +6,9 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from totes_ingest import pipeline
 from totes_ingest.errors import InvalidEvent
 from totes_ingest.observability import logger, metrics, step, tracer
+from totes_ingest.run_summary import aggregate
 
 
 @logger.inject_lambda_context
@@ -19,4 +19,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     results = event.get("results")
     if not isinstance(results, list):
         raise InvalidEvent("Aggregate input lacks the per-table 'results' list")
-    return pipeline.aggregate(results)
+    return aggregate(results)
