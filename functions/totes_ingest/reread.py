@@ -105,7 +105,7 @@ def pairs_query(table: SourceTable, predicate: str) -> str:
     matching ``predicate`` (NULL if none). Aggregated in the server, it arrives as one
     message instead of one per row, which pg8000 would dispatch one by one."""
     fields = [
-        "ctid::text",
+        "'\"' || ctid::text || '\"'",
         *(f"'\"' || replace({quote_ident(c)}::text, '\"', '\"\"') || '\"'" for c in table.key),
         f"{quote_ident(CURSOR_COLUMN)}::text",
     ]
