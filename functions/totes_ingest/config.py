@@ -7,13 +7,20 @@ documented defaults here, never fake values.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Final
 
 INGEST_BUCKET: Final = "INGEST_BUCKET"
 DB_SECRET_NAME: Final = "DB_SECRET_NAME"  # noqa: S105 - a variable name, not a secret
 # libpq-style: "require" (default: always encrypted), "verify-full" (encrypted, and the
-# server certificate checked against the system CAs), "disable" (local runs only).
+# server certificate and host name checked), "disable" (local runs only).
 DB_SSL_MODE: Final = "DB_SSL_MODE"
+# PEM bundle of the CAs that verify-full trusts (RDS: its global bundle), a path relative
+# to the code's root (/var/task in Lambda) or absolute; unset: the system's CAs.
+DB_SSL_ROOT_CERT: Final = "DB_SSL_ROOT_CERT"
+# Seconds to wait for each step of connecting (TCP, TLS, login); queries are not bounded
+# by it (statement_timeout is).
+DB_CONNECT_TIMEOUT_SECONDS: Final = "DB_CONNECT_TIMEOUT_SECONDS"
 # Seconds subtracted from the database clock when this role cannot see other sessions'
 # transactions in pg_stat_activity (see window.commit_safe_end_time).
 END_TIME_FALLBACK_LAG_SECONDS: Final = "END_TIME_FALLBACK_LAG_SECONDS"
@@ -39,6 +46,7 @@ ALLOW_HOT_STANDBY: Final = "ALLOW_HOT_STANDBY"
 STALL_WARNING_SECONDS: Final = "STALL_WARNING_SECONDS"
 
 DEFAULT_SSL_MODE: Final = "require"
+DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 10.0
 DEFAULT_SOURCE_SCHEMA: Final = "public"
 DEFAULT_REREAD_LAG_SECONDS: Final = 300.0
 DEFAULT_STALL_WARNING_SECONDS: Final = 60.0
@@ -50,6 +58,9 @@ DEFAULT_ROW_GROUP_ROWS: Final = 131_072
 DEFAULT_ROW_GROUP_BYTES: Final = 16 << 20
 DEFAULT_STATEMENT_TIMEOUT_MS: Final = 600_000
 DEFAULT_MAX_CONCURRENCY: Final = 4
+
+# The folder holding the totes_ingest package: /var/task in Lambda, functions/ here.
+CODE_ROOT: Final = Path(__file__).resolve().parents[1]
 
 STAGING_PREFIX: Final = "_staging/"
 CLAIMS_PREFIX: Final = "_claims/"
@@ -68,6 +79,17 @@ def ssl_mode() -> str:
     if mode not in ("require", "verify-full", "disable"):
         raise ValueError(f"{DB_SSL_MODE} must be require, verify-full or disable, not {mode!r}")
     return mode
+
+
+def ssl_root_cert() -> str | None:
+    value = os.environ.get(DB_SSL_ROOT_CERT, "")
+    if not value:
+        return None
+    return str(CODE_ROOT / value)  # an absolute value stays as it is
+
+
+def connect_timeout_seconds() -> float:
+    return float(os.environ.get(DB_CONNECT_TIMEOUT_SECONDS, DEFAULT_CONNECT_TIMEOUT_SECONDS))
 
 
 def fallback_lag_seconds() -> float:

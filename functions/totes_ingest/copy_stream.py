@@ -91,16 +91,13 @@ class CopyStream:
     Each chunk handed to ``emit`` holds whole tuples and where each starts, so it is
     decoded on its own, whatever a tuple's size. Several COPY statements may write into
     one stream in turn (each has its own header and trailer): their tuples follow on.
-
-    With ``field_count=None`` the COPY is a text one (csv): chunks hold whole rows, as
-    sent, and no starts; the buffered rows are still taken in bulk, one Python step each.
     """
 
     def __init__(
         self,
         conn: pg8000.native.Connection,
         emit: Callable[[Chunk], None],
-        field_count: int | None,
+        field_count: int,
         chunk_bytes: int | None = None,
     ) -> None:
         self._emit = emit
@@ -116,7 +113,7 @@ class CopyStream:
 
     def write(self, data: bytes) -> None:
         """One CopyData payload from pg8000 (the first of a COPY carries the header)."""
-        if self._field_count is not None and data[: len(SIGNATURE)] == SIGNATURE:
+        if data[: len(SIGNATURE)] == SIGNATURE:
             (extension,) = _LENGTH.unpack_from(data, HEADER_BYTES - 4)
             data = data[HEADER_BYTES + extension :]
         self._add(data)
@@ -128,8 +125,7 @@ class CopyStream:
     def flush(self) -> None:
         """Hand over the tuples gathered so far (called at the end of the COPY, too)."""
         if self._parts:
-            binary = self._field_count is not None
-            data = b"".join([*self._parts, PADDING] if binary else self._parts)
+            data = b"".join([*self._parts, PADDING])
             starts = [np.atleast_1d(s) for s in self._starts]
             self._parts.clear()
             self._starts.clear()
@@ -138,7 +134,7 @@ class CopyStream:
 
     def _add(self, payload: bytes | memoryview) -> None:
         """One tuple's payload (the trailer, which is not a tuple, is dropped)."""
-        if self._field_count is not None and len(payload) == 2 and bytes(payload) == TRAILER:
+        if len(payload) == len(TRAILER) and bytes(payload) == TRAILER:
             return
         self._starts.append(self._size)
         self._parts.append(payload)
@@ -152,7 +148,7 @@ class CopyStream:
                 return
             end, pos = len(buffered), 0
             view = memoryview(buffered)
-            if end >= _VECTOR_MIN_BYTES and self._field_count is not None:
+            if end >= _VECTOR_MIN_BYTES:
                 pos, starts = _leading_copy_data(buffered, self._field_count)
                 if pos:
                     self._starts.append(starts + (5 + self._size))

@@ -172,18 +172,13 @@ def _reread(
     predicate = cursor.reread_predicate(source, quote_ident(CURSOR_COLUMN))
     if predicate is None or not source.key:
         return []
-    # only now: they import boto3, the lake and numpy
-    from totes_ingest.copy_stream import CopyStream
-    from totes_ingest.reread import missing_ctids, pairs_query
+    from totes_ingest.reread import missing_ctids, pairs_query  # only now: boto3, the lake
 
     if in_lake is None:
         raise ValueError("a window with a re-read range needs the lake's versions")
-    chunks: list[bytes] = []
-    stream = CopyStream(db.conn, lambda chunk: chunks.append(chunk.data), field_count=None)
-    db.run(pairs_query(source, predicate), stream=stream)
-    stream.flush()
+    ((pairs,),) = db.run(pairs_query(source, predicate))
     cursor_type = schema.field(CURSOR_COLUMN).type
-    return missing_ctids(b"".join(chunks), source, in_lake, cursor_type)
+    return missing_ctids((pairs or "").encode(), source, in_lake, cursor_type)
 
 
 class _Db:

@@ -1,21 +1,32 @@
 """Logging, metrics and tracing, shared by every step.
 
 One service name, so every line of a run can be found together. Handlers bind the run's
-``run_id`` and the ``table`` to every line with thread-local keys, and emit each metric
-on its own (``single_metric``), so steps running side by side in one process (the local
-runner's Map) never mix their keys or dimensions.
+``run_id`` and the ``table`` to every line with thread-local keys.
+
+Metrics are Powertools ``Metrics``: each handler is wrapped in
+``metrics.log_metrics(capture_cold_start_metric=True)``, which publishes the invocation's
+metrics as one EMF document (dimensions: service, step and, for a table's steps, table)
+and a ``ColdStart`` metric on a cold start. Lambda runs one invocation per process; the
+local runner runs the Map's iterations as threads of one process, where Powertools'
+shared metric set would give one table's rows another table's dimensions, so the
+provider keeps one metric set per thread (:class:`ThreadLocalEMFProvider`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from aws_lambda_powertools import Logger, Tracer
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
+    AmazonCloudWatchEMFProvider,
+)
 
 SERVICE: Final = "totes-ingest"
 DEFAULT_NAMESPACE: Final = "TotesIngest"
@@ -26,23 +37,116 @@ tracer = Tracer(service=SERVICE)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@dataclass
+class _ThreadMetrics:
+    """What Powertools' provider accumulates for one invocation, and that invocation."""
+
+    metric_set: dict[str, Any] = field(default_factory=dict)
+    dimension_set: dict[str, str] = field(default_factory=dict)
+    metadata_set: dict[str, Any] = field(default_factory=dict)
+    dimension_sets: list[dict[str, str]] = field(default_factory=list)
+    timestamp: int | None = None
+    # Inside ``log_metrics``: an invocation whose metrics are published at its end; its
+    # step and table (set by ``step``) are its dimensions.
+    open: bool = False
+    step: str | None = None
+    table: str | None = None
+
+
+def _per_thread(name: str) -> Any:
+    return property(
+        lambda self: getattr(self._thread(), name),
+        lambda self, value: setattr(self._thread(), name, value),
+    )
+
+
+class ThreadLocalEMFProvider(AmazonCloudWatchEMFProvider):
+    """Powertools' CloudWatch EMF provider with one metric set per thread.
+
+    Everything else (validation, serialisation, flushing, the cold-start metric) is the
+    provider's own; only where it keeps the metrics, dimensions and metadata changes.
+    """
+
+    metric_set = _per_thread("metric_set")
+    dimension_set = _per_thread("dimension_set")
+    metadata_set = _per_thread("metadata_set")
+    dimension_sets = _per_thread("dimension_sets")
+    timestamp = _per_thread("timestamp")
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._local = threading.local()
+        super().__init__(**kwargs)
+
+    def _thread(self) -> _ThreadMetrics:
+        state: _ThreadMetrics | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _ThreadMetrics()
+        return state
+
+    def current(self) -> _ThreadMetrics:
+        """This thread's invocation (``open`` inside ``log_metrics``), its step and table."""
+        return self._thread()
+
+    def log_metrics(
+        self,
+        lambda_handler: Callable[..., Any] | None = None,
+        capture_cold_start_metric: bool = False,
+        raise_on_empty_metrics: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Powertools' ``log_metrics``, marking this thread as inside an invocation."""
+        if lambda_handler is None:
+            return functools.partial(
+                self.log_metrics,
+                capture_cold_start_metric=capture_cold_start_metric,
+                raise_on_empty_metrics=raise_on_empty_metrics,
+                **kwargs,
+            )
+        publishing = super().log_metrics(
+            lambda_handler=lambda_handler,
+            capture_cold_start_metric=capture_cold_start_metric,
+            raise_on_empty_metrics=raise_on_empty_metrics,
+            **kwargs,
+        )
+
+        @functools.wraps(lambda_handler)
+        def invocation(event: Any, context: Any, *args: Any, **kw: Any) -> Any:
+            state = self._thread()
+            state.open = True
+            try:
+                return publishing(event, context, *args, **kw)
+            finally:
+                state.open, state.step, state.table = False, None, None
+
+        return invocation
+
+
+provider = ThreadLocalEMFProvider(
+    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE), service=SERVICE
+)
+metrics = Metrics(provider=provider)
+
+
 def put_metric(
     name: str, unit: MetricUnit, value: float, table: str | None, step: str | None = None
 ) -> None:
-    """One CloudWatch EMF metric, dimensioned by table (and step, for durations).
+    """One CloudWatch metric, dimensioned by table (and step).
 
-    Honours ``POWERTOOLS_METRICS_DISABLED`` (which ``single_metric`` itself ignores).
+    Inside a step of that table it joins the invocation's metrics (published together by
+    ``log_metrics``); otherwise (the seed's one-function ingest, which handles every table
+    in one invocation, or a library call outside any handler) it is published at once.
     """
-    if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in ("1", "true"):
+    invocation = provider.current()
+    if invocation.open and table == invocation.table and step in (None, invocation.step):
+        metrics.add_metric(name=name, unit=unit, value=value)
         return
-    namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_NAMESPACE)
-    dimensions = {"table": table} if table else {}
+    alone = AmazonCloudWatchEMFProvider(namespace=provider.namespace, service=SERVICE)
+    if table:
+        alone.add_dimension(name="table", value=table)
     if step:
-        dimensions["step"] = step
-    with single_metric(
-        name=name, unit=unit, value=value, namespace=namespace, default_dimensions=dimensions
-    ):
-        pass
+        alone.add_dimension(name="step", value=step)
+    alone.add_metric(name=name, unit=unit, value=value)
+    alone.flush_metrics()
 
 
 def bind_keys(event: Mapping[str, Any]) -> None:
@@ -54,15 +158,26 @@ def bind_keys(event: Mapping[str, Any]) -> None:
 
 
 def step(name: str) -> Callable[[F], F]:
-    """Wrap a handler: bind log keys, log failure at CRITICAL, record the step's duration."""
+    """Wrap a handler: bind log keys, log failure at CRITICAL, record the step's duration.
+
+    Inside ``metrics.log_metrics`` (the decorator above it on every handler), the
+    invocation's metrics carry the step and the table as dimensions.
+    """
 
     def decorate(handler: F) -> F:
         @functools.wraps(handler)
         def wrapper(event: Any, context: Any) -> Any:
             started = time.perf_counter()
             table = event.get("table") if isinstance(event, Mapping) else None
+            table = table if isinstance(table, str) else None
             if isinstance(event, Mapping):
                 bind_keys(event)
+            invocation = provider.current()
+            if invocation.open:
+                invocation.step, invocation.table = name, table
+                metrics.add_dimension(name="step", value=name)
+                if table:
+                    metrics.add_dimension(name="table", value=table)
             try:
                 return handler(event, context)
             except Exception as e:
@@ -72,13 +187,8 @@ def step(name: str) -> Callable[[F], F]:
                 )
                 raise
             finally:
-                put_metric(
-                    "StepDuration",
-                    MetricUnit.Seconds,
-                    time.perf_counter() - started,
-                    table if isinstance(table, str) else None,
-                    step=name,
-                )
+                duration = time.perf_counter() - started
+                put_metric("StepDuration", MetricUnit.Seconds, duration, table, step=name)
 
         return wrapper  # type: ignore[return-value]
 

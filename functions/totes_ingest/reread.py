@@ -101,11 +101,18 @@ def lake_versions(lake: Lake, table: SourceTable, since: datetime, before: datet
 
 
 def pairs_query(table: SourceTable, predicate: str) -> str:
-    """COPY of ``(ctid, key columns as text, cursor)`` of the rows matching ``predicate``."""
-    keys = ", ".join(f"{quote_ident(c)}::text" for c in table.key)
+    """One text value: the CSV of ``(ctid, key columns as text, cursor)`` of the rows
+    matching ``predicate`` (NULL if none). Aggregated in the server, it arrives as one
+    message instead of one per row, which pg8000 would dispatch one by one."""
+    fields = [
+        "'\"' || ctid::text || '\"'",
+        *(f"'\"' || replace({quote_ident(c)}::text, '\"', '\"\"') || '\"'" for c in table.key),
+        f"{quote_ident(CURSOR_COLUMN)}::text",
+    ]
+    row = " || ',' || ".join(fields)
     return (
-        f"COPY (SELECT ctid::text, {keys}, {quote_ident(CURSOR_COLUMN)} "  # nosec B608
-        f"FROM {table.relation} WHERE {predicate}) TO STDOUT (FORMAT csv)"
+        f"SELECT string_agg({row}, E'\\n') || E'\\n' "  # nosec B608
+        f"FROM {table.relation} WHERE {predicate}"
     )
 
 

@@ -2,9 +2,9 @@
 
 Nothing here reaches AWS. The tools that cannot share the dev venv are installed on
 first use, idempotently and under a lock (the Makefile targets do the same):
-checkov into ``.venv-checkov`` from requirements/checkov.txt, asl-validator into
-``node_modules`` from package-lock.json, and the Lambda dependencies for the target
-platform into ``build/``.
+checkov into ``.venv-checkov`` from requirements/checkov.txt, SAM CLI into ``.venv-sam``
+from requirements/sam.txt, asl-validator into ``node_modules`` from package-lock.json;
+`sam build` and the host-platform package build into ``build/``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,14 +37,10 @@ BUILD = ROOT / "build"
 CHECKOV_VENV = ROOT / ".venv-checkov"
 CHECKOV_REQUIREMENTS = ROOT / "requirements" / "checkov.txt"
 NODE_MODULES = ROOT / "node_modules"
-LAMBDA_REQUIREMENTS = ROOT / "functions" / "requirements.txt"
+SAM_VENV = ROOT / ".venv-sam"
+SAM_REQUIREMENTS = ROOT / "requirements" / "sam.txt"
 REGION = "eu-west-2"
 ACCOUNT = "123456789012"
-
-# What `sam build` runs for python3.12 on arm64 (Amazon Linux 2023, glibc 2.34): wheels
-# of any manylinux tag up to 2.34, never an sdist.
-LAMBDA_PYTHON = "3.12"
-LAMBDA_PLATFORMS = ("manylinux_2_34_aarch64", "manylinux_2_28_aarch64", "manylinux2014_aarch64")
 
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
@@ -70,16 +69,21 @@ def _run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=True, capture_output=True, text=True, cwd=ROOT, **kwargs)
 
 
+def _tool_venv(venv: Path, requirements: Path) -> Path:
+    """A tool's own venv, installed from its pinned requirements: its bin folder."""
+    stamp = venv / ".installed-stamp"
+    with _locked(venv.name):
+        if not _fresh(stamp, requirements):
+            _run([sys.executable, "-m", "venv", "--clear", str(venv)])
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+            _run([*pip, "-r", str(requirements)])
+            stamp.touch()
+    return venv / "bin"
+
+
 @pytest.fixture(scope="session")
 def checkov_bin() -> Path:
-    stamp = CHECKOV_VENV / ".installed-stamp"
-    with _locked("checkov"):
-        if not _fresh(stamp, CHECKOV_REQUIREMENTS):
-            _run([sys.executable, "-m", "venv", "--clear", str(CHECKOV_VENV)])
-            pip = [str(CHECKOV_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-            _run([*pip, "-r", str(CHECKOV_REQUIREMENTS)])
-            stamp.touch()
-    return CHECKOV_VENV / "bin" / "checkov"
+    return _tool_venv(CHECKOV_VENV, CHECKOV_REQUIREMENTS) / "checkov"
 
 
 @pytest.fixture(scope="session")
@@ -94,37 +98,76 @@ def node_modules() -> Path:
 
 
 @pytest.fixture(scope="session")
-def lambda_dependencies() -> Path:
-    """functions/requirements.txt installed for the Lambda platform, cached by content."""
-    key = hashlib.sha256(
-        LAMBDA_REQUIREMENTS.read_bytes() + repr((LAMBDA_PYTHON, LAMBDA_PLATFORMS)).encode()
-    ).hexdigest()[:16]
-    target = BUILD / "lambda-deps" / key
-    stamp = target / ".installed-stamp"
-    with _locked("lambda-deps"):
+def sam_cli() -> Path:
+    """SAM CLI from its own venv (.venv-sam, requirements/sam.txt), as `make tools` installs it."""
+    return _tool_venv(SAM_VENV, SAM_REQUIREMENTS) / "sam"
+
+
+def _fingerprint() -> str:
+    """Of everything a build reads: the template, the Makefile, the functions' files."""
+    digest = hashlib.sha256()
+    sources = [TEMPLATE, ROOT / "Makefile", ROOT / "samconfig.toml"]
+    sources += sorted(p for p in (ROOT / "functions").rglob("*") if p.is_file())
+    for path in sources:
+        if "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@contextmanager
+def _build_once(name: str) -> Iterator[tuple[Path, bool]]:
+    """``build/<name>/<fingerprint>`` and whether it still has to be built, under a lock.
+
+    pytest-xdist workers share the one build of a given source tree.
+    """
+    target = BUILD / name / _fingerprint()
+    stamp = target / ".built-stamp"
+    with _locked(name):
         if not stamp.exists():
-            shutil.rmtree(target, ignore_errors=True)
-            platforms = [arg for p in LAMBDA_PLATFORMS for arg in ("--platform", p)]
+            shutil.rmtree(BUILD / name, ignore_errors=True)
+        yield target, not stamp.exists()
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+
+
+@pytest.fixture(scope="session")
+def sam_build(sam_cli: Path) -> Path:
+    """A real `sam build` of template.yaml, uncached: its build dir (under build/sam-test)."""
+    with _build_once("sam-test") as (target, needed):
+        if needed:
+            started = time.perf_counter()
+            _run(
+                [str(sam_cli), "build", "--no-cached", "--build-dir", str(target / "build")],
+                env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+            )
+            print(f"sam build: {time.perf_counter() - started:.1f} s")
+    return target / "build"
+
+
+@pytest.fixture(scope="session")
+def host_package() -> Path:
+    """The package built by the same Makefile targets, for this machine's Python and CPU.
+
+    The functions' own package is aarch64 and cannot be imported here; this one has the
+    same pins and the same files removed, so importing from it alone proves they suffice.
+    """
+    machine = platform.machine()
+    tags = [f"manylinux_2_{minor}_{machine}" for minor in (34, 28, 17)]
+    with _build_once("lambda-host") as (target, needed):
+        if needed:
             _run(
                 [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    *platforms,
-                    "--implementation",
-                    "cp",
-                    "--python-version",
-                    LAMBDA_PYTHON,
-                    "--only-binary=:all:",
-                    "--target",
-                    str(target),
-                    "-r",
-                    str(LAMBDA_REQUIREMENTS),
+                    "make",
+                    "--no-print-directory",
+                    "lambda-deps",
+                    "lambda-code",
+                    f"LAMBDA_DEPS={target / 'python'}",
+                    f"LAMBDA_CODE={target / 'code'}",
+                    f"LAMBDA_PYTHON_VERSION={sys.version_info.major}.{sys.version_info.minor}",
+                    f"LAMBDA_PLATFORMS={' '.join(tags)}",
+                    f"PY={sys.executable}",
                 ]
             )
-            stamp.touch()
     return target
 
 
@@ -158,12 +201,14 @@ def transformed(asl: dict[str, Any]) -> dict[str, Any]:
     """The CloudFormation that the SAM transform makes of the template.
 
     Code and definition locations are replaced the way `sam package` replaces them (the
-    definition inlined, the code an S3 object); the policy map is empty because every role
-    is explicit.
+    definition inlined, the code and the layer S3 objects); the policy map is empty because
+    every role is explicit.
     """
     template = load_template()
     template["Globals"]["Function"]["CodeUri"] = "s3://artifacts/totes-ingest/functions.zip"
     for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::LayerVersion":
+            resource["Properties"]["ContentUri"] = "s3://artifacts/totes-ingest/layer.zip"
         if resource["Type"] == "AWS::Serverless::StateMachine":
             del resource["Properties"]["DefinitionUri"]
             resource["Properties"]["Definition"] = asl

@@ -50,6 +50,13 @@ S3_GRANTS: dict[str, set[tuple[str, str]]] = {
     },
     "Aggregate": set(),
 }
+# s3:ListBucket is limited by s3:prefix to what each step lists, and to the keys whose
+# absence it must see as 404 (S3 checks ListBucket with s3:prefix = the missing key).
+LIST_PREFIXES: dict[str, set[str]] = {
+    "GetLastIngestTime": {"*/", "_claims/*", "_staging/*", TABLE_KEYS},
+    "QueryToParquet": {"*/", "_claims/*", TABLE_KEYS},
+    "WriteToS3": {"_claims/*", "_staging/*", TABLE_KEYS},
+}
 
 
 def render(value: Any) -> str:
@@ -112,6 +119,16 @@ def test_each_step_has_exactly_the_s3_grants_its_step_needs(
     transformed: dict[str, Any], step: str
 ) -> None:
     assert s3_grants(transformed, f"{step}Role") == S3_GRANTS[step]
+
+
+@pytest.mark.parametrize("step", sorted(LIST_PREFIXES))
+def test_each_step_lists_only_the_prefixes_it_lists(transformed: dict[str, Any], step: str) -> None:
+    (listing,) = [
+        s for s in statements(transformed, f"{step}Role") if s["Action"] == "s3:ListBucket"
+    ]
+
+    assert set(listing["Condition"]) == {"StringLike"}
+    assert set(listing["Condition"]["StringLike"]["s3:prefix"]) == LIST_PREFIXES[step]
 
 
 def via_service(statement: dict[str, Any]) -> str:
@@ -206,14 +223,57 @@ def test_the_state_machine_may_invoke_exactly_its_five_functions(
     assert invokes == {f"{step}Function.Arn" for step in STEPS}
 
 
-def test_the_schedule_may_only_start_this_state_machine(transformed: dict[str, Any]) -> None:
+def test_the_schedule_may_only_start_this_state_machine_and_dead_letter_what_it_cannot(
+    transformed: dict[str, Any],
+) -> None:
     (schedule_role,) = [
         n
         for n, r in transformed["Resources"].items()
         if r["Type"] == "AWS::IAM::Role" and "Schedule" in n
     ]
+    schedule = next(
+        r["Properties"]
+        for r in transformed["Resources"].values()
+        if r["Type"] == "AWS::Scheduler::Schedule"
+    )
 
-    assert grants(transformed, schedule_role) == {("states:StartExecution", "IngestStateMachine")}
+    assert schedule_role == "ScheduleRole"
+    assert schedule["Target"]["RoleArn"] == {"Fn::GetAtt": ["ScheduleRole", "Arn"]}
+    assert schedule["Target"]["DeadLetterConfig"] == {
+        "Arn": {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]}
+    }
+    assert grants(transformed, schedule_role) == {
+        ("states:StartExecution", "IngestStateMachine"),
+        ("sqs:SendMessage", "ScheduleDeadLetterQueue.Arn"),
+        ("kms:Decrypt", "IngestKey.Arn"),
+        ("kms:GenerateDataKey", "IngestKey.Arn"),
+    }
+
+
+def test_the_service_roles_can_be_assumed_only_on_behalf_of_this_account(
+    transformed: dict[str, Any],
+) -> None:
+    for role in ("StateMachineRole", "ScheduleRole"):
+        (trust,) = transformed["Resources"][role]["Properties"]["AssumeRolePolicyDocument"][
+            "Statement"
+        ]
+        assert trust["Condition"] == {
+            "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+        }
+
+
+def test_every_role_takes_the_optional_permissions_boundary(transformed: dict[str, Any]) -> None:
+    boundaries = {
+        n: r["Properties"].get("PermissionsBoundary")
+        for n, r in transformed["Resources"].items()
+        if r["Type"] == "AWS::IAM::Role"
+    }
+
+    assert len(boundaries) == len(STEPS) + 2
+    assert set(map(str, boundaries.values())) == {
+        str({"Fn::If": ["HasPermissionsBoundary", {"Ref": "PermissionsBoundaryArn"},
+                        {"Ref": "AWS::NoValue"}]})
+    }  # fmt: skip
 
 
 LOG_DELIVERY = {

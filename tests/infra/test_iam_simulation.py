@@ -4,7 +4,8 @@ The real step code runs against moto while a hook records each S3 request; each 
 is translated into the IAM action(s) and resource(s) S3 authorizes it by, and evaluated
 against the step's role from the transformed template (IAM wildcards: ``*`` any run,
 ``?`` one character). A HEAD or GET answered 404 also needs s3:ListBucket: without it S3
-answers 403, which the lake code would take for a failure.
+answers 403, which the lake code would take for a failure. S3 evaluates that ListBucket
+with the missing key as its s3:prefix, so the roles' s3:prefix conditions must cover it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ T1 = datetime(2026, 11, 25, 9, 5, 0, 2)
 BIG = b"x" * (9 * 1024 * 1024)  # past boto3's 8 MB threshold: multipart upload and copy
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "eu-west-2", "AWS::AccountId": "123456789012"}
 
-Grant = tuple[str, str]
+# (IAM action, resource ARN, s3:prefix of the request: the listed prefix, or for a HEAD or
+# GET answered 404 the key, as S3 checks ListBucket then; None for other requests)
+Grant = tuple[str, str, str | None]
 
 
 # -- the roles, as deployed -----------------------------------------------------------
@@ -77,20 +80,36 @@ def allowed_by(transformed: dict[str, Any], role: str) -> Callable[[Grant], bool
         (
             [iam_glob(a) for a in _list(s["Action"])],
             [iam_glob(resolve(r)) for r in _list(s["Resource"])],
+            _prefix_condition(s),
         )
         for s in statements
         if s["Effect"] == "Allow"
     ]
 
     def allows(grant: Grant) -> bool:
-        action, resource = grant
+        action, resource, prefix = grant
         return any(
             any(a.fullmatch(action) for a in actions)
             and any(r.fullmatch(resource) for r in resources)
-            for actions, resources in rules
+            and (
+                prefixes is None
+                or (prefix is not None and any(p.fullmatch(prefix) for p in prefixes))
+            )
+            for actions, resources, prefixes in rules
         )
 
     return allows
+
+
+def _prefix_condition(statement: dict[str, Any]) -> list[re.Pattern[str]] | None:
+    """The statement's ``StringLike s3:prefix`` patterns; None without that condition.
+
+    (The only other condition of the S3 roles is kms:ViaService, on their KMS grants.)
+    """
+    patterns = statement.get("Condition", {}).get("StringLike", {}).get("s3:prefix")
+    if patterns is None:
+        return None
+    return [iam_glob(p) for p in _list(patterns)]
 
 
 def _list(value: Any) -> list[Any]:
@@ -127,23 +146,23 @@ def needed_grants(call: dict[str, Any]) -> list[Grant]:
     bucket = f"arn:aws:s3:::{params['Bucket']}"
     key = f"{bucket}/{params.get('Key')}"
     if operation in ("ListObjectsV2", "ListObjects"):
-        return [("s3:ListBucket", bucket)]
+        return [("s3:ListBucket", bucket, params.get("Prefix"))]
     if operation in ("GetObject", "HeadObject"):
-        missing = [("s3:ListBucket", bucket)] if call["status"] == 404 else []
-        return [("s3:GetObject", key), *missing]
+        missing = [("s3:ListBucket", bucket, params["Key"])] if call["status"] == 404 else []
+        return [("s3:GetObject", key, None), *missing]
     if operation in ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"):
-        return [("s3:PutObject", key)]
+        return [("s3:PutObject", key, None)]
     if operation in ("CopyObject", "UploadPartCopy"):
         source = params["CopySource"]
         if isinstance(source, dict):
             source = f"{source['Bucket']}/{source['Key']}"
-        return [("s3:PutObject", key), ("s3:GetObject", f"arn:aws:s3:::{source}")]
+        return [("s3:PutObject", key, None), ("s3:GetObject", f"arn:aws:s3:::{source}", None)]
     if operation == "AbortMultipartUpload":
-        return [("s3:AbortMultipartUpload", key)]
+        return [("s3:AbortMultipartUpload", key, None)]
     if operation == "ListParts":
-        return [("s3:ListMultipartUploadParts", key)]
+        return [("s3:ListMultipartUploadParts", key, None)]
     if operation == "DeleteObject":
-        return [("s3:DeleteObject", key)]
+        return [("s3:DeleteObject", key, None)]
     raise AssertionError(f"the step calls S3 {operation}: map it to its IAM action here")
 
 
@@ -316,3 +335,14 @@ def test_the_grants_of_one_step_do_not_cover_another_steps_requests(
 
     assert denied(transformed, "QueryToParquet", recorder) != []
     assert len(denied(transformed, "StartRun", recorder)) == len(recorder.needs())
+
+
+def test_no_step_may_list_the_whole_bucket_nor_write_to_s3_a_tables_folders(
+    transformed: dict[str, Any],
+) -> None:
+    whole_bucket: Grant = ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", None)
+    table_folder: Grant = ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", "staff/")
+
+    for step in ("GetLastIngestTime", "QueryToParquet", "WriteToS3"):
+        assert not allowed_by(transformed, f"{step}Role")(whole_bucket)
+    assert not allowed_by(transformed, "WriteToS3Role")(table_folder)

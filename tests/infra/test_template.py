@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cfnlint.api import ManualArgs, lint_file
+
+from totes_ingest import config
 
 pytestmark = pytest.mark.infra
 
@@ -256,3 +260,101 @@ def test_the_dashboard_body_is_json_once_substituted(template: dict[str, Any]) -
     substituted = re.sub(r"\$\{!", "${", re.sub(r"\$\{[\w:.]+\}", "x", body))
 
     assert json.loads(substituted)["widgets"]
+
+
+def alarm_metrics(template: dict[str, Any], alarm: str) -> dict[str, set[str]]:
+    """``{metric name: {dimension values}}`` of an alarm's metric-math inputs."""
+    watched: dict[str, set[str]] = {}
+    for metric in template["Resources"][alarm]["Properties"]["Metrics"]:
+        if "MetricStat" in metric:
+            stat = metric["MetricStat"]["Metric"]
+            values = {json.dumps(d["Value"]) for d in stat["Dimensions"]}
+            watched.setdefault(stat["MetricName"], set()).update(values)
+    return watched
+
+
+@pytest.mark.parametrize(
+    ("alarm", "metric"),
+    [("FunctionErrorsAlarm", "Errors"), ("FunctionThrottlesAlarm", "Throttles")],
+)
+def test_an_alarm_watches_each_functions_errors_and_throttles(
+    template: dict[str, Any], alarm: str, metric: str
+) -> None:
+    functions = {json.dumps({"Ref": f}) for f in FUNCTION_NAMES}
+
+    assert alarm_metrics(template, alarm) == {metric: functions}
+
+
+def test_an_alarm_watches_the_runs_the_schedule_could_not_start(template: dict[str, Any]) -> None:
+    group = json.dumps({"Ref": "ScheduleGroup"})
+    queue = json.dumps({"Fn::GetAtt": ["ScheduleDeadLetterQueue", "QueueName"]})
+
+    assert alarm_metrics(template, "ScheduleFailedAlarm") == {
+        "InvocationsSentToDeadLetterCount": {group},
+        "InvocationDroppedCount": {group},
+        "InvocationsFailedToBeSentToDeadLetterCount": {group},
+        "ApproximateNumberOfMessagesVisible": {queue},
+    }
+
+
+def test_the_schedule_runs_in_its_own_group_with_an_encrypted_dead_letter_queue(
+    template: dict[str, Any],
+) -> None:
+    schedule = state_machine(template)["Events"]["Schedule"]["Properties"]
+    queue = template["Resources"]["ScheduleDeadLetterQueue"]["Properties"]
+
+    assert schedule["GroupName"] == {"Ref": "ScheduleGroup"}
+    assert schedule["DeadLetterConfig"] == {
+        "Arn": {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]}
+    }
+    assert queue["KmsMasterKeyId"] == {"Ref": "IngestKey"}
+
+
+def test_every_alarm_notifies_the_alarm_topic(template: dict[str, Any]) -> None:
+    alarms = {
+        n: r["Properties"]
+        for n, r in template["Resources"].items()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
+
+    assert {"FunctionErrorsAlarm", "FunctionThrottlesAlarm", "ScheduleFailedAlarm"} <= set(alarms)
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        assert "docs/deploy.md" in alarm["AlarmDescription"]
+
+
+def test_the_ca_bundle_parameter_reaches_the_functions(template: dict[str, Any]) -> None:
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+
+    assert variables[config.DB_SSL_ROOT_CERT] == {"Ref": "DbSslRootCert"}
+    assert template["Parameters"]["DbSslRootCert"]["Default"] == ""
+    assert re.fullmatch(
+        template["Parameters"]["DbSslRootCert"]["AllowedPattern"], "certs/rds-global-bundle.pem"
+    )
+
+
+def test_sam_validate_lint_finds_nothing(sam_cli: Path) -> None:
+    run = subprocess.run(
+        [str(sam_cli), "validate", "--lint", "--template", str(ROOT / "template.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "is a valid SAM Template" in run.stdout + run.stderr
+
+
+def test_every_function_is_built_by_its_makefile_target(template: dict[str, Any]) -> None:
+    for name in [*FUNCTION_NAMES, "DependenciesLayer"]:
+        assert template["Resources"][name]["Metadata"]["BuildMethod"] == "makefile"
+        dry_run = subprocess.run(
+            ["make", "-n", f"build-{name}", "ARTIFACTS_DIR=/nowhere"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        assert dry_run.returncode == 0, dry_run.stderr

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +15,8 @@ import boto3
 import pytest
 
 from tests.conftest import REGION, SECRET_NAME
+from tests.integration.tls_cluster import TlsCluster, free_port, start_tls_cluster
+from totes_ingest import config
 from totes_ingest.db_connections import (
     close_db_connection,
     connect_to_db,
@@ -138,3 +144,200 @@ def test_the_right_password_connects(db_settings: dict[str, Any], password_role:
     conn = open_connection({**db_settings, "user": password_role, "password": "right-Pa55word"})
     assert conn.run("SELECT current_user") == [[password_role]]
     close_db_connection(conn)
+
+
+# -- why a connection fails: each cause against a real socket or server ----------------
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    return free_port()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield listener.getsockname()[1]
+
+
+@pytest.fixture
+def server_without_tls() -> Iterator[int]:
+    """A port that answers PostgreSQL's SSLRequest with "N", as a server with ssl=off does."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            peer, _ = listener.accept()
+            with peer:
+                peer.recv(8)
+                peer.sendall(b"N")
+                peer.recv(1024)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    listener.close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def tls_cluster() -> Iterator[TlsCluster]:
+    yield from start_tls_cluster()
+
+
+def tcp_settings(host: str, port: int) -> dict[str, Any]:
+    return {"user": "u", "password": PASSWORD, "database": "d", "host": host, "port": port}
+
+
+def test_a_closed_port_names_the_server_and_says_refused() -> None:
+    port = closed_port()
+
+    with pytest.raises(SourceUnavailable) as raised:
+        open_connection(tcp_settings("127.0.0.1", port), "require")
+
+    assert f"127.0.0.1:{port}" in str(raised.value)
+    assert "connection refused" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
+
+
+def test_an_unresolvable_host_name_is_named_as_not_resolved() -> None:
+    with pytest.raises((SourceError, SourceUnavailable)) as raised:
+        open_connection(tcp_settings("nonexistent.invalid", 5432), "require")
+
+    assert "nonexistent.invalid:5432" in str(raised.value)
+    assert "not resolved" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
+
+
+@pytest.mark.parametrize("mode", ["require", "disable"])
+def test_a_server_that_never_answers_times_out_after_the_connect_timeout(
+    silent_server: int, mode: str
+) -> None:
+    started = time.monotonic()
+
+    with pytest.raises(SourceUnavailable, match=r"timed out after 0\.5 s") as raised:
+        open_connection(tcp_settings("127.0.0.1", silent_server), mode, connect_timeout=0.5)
+
+    assert time.monotonic() - started < 5
+    assert f"127.0.0.1:{silent_server}" in str(raised.value)
+
+
+def test_a_server_without_tls_is_refused_when_tls_is_required(server_without_tls: int) -> None:
+    with pytest.raises(SourceError, match="does not offer TLS") as raised:
+        open_connection(tcp_settings("127.0.0.1", server_without_tls), "require")
+
+    assert f"127.0.0.1:{server_without_tls}" in str(raised.value)
+
+
+def test_a_long_statement_is_not_cut_by_the_connect_timeout(db_settings: dict[str, Any]) -> None:
+    conn = open_connection(db_settings, connect_timeout=0.5)
+    try:
+        assert conn.run("SELECT pg_sleep(1.0), 1")[0][1] == 1
+    finally:
+        close_db_connection(conn)
+
+
+# -- verified TLS --------------------------------------------------------------------
+
+
+def encrypted(conn: Any) -> bool:
+    ((ssl,),) = conn.run("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    return bool(ssl)
+
+
+def test_verify_full_connects_to_a_server_whose_certificate_chains_to_the_bundle(
+    tls_cluster: TlsCluster,
+) -> None:
+    conn = open_connection(
+        tls_cluster.settings(), "verify-full", root_cert=str(tls_cluster.ca_bundle)
+    )
+    try:
+        assert encrypted(conn)
+    finally:
+        close_db_connection(conn)
+
+
+def test_verify_full_refuses_a_certificate_from_another_ca(tls_cluster: TlsCluster) -> None:
+    with pytest.raises(SourceError, match="certificate not trusted") as raised:
+        open_connection(
+            tls_cluster.settings(), "verify-full", root_cert=str(tls_cluster.other_ca_bundle)
+        )
+
+    assert f"localhost:{tls_cluster.port}" in str(raised.value)
+    assert "unable to get local issuer certificate" in str(raised.value)
+
+
+def test_verify_full_refuses_a_host_name_the_certificate_does_not_name(
+    tls_cluster: TlsCluster,
+) -> None:
+    with pytest.raises(SourceError, match="certificate not trusted") as raised:
+        open_connection(
+            tls_cluster.settings("127.0.0.1"), "verify-full", root_cert=str(tls_cluster.ca_bundle)
+        )
+
+    assert "mismatch" in str(raised.value)
+
+
+def test_verify_full_without_a_bundle_refuses_a_private_ca(tls_cluster: TlsCluster) -> None:
+    # An RDS certificate against the system's CAs: the reason the bundle is configurable.
+    with pytest.raises(SourceError, match="certificate not trusted"):
+        open_connection(tls_cluster.settings(), "verify-full")
+
+
+def test_require_encrypts_without_checking_the_certificate(tls_cluster: TlsCluster) -> None:
+    conn = open_connection(tls_cluster.settings("127.0.0.1"), "require")
+    try:
+        assert encrypted(conn)
+    finally:
+        close_db_connection(conn)
+
+
+def test_a_wrong_password_over_tls_names_the_server_and_user_never_the_password(
+    tls_cluster: TlsCluster,
+) -> None:
+    settings = tls_cluster.settings(password=PASSWORD)
+
+    with pytest.raises(SourceError, match="password authentication failed") as raised:
+        open_connection(settings, "verify-full", root_cert=str(tls_cluster.ca_bundle))
+
+    assert f"login to localhost:{tls_cluster.port} as 'ingest'" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
+    assert tls_cluster.settings()["password"] not in str(raised.value)
+
+
+def test_a_missing_ca_bundle_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "rds-global-bundle.pem"
+
+    with pytest.raises(SourceError, match="cannot load the CA bundle") as raised:
+        open_connection(
+            tcp_settings("127.0.0.1", closed_port()), "verify-full", root_cert=str(missing)
+        )
+
+    assert str(missing) in str(raised.value)
+
+
+def test_connect_to_db_verifies_against_the_bundle_db_ssl_root_cert_names(
+    aws_env: None, tls_cluster: TlsCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = boto3.client("secretsmanager", region_name=REGION)
+    client.create_secret(Name=SECRET_NAME, SecretString=json.dumps(tls_cluster.settings()))
+    monkeypatch.setenv(config.DB_SECRET_NAME, SECRET_NAME)
+    monkeypatch.setenv(config.DB_SSL_MODE, "verify-full")
+    monkeypatch.setenv(config.DB_SSL_ROOT_CERT, str(tls_cluster.ca_bundle))
+
+    conn = connect_to_db()
+    try:
+        assert encrypted(conn)
+    finally:
+        close_db_connection(conn)
+
+
+def test_a_relative_bundle_path_is_read_from_the_code_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(config.DB_SSL_ROOT_CERT, "certs/rds-global-bundle.pem")
+
+    assert config.ssl_root_cert() == str(config.CODE_ROOT / "certs" / "rds-global-bundle.pem")

@@ -268,3 +268,24 @@ def test_a_source_timezone_postgresql_does_not_know_fails_the_run_at_once(items:
     settings = pipeline.RunSettings(0, 1, 0, source_timezone="Mars/Olympus_Mons")
     with pytest.raises(InvalidEvent, match="SOURCE_TIMEZONE 'Mars/Olympus_Mons' is not a zone"):
         pipeline.start_run({"tables_to_query": ["item"]}, items, settings)
+
+
+def test_a_timestamptz_cursor_is_reread_as_instants(
+    conn: Any, db_settings: dict[str, Any], s3: Any
+) -> None:
+    # GIVEN a timestamptz cursor, written by a session in a zone far from UTC
+    conn.run(
+        "CREATE TABLE item (id serial PRIMARY KEY, v text, "
+        "last_updated timestamptz NOT NULL DEFAULT now())"
+    )
+    writer, lake = connect(db_settings), Lake(s3, BUCKET)
+    writer.run("SET TimeZone = 'Asia/Kathmandu'")
+    first = _insert(writer, 2)
+    assert _run(conn, lake, "item")["rows"] == 2
+    late = _write(
+        writer, "INSERT INTO item (v, last_updated) VALUES ('late', now() - '20 s'::interval)"
+    )
+    # THEN the version below the start is re-read once, and nothing else twice
+    assert _run(conn, lake, "item")["rows"] == 1
+    assert _run(conn, lake, "item")["rows"] == 0
+    assert len(read_table(s3, "item")) == len([*first, late])

@@ -7,12 +7,13 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes_ingest.errors import InvalidEvent
-from totes_ingest.observability import logger, step, tracer
+from totes_ingest.observability import logger, metrics, step, tracer
 from totes_ingest.run_summary import aggregate
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
 @step("Aggregate")
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     results = event.get("results")

@@ -9,11 +9,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from totes_ingest import config, pipeline
 from totes_ingest.aws import s3_client
 from totes_ingest.lake import Lake
-from totes_ingest.observability import logger, step, tracer
+from totes_ingest.observability import logger, metrics, step, tracer
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
 @step("GetLastIngestTime")
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return pipeline.find_watermark(event, Lake(s3_client(), config.ingest_bucket()))

@@ -10,11 +10,12 @@ from totes_ingest import config, pipeline
 from totes_ingest.aws import s3_client
 from totes_ingest.db_connections import close_db_connection, connect_to_db
 from totes_ingest.lake import Lake
-from totes_ingest.observability import logger, step, tracer
+from totes_ingest.observability import logger, metrics, step, tracer
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
 @step("QueryToParquet")
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     lake = Lake(s3_client(), config.ingest_bucket())

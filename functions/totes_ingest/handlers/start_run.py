@@ -8,11 +8,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes_ingest import pipeline
 from totes_ingest.db_connections import close_db_connection, connect_to_db
-from totes_ingest.observability import logger, step, tracer
+from totes_ingest.observability import logger, metrics, step, tracer
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
 @step("StartRun")
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     conn = connect_to_db()

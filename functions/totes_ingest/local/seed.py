@@ -16,8 +16,9 @@ varying scale next to ``numeric(10,2)``.
 from __future__ import annotations
 
 import random
+import sys
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -233,14 +234,25 @@ def row_counts(conn: Any) -> dict[str, int]:
     return {t: int(conn.run(f'SELECT count(*) FROM "{t}"')[0][0]) for t in TABLES}  # nosec B608
 
 
-def seed(conn: Any, scale: float = 1, *, force: bool = False) -> dict[str, int]:
+def to_stderr(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def seed(
+    conn: Any,
+    scale: float = 1,
+    *,
+    force: bool = False,
+    progress: Callable[[str], None] = to_stderr,
+) -> dict[str, int]:
     """Create the ToteSys schema if needed and fill it; rows per table.
 
     ``scale`` multiplies the growing tables (design, sales_order, purchase_order and so
     transaction and payment); the reference tables keep their real sizes. A database
     whose ToteSys tables already hold rows is refused unless ``force``, which empties
     them first: seeding is for fresh databases, never for someone's real data.
-    Everything happens in one transaction.
+    Everything happens in one transaction; ``progress`` hears of each step as it starts
+    (a million orders take a while).
     """
     if not scale > 0:
         raise SeedError(f"scale must be positive, not {scale!r}")
@@ -263,12 +275,15 @@ def seed(conn: Any, scale: float = 1, *, force: bool = False) -> dict[str, int]:
             )
         else:
             create_schema(conn)
+        progress("reference tables")
         _seed_reference_tables(conn, random.Random(_PY_SEED))  # noqa: S311 - sample data
-        _seed_growing_tables(conn, scale)
+        _seed_growing_tables(conn, scale, progress)
+        progress("commit")
         conn.run("COMMIT")
     except BaseException:
         conn.run("ROLLBACK")
         raise
+    progress("analyze")
     conn.run("ANALYZE")
     return row_counts(conn)
 
@@ -423,18 +438,20 @@ def _bulk_load(conn: Any, tables: tuple[str, ...]) -> Iterator[None]:
         conn.run(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
 
 
-def _seed_growing_tables(conn: Any, scale: float) -> None:
+def _seed_growing_tables(conn: Any, scale: float, progress: Callable[[str], None]) -> None:
     n = {table: max(1, round(size * scale)) for table, size in GROWING.items()}
     # Sorts and index builds of millions of rows stay in memory rather than spill to disk.
     conn.run("SET LOCAL work_mem = '256MB'")
     conn.run("SET LOCAL maintenance_work_mem = '256MB'")
     with _bulk_load(conn, _BULK_TABLES):
-        _generate(conn, n)
+        _generate(conn, n, progress)
+        progress("indexes and foreign keys")
 
 
-def _generate(conn: Any, n: dict[str, int]) -> None:
+def _generate(conn: Any, n: dict[str, int], progress: Callable[[str], None]) -> None:
     common = {"base": BASE_TIME, "history": HISTORY, "end": END_TIME}
     conn.run("SELECT setseed(:seed)", seed=_SQL_SEED)
+    progress(f"design: {n['design']:,} rows")
     conn.run(  # fixed table/column names; values are bound parameters
         f"""
         INSERT INTO design (design_name, file_location, file_name, created_at, last_updated)
@@ -451,6 +468,7 @@ def _generate(conn: Any, n: dict[str, int]) -> None:
         n=n["design"],
         **common,
     )
+    progress(f"sales_order: {n['sales_order']:,} rows")
     # An order only uses designs that existed when it was placed (ids grow with time).
     conn.run(  # fixed table/column names; values are bound parameters
         f"""
@@ -474,6 +492,7 @@ def _generate(conn: Any, n: dict[str, int]) -> None:
         designs=n["design"],
         **common,
     )
+    progress(f"purchase_order: {n['purchase_order']:,} rows")
     # item_unit_price is numeric without a scale: most prices have two decimals, some four.
     conn.run(  # fixed table/column names; values are bound parameters
         f"""
@@ -498,6 +517,8 @@ def _generate(conn: Any, n: dict[str, int]) -> None:
         n=n["purchase_order"],
         **common,
     )
+    transactions = n["sales_order"] + n["purchase_order"]
+    progress(f"transaction: {transactions:,} rows")
     conn.run(
         """
         INSERT INTO transaction (transaction_type, sales_order_id, purchase_order_id,
@@ -510,6 +531,7 @@ def _generate(conn: Any, n: dict[str, int]) -> None:
         ORDER BY created_at, kind, coalesce(sales_order_id, purchase_order_id)
         """
     )
+    progress(f"payment: {transactions:,} rows")
     # One payment per transaction, for the order's amount; 5% are refunds; paid ones
     # were updated when the payment arrived.
     conn.run(
