@@ -135,7 +135,6 @@ def extract_window(
         rows_of = f"SELECT {select} FROM {source.relation} AS {_SRC} WHERE "  # nosec B608
         predicate = window.cursor.predicate(source, cursor)
         copies = [f"COPY ({rows_of}{predicate}) TO STDOUT (FORMAT binary)"]
-        widen_read_buffer(conn)
         extra = _reread(db, window.cursor, source, schema, in_lake)
         if extra:
             from totes_ingest.reread import ctid_predicate  # only then: it imports boto3
@@ -143,6 +142,7 @@ def extract_window(
             copies.append(
                 f"COPY ({rows_of}{_SRC}.{ctid_predicate(extra)}) TO STDOUT (FORMAT binary)"
             )
+        widen_read_buffer(conn)
         sink = ParquetSink(conn, path, schema, plans, group_rows, table, label)
         count = f"SELECT count(*) FROM {source.relation} AS {_SRC} WHERE {predicate}"  # nosec B608
         written, ((counted,),) = sink.run(
@@ -172,10 +172,12 @@ def _reread(
     predicate = cursor.reread_predicate(source, quote_ident(CURSOR_COLUMN))
     if predicate is None or not source.key:
         return []
-    from totes_ingest.reread import missing_ctids, pairs_query  # only now: boto3, the lake
+    from totes_ingest.reread import missing_ctids  # only now: it imports boto3 and the lake
 
     if in_lake is None:
         raise ValueError("a window with a re-read range needs the lake's versions")
+    from totes_ingest.reread import pairs_query
+
     ((pairs,),) = db.run(pairs_query(source, predicate))
     cursor_type = schema.field(CURSOR_COLUMN).type
     return missing_ctids((pairs or "").encode(), source, in_lake, cursor_type)
