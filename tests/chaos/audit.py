@@ -69,7 +69,7 @@ class TaskTally:
                 start, end = result.get("start_time"), result.get("end_time")
                 if start is not None and end is not None and start >= end:
                     self.overtaken += 1
-            elif report.function == "WriteToS3Function":
+            elif report.function == "CommitTableFunction":
                 if result.get("status") == "written":
                     self.written += 1
                     self.rows_written += int(result.get("rows", 0))

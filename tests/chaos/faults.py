@@ -45,7 +45,7 @@ from totes_ingest import aws, pipeline
 from totes_ingest.config import CLAIMS_PREFIX, STAGING_PREFIX
 from totes_ingest.db_connections import APPLICATION_NAME
 from totes_ingest.errors import IngestError, LakeUnavailable, SourceUnavailable
-from totes_ingest.handlers import get_last_ingest_time, query_to_parquet, write_to_s3
+from totes_ingest.handlers import get_last_ingest_time, query_to_parquet, commit_table
 from totes_ingest.lake import Lake
 from totes_ingest.local import runner
 from totes_ingest.local.dburl import connect
@@ -292,7 +292,7 @@ class FaultPlan:
             )
         monkeypatch.setattr(runner, "invoke_handler", self.haunted(runner.invoke_handler))
         faulty_client = self.faulty_s3_client(aws.s3_client)
-        for module in (aws, get_last_ingest_time, query_to_parquet, write_to_s3):
+        for module in (aws, get_last_ingest_time, query_to_parquet, commit_table):
             monkeypatch.setattr(module, "s3_client", faulty_client)
 
 

@@ -64,7 +64,7 @@ def test_the_diagram_shows_each_catch_as_a_dotted_arrow(
 ) -> None:
     document = diagram.render(asl)
 
-    for task in ("GetLastIngestTime", "QueryToParquet", "WriteToS3"):
+    for task in ("GetLastIngestTime", "QueryToParquet", "CommitTable"):
         assert f'{diagram.node_id(task)} -. "any error" .-> s_TableFailed' in document
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.infra
 
 TABLE_KEYS = "*/????/??/??/????????????.parquet"
 KMS_VIA_S3 = {"kms:Decrypt", "kms:GenerateDataKey"}
-STEPS = ["StartRun", "GetLastIngestTime", "QueryToParquet", "WriteToS3", "Aggregate"]
+STEPS = ["StartRun", "GetLastIngestTime", "QueryToParquet", "CommitTable", "Aggregate"]
 
 S3_GRANTS: dict[str, set[tuple[str, str]]] = {
     "StartRun": set(),
@@ -38,7 +38,7 @@ S3_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("s3:AbortMultipartUpload", "_staging/*"),
         ("s3:ListMultipartUploadParts", "_staging/*"),
     },
-    "WriteToS3": {
+    "CommitTable": {
         ("s3:ListBucket", ""),
         ("s3:GetObject", "_claims/*"),
         ("s3:GetObject", "_staging/*"),
@@ -55,7 +55,7 @@ S3_GRANTS: dict[str, set[tuple[str, str]]] = {
 LIST_PREFIXES: dict[str, set[str]] = {
     "GetLastIngestTime": {"*/", "_claims/*", "_staging/*", TABLE_KEYS},
     "QueryToParquet": {"*/", "_claims/*", TABLE_KEYS},
-    "WriteToS3": {"_claims/*", "_staging/*", TABLE_KEYS},
+    "CommitTable": {"_claims/*", "_staging/*", TABLE_KEYS},
 }
 
 

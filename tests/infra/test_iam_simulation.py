@@ -261,7 +261,7 @@ def test_get_last_ingest_time_may_remove_a_void_claim(
     assert denied(transformed, "GetLastIngestTime", recorder) == []
 
 
-def test_write_to_s3_may_commit_a_multipart_window(
+def test_commit_table_may_commit_a_multipart_window(
     s3: Any, recorder: Recorder, transformed: dict[str, Any]
 ) -> None:
     staged(s3, "staff", None, T1, "run-sim", BIG)
@@ -270,10 +270,10 @@ def test_write_to_s3_may_commit_a_multipart_window(
     result = pipeline.commit_table(commit_payload("staff"), Lake(s3, BUCKET))
 
     assert result["status"] == "written"
-    assert denied(transformed, "WriteToS3", recorder) == []
+    assert denied(transformed, "CommitTable", recorder) == []
 
 
-def test_write_to_s3_may_lose_a_race_for_the_window(
+def test_commit_table_may_lose_a_race_for_the_window(
     s3: Any, recorder: Recorder, transformed: dict[str, Any]
 ) -> None:
     # GIVEN another run already committed the window starting at the same watermark
@@ -285,7 +285,7 @@ def test_write_to_s3_may_lose_a_race_for_the_window(
     result = pipeline.commit_table(commit_payload("staff"), lake)
 
     assert result["status"] == "skipped"
-    assert denied(transformed, "WriteToS3", recorder) == []
+    assert denied(transformed, "CommitTable", recorder) == []
 
 
 @pytest.mark.integration
@@ -337,12 +337,12 @@ def test_the_grants_of_one_step_do_not_cover_another_steps_requests(
     assert len(denied(transformed, "StartRun", recorder)) == len(recorder.needs())
 
 
-def test_no_step_may_list_the_whole_bucket_nor_write_to_s3_a_tables_folders(
+def test_no_step_may_list_the_whole_bucket_nor_commit_table_a_tables_folders(
     transformed: dict[str, Any],
 ) -> None:
     whole_bucket: Grant = ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", None)
     table_folder: Grant = ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}", "staff/")
 
-    for step in ("GetLastIngestTime", "QueryToParquet", "WriteToS3"):
+    for step in ("GetLastIngestTime", "QueryToParquet", "CommitTable"):
         assert not allowed_by(transformed, f"{step}Role")(whole_bucket)
-    assert not allowed_by(transformed, "WriteToS3Role")(table_folder)
+    assert not allowed_by(transformed, "CommitTableRole")(table_folder)

@@ -28,10 +28,10 @@ FUNCTIONS = [
     "StartRunFunction",
     "GetLastIngestTimeFunction",
     "QueryToParquetFunction",
-    "WriteToS3Function",
+    "CommitTableFunction",
     "AggregateFunction",
 ]
-HANDLERS = ["start_run", "get_last_ingest_time", "query_to_parquet", "write_to_s3", "aggregate"]
+HANDLERS = ["start_run", "get_last_ingest_time", "query_to_parquet", "commit_table", "aggregate"]
 AARCH64 = (183).to_bytes(2, "little")  # ELF e_machine EM_AARCH64
 # What every Lambda runtime image provides: the manylinux libraries (and zlib).
 SYSTEM_LIBRARIES = {

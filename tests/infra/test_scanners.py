@@ -24,7 +24,7 @@ DEPLOYED_ARNS = {
         "StartRunFunctionArn",
         "GetLastIngestTimeFunctionArn",
         "QueryToParquetFunctionArn",
-        "WriteToS3FunctionArn",
+        "CommitTableFunctionArn",
         "AggregateFunctionArn",
     ]
 }

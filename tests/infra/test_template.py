@@ -24,7 +24,7 @@ FUNCTION_NAMES = [
     "StartRunFunction",
     "GetLastIngestTimeFunction",
     "QueryToParquetFunction",
-    "WriteToS3Function",
+    "CommitTableFunction",
     "AggregateFunction",
 ]
 

@@ -106,7 +106,7 @@ def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.unit
 def test_progress_names_the_table_rows_and_key() -> None:
     report = TaskReport(
-        function="WriteToS3Function",
+        function="CommitTableFunction",
         payload={"table": "sales_order"},
         result={"table": "sales_order", "status": "written", "rows": 1200, "key": "k.parquet"},
         error=None,

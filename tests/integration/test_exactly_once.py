@@ -32,7 +32,7 @@ SETTINGS = pipeline.RunSettings(fallback_lag_seconds=0, max_concurrency=1, safet
 
 
 def _run(conn: Any, lake: Lake, table: str, *, lag: float = 300) -> dict[str, Any]:
-    """One table through StartRun, GetLastIngestTime, QueryToParquet and WriteToS3."""
+    """One table through StartRun, GetLastIngestTime, QueryToParquet and CommitTable."""
     run = pipeline.start_run({"tables_to_query": [table]}, conn, SETTINGS)
     item = {
         "table": table,

@@ -11,7 +11,7 @@ import pytest
 from tests.lakecheck import lake_keys, read_file
 from totes_ingest.errors import InvalidEvent
 from totes_ingest.handlers import aggregate, get_last_ingest_time, query_to_parquet, start_run
-from totes_ingest.handlers import write_to_s3 as write_handler
+from totes_ingest.handlers import commit_table as commit_handler
 from totes_ingest.ingest import TablesFailed
 from totes_ingest.ingest import lambda_handler as ingest_handler
 from totes_ingest.local.dburl import Connect
@@ -74,8 +74,8 @@ def test_query_then_write_commits_the_window_under_its_end_time(
 ) -> None:
     staged = query_to_parquet.lambda_handler(event("query_to_parquet"), Context())
     assert staged["rows"] > 0
-    assert staged["staging_key"] == event("write_to_s3")["staging_key"]
-    written = write_handler.lambda_handler(staged, Context())
+    assert staged["staging_key"] == event("commit_table")["staging_key"]
+    written = commit_handler.lambda_handler(staged, Context())
     assert written["status"] == "written"
     assert written["key"] == "sales_order/2026/11/25/093000123456.parquet"
     assert read_file(s3, written["key"]).num_rows == staged["rows"]
@@ -83,7 +83,7 @@ def test_query_then_write_commits_the_window_under_its_end_time(
 
 def test_write_with_nothing_staged_fails_loudly(seeded: dict[str, Any]) -> None:
     with pytest.raises(Exception, match="vanished"):
-        write_handler.lambda_handler(event("write_to_s3"), Context())
+        commit_handler.lambda_handler(event("commit_table"), Context())
 
 
 def test_aggregate_returns_the_written_keys_and_names_failures() -> None:

@@ -21,7 +21,7 @@ HANDLERS = {
     "start_run": PARQUET,
     "get_last_ingest_time": PARQUET,
     "query_to_parquet": set(),  # it writes Parquet, but loads pyarrow only when it runs
-    "write_to_s3": PARQUET,
+    "commit_table": PARQUET,
     "aggregate": PARQUET | DRIVERS,
 }
 

@@ -61,7 +61,7 @@ def cold() -> None:
 
 
 @metrics.log_metrics(capture_cold_start_metric=True)
-@step("WriteToS3")
+@step("CommitTable")
 def commit_handler(event: dict[str, Any], context: Any) -> None:
     put_metric("RowsIngested", MetricUnit.Count, event["rows"], event["table"])
     put_metric("BytesWritten", MetricUnit.Bytes, event["rows"] * 100, event["table"])
@@ -77,7 +77,7 @@ def test_an_invocation_publishes_its_metrics_in_one_document_by_service_step_and
     assert sorted(dimension_names(document)[0]) == ["service", "step", "table"]
     assert (document["service"], document["step"], document["table"]) == (
         "totes-ingest",
-        "WriteToS3",
+        "CommitTable",
         "sales_order",
     )
     assert document["RowsIngested"] == [7.0]
@@ -106,7 +106,7 @@ def test_invocations_in_concurrent_threads_never_mix_their_tables(
     barrier = threading.Barrier(len(tables))
 
     @metrics.log_metrics
-    @step("WriteToS3")
+    @step("CommitTable")
     def interleaved(event: dict[str, Any], context: Any) -> None:
         for _ in range(20):
             barrier.wait(timeout=10)  # every thread inside its invocation at once

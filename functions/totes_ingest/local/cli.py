@@ -390,7 +390,7 @@ def describe_task(
         )
     if step == "QueryToParquet" and result.get("rows") == 0:
         return f"{table}: no new rows since {payload.get('start_time') or 'the beginning'} {took}"
-    if step == "WriteToS3":
+    if step == "CommitTable":
         if result.get("status") == "written":
             return f"{table}: {result.get('rows'):,} rows -> {result.get('key')} {took}"
         return f"{table}: {result.get('status')} ({result.get('reason')}) {took}"

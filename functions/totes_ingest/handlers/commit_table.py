@@ -1,4 +1,4 @@
-"""WriteToS3: commit the staged object to ``table/yyyy/mm/dd/hhmmssffffff.parquet``."""
+"""CommitTable: commit the staged object to ``table/yyyy/mm/dd/hhmmssffffff.parquet``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,6 @@ from totes_ingest.observability import logger, metrics, step, tracer
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
-@step("WriteToS3")
+@step("CommitTable")
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return pipeline.commit_table(event, Lake(s3_client(), config.ingest_bucket()))
