@@ -44,6 +44,11 @@ REREAD_LAG_SECONDS: Final = "REREAD_LAG_SECONDS"
 ALLOW_HOT_STANDBY: Final = "ALLOW_HOT_STANDBY"
 # An open transaction holding the end bound back longer than this is named in a WARNING.
 STALL_WARNING_SECONDS: Final = "STALL_WARNING_SECONDS"
+# The audit: how far back (in days of the cursor) a horizon audit compares the source
+# with the lake, and how many primary-key values one partition of its key space spans
+# (the unit of its memory).
+AUDIT_HORIZON_DAYS: Final = "AUDIT_HORIZON_DAYS"
+AUDIT_PARTITION_KEYS: Final = "AUDIT_PARTITION_KEYS"
 
 DEFAULT_SSL_MODE: Final = "require"
 DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 10.0
@@ -58,12 +63,15 @@ DEFAULT_ROW_GROUP_ROWS: Final = 131_072
 DEFAULT_ROW_GROUP_BYTES: Final = 16 << 20
 DEFAULT_STATEMENT_TIMEOUT_MS: Final = 600_000
 DEFAULT_MAX_CONCURRENCY: Final = 4
+DEFAULT_AUDIT_HORIZON_DAYS: Final = 7.0
+DEFAULT_AUDIT_PARTITION_KEYS: Final = 1_000_000
 
 # The folder holding the totes_ingest package: /var/task in Lambda, functions/ here.
 CODE_ROOT: Final = Path(__file__).resolve().parents[1]
 
 STAGING_PREFIX: Final = "_staging/"
 CLAIMS_PREFIX: Final = "_claims/"
+TOMBSTONES_PREFIX: Final = "_tombstones/"
 
 
 def ingest_bucket() -> str:
@@ -137,3 +145,17 @@ def allow_hot_standby() -> bool:
 
 def stall_warning_seconds() -> float:
     return float(os.environ.get(STALL_WARNING_SECONDS, DEFAULT_STALL_WARNING_SECONDS))
+
+
+def audit_horizon_days() -> float:
+    value = float(os.environ.get(AUDIT_HORIZON_DAYS, DEFAULT_AUDIT_HORIZON_DAYS))
+    if not value > 0:
+        raise ValueError(f"{AUDIT_HORIZON_DAYS} must be positive, not {value}")
+    return value
+
+
+def audit_partition_keys() -> int:
+    value = int(os.environ.get(AUDIT_PARTITION_KEYS, DEFAULT_AUDIT_PARTITION_KEYS))
+    if value < 1:
+        raise ValueError(f"{AUDIT_PARTITION_KEYS} must be at least 1, not {value}")
+    return value
