@@ -80,9 +80,9 @@ from totes_ingest.reread import (
     sorted_ctids,
     source_pairs,
 )
-from totes_ingest.source import CURSOR_COLUMN, SourceTable, resolve_table
+from totes_ingest.source import CURSOR_COLUMN, SourceTable, resolve_table, resolve_tables
 
-Status = Literal["whole", "repaired", "not whole", "skipped"]
+Status = Literal["whole", "repaired", "not whole", "skipped", "failed"]
 
 META_REPAIR: Final = "totes-repair"  # user metadata of a repair object: the audit's id
 META_ROWS: Final = "totes-rows"
@@ -184,6 +184,24 @@ def audit_table(
         _Audit(conn, lake, source, settings, report, Path(workdir), audit_id).run(since, bound)
     _publish(report)
     return report
+
+
+def audit_tables(
+    conn: Any, lake: Lake, tables: list[str], settings: AuditSettings, *, audit_id: str
+) -> list[TableAudit]:
+    """Audit each of ``tables`` (names checked first: InvalidEvent names every bad one);
+    a table that fails is reported as failed, with why, and the others go on."""
+    resolve_tables(conn, tables, settings.schema)
+    reports = []
+    for table in tables:
+        try:
+            reports.append(audit_table(conn, lake, table, settings, audit_id=audit_id))
+        except IngestError as e:
+            logger.critical(
+                "Audit failed", extra={"table": table, "error": type(e).__name__, "reason": str(e)}
+            )
+            reports.append(TableAudit(table, status="failed", reason=str(e)))
+    return reports
 
 
 def judged_bound(
