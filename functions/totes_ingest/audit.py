@@ -231,6 +231,25 @@ def judged_bound(
     return rng.reread_from if rng.reread_from is not None else rng.start
 
 
+_OFFSET_SPAN_SQL = """
+SELECT (max(o) - min(o))::int8 FROM (
+  SELECT extract(epoch FROM (g AT TIME ZONE :zone) - (g AT TIME ZONE 'UTC')) AS o
+  FROM generate_series(now() - interval '2 years', now() + interval '2 years',
+                       interval '1 day') AS g) AS offsets
+"""
+
+
+def _fall_back_allowance(conn: Any, source: SourceTable, settings: AuditSettings) -> timedelta:
+    """How far a later version's wall-clock cursor may lie below an earlier one's: the
+    zone's offset span (a fall-back repeats that much), zero for instants and fixed zones."""
+    if source.cursor_type != "timestamp":
+        return timedelta(0)
+    zone = settings.source_timezone or _database_zone(conn)
+    with source_errors("time zone lookup", table=source.name):
+        ((span,),) = conn.run(_OFFSET_SPAN_SQL, zone=zone)
+    return timedelta(seconds=int(span or 0))
+
+
 def _database_zone(conn: Any) -> str:
     with source_errors("time zone lookup"):
         ((zone,),) = conn.run("SELECT current_setting('TimeZone')")
@@ -258,6 +277,7 @@ class _Audit:
         self.cursor_type = self.schema.field(CURSOR_COLUMN).type
         self.key_types = [self.schema.field(name).type for name in source.key]
         self.boundaries = self._boundaries()
+        self.fall_back_allowance = _fall_back_allowance(conn, source, settings)
         self.report.partitions = len(self.boundaries) + 1
 
     # -- the key space -------------------------------------------------------------------
@@ -411,7 +431,8 @@ class _Audit:
             "lake_newest",
         )
         both = source.join(newest, keys=key, join_type="inner", use_threads=False)
-        newer = both.filter(pc.greater(both.column("lake_newest"), both.column(CURSOR_COLUMN)))
+        ahead = pc.subtract(both.column("lake_newest"), both.column(CURSOR_COLUMN))
+        newer = both.filter(pc.greater(ahead, pa.scalar(self.fall_back_allowance)))
         self.report.newer_in_lake += newer.num_rows
         for row in newer.slice(0, _EXAMPLES).to_pylist():
             self.report.example(
