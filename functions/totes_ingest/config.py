@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 INGEST_BUCKET: Final = "INGEST_BUCKET"
 DB_SECRET_NAME: Final = "DB_SECRET_NAME"  # noqa: S105 - a variable name, not a secret
@@ -44,6 +44,17 @@ REREAD_LAG_SECONDS: Final = "REREAD_LAG_SECONDS"
 ALLOW_HOT_STANDBY: Final = "ALLOW_HOT_STANDBY"
 # An open transaction holding the end bound back longer than this is named in a WARNING.
 STALL_WARNING_SECONDS: Final = "STALL_WARNING_SECONDS"
+# The type mapping of the Parquet files (pg_types): "portable" (default: every engine
+# reads every column, Athena/Glue can declare it) or "extension" (Arrow's uuid and json
+# extension types, decimal256, time64: opt-in, for pyarrow-only readers).
+PARQUET_TYPE_PROFILE: Final = "PARQUET_TYPE_PROFILE"
+# The Glue database the commit step keeps each table's Glue table (and views) in; unset:
+# no catalog is kept (local runs keep a DuckDB file instead).
+GLUE_DATABASE: Final = "GLUE_DATABASE"
+
+TypeProfile = Literal["portable", "extension"]
+TYPE_PROFILES: Final[tuple[TypeProfile, ...]] = ("portable", "extension")
+DEFAULT_TYPE_PROFILE: Final[TypeProfile] = "portable"
 
 DEFAULT_SSL_MODE: Final = "require"
 DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 10.0
@@ -137,3 +148,16 @@ def allow_hot_standby() -> bool:
 
 def stall_warning_seconds() -> float:
     return float(os.environ.get(STALL_WARNING_SECONDS, DEFAULT_STALL_WARNING_SECONDS))
+
+
+def type_profile() -> TypeProfile:
+    value = os.environ.get(PARQUET_TYPE_PROFILE) or DEFAULT_TYPE_PROFILE
+    for profile in TYPE_PROFILES:
+        if value == profile:
+            return profile
+    raise ValueError(f"{PARQUET_TYPE_PROFILE} must be portable or extension, not {value!r}")
+
+
+def glue_database() -> str | None:
+    """The Glue database to keep the tables' catalog in; None: keep none."""
+    return os.environ.get(GLUE_DATABASE) or None

@@ -79,6 +79,7 @@ class StageSettings:
     row_group_rows: int = config.DEFAULT_ROW_GROUP_ROWS
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS
     schema: str = config.DEFAULT_SOURCE_SCHEMA
+    type_profile: config.TypeProfile = config.DEFAULT_TYPE_PROFILE
 
     @classmethod
     def from_environment(cls) -> StageSettings:
@@ -86,6 +87,7 @@ class StageSettings:
             row_group_rows=config.row_group_rows(),
             reread_lag_seconds=config.reread_lag_seconds(),
             schema=config.source_schema(),
+            type_profile=config.type_profile(),
         )
 
 
@@ -185,6 +187,7 @@ def stage_table(
     row_group_rows: int,
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS,
     schema: str = config.DEFAULT_SOURCE_SCHEMA,
+    type_profile: config.TypeProfile = config.DEFAULT_TYPE_PROFILE,
 ) -> Payload:
     """Extract the window's rows to Parquet and upload it to the run's staging key.
 
@@ -223,7 +226,13 @@ def stage_table(
     with tempfile.TemporaryDirectory(prefix="totes-") as workdir:
         path = Path(workdir) / f"{table}.parquet"
         result = extract_window(
-            conn, window, source, path, row_group_rows=row_group_rows, in_lake=in_lake
+            conn,
+            window,
+            source,
+            path,
+            row_group_rows=row_group_rows,
+            in_lake=in_lake,
+            type_profile=type_profile,
         )
         if result.rows == 0:
             logger.warning("No new rows", extra={"table": table, "window": window.label})
