@@ -707,3 +707,40 @@ def _interval_fields(value: Any) -> dict[str, int]:
         "days": (value.weeks or 0) * 7 + (value.days or 0),
         "microseconds": round(((hours * 60 + minutes) * 60 + seconds) * 1_000_000) + micros,
     }
+
+
+# --- the Glue/Hive type each Arrow type is declared as (the catalog, Athena) ---
+
+
+def glue_type(arrow_type: pa.DataType) -> str:
+    """The Hive DDL type Glue declares a column of ``arrow_type`` as (Athena reads the
+    Parquet column as it). Raises UnsupportedColumnType for a type Athena cannot declare
+    (the extension profile's time64, decimal256): use the portable profile with Athena."""
+    if pa.types.is_list(arrow_type):
+        return f"array<{glue_type(arrow_type.value_type)}>"
+    if pa.types.is_struct(arrow_type):
+        fields = ",".join(f"{f.name}:{glue_type(f.type)}" for f in arrow_type)
+        return f"struct<{fields}>"
+    if isinstance(arrow_type, pa.ExtensionType):
+        return glue_type(arrow_type.storage_type)
+    if pa.types.is_decimal128(arrow_type):
+        return f"decimal({arrow_type.precision},{arrow_type.scale})"
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamp"
+    for name, check in _GLUE_TYPES:
+        if check(arrow_type):
+            return name
+    raise UnsupportedColumnType(f"type {arrow_type} cannot be declared in Glue/Athena")
+
+
+_GLUE_TYPES: tuple[tuple[str, Callable[[pa.DataType], bool]], ...] = (
+    ("smallint", pa.types.is_int16),
+    ("int", pa.types.is_int32),
+    ("bigint", pa.types.is_int64),
+    ("float", pa.types.is_float32),
+    ("double", pa.types.is_float64),
+    ("boolean", pa.types.is_boolean),
+    ("string", pa.types.is_string),
+    ("binary", lambda t: pa.types.is_binary(t) or pa.types.is_fixed_size_binary(t)),
+    ("date", pa.types.is_date32),
+)
