@@ -79,8 +79,9 @@ def current_view_sql(columns: TableColumns) -> str:
     key = ", ".join(quote(name) for name in columns.key)
     joined = " AND ".join(f"d.{quote(name)} = v.{quote(name)}" for name in columns.key)
     last = quote(LAST_VERSION)
+    # Every identifier is quoted by ``quote``; no value is interpolated.
     return (
-        f"SELECT {outer}\n"
+        f"SELECT {outer}\n"  # nosec B608
         f"FROM (\n"
         f"  SELECT {listed},\n"
         f"    row_number() OVER (PARTITION BY {key} ORDER BY {cursor} DESC) AS {quote(_RANK)}\n"
@@ -163,18 +164,18 @@ def duckdb_statements(lake: str, columns: TableColumns, tombstone_files: bool) -
     table = columns.table
     root = lake.rstrip("/")
     statements = [
-        f"CREATE OR REPLACE VIEW {quote(table)} AS SELECT * FROM read_parquet("
+        f"CREATE OR REPLACE VIEW {quote(table)} AS SELECT * FROM read_parquet("  # nosec B608
         f"{_literal(f'{root}/{table}/*/*/*/*.parquet')}, union_by_name = true)"
     ]
     if columns.key:
         tombstones = quote(table + TOMBSTONES_SUFFIX)
         if tombstone_files:
             glob = f"{root}/{TOMBSTONES_PREFIX}{table}/*/*/*/*.parquet"
-            source = f"SELECT * FROM read_parquet({_literal(glob)}, union_by_name = true)"
+            source = f"SELECT * FROM read_parquet({_literal(glob)}, union_by_name = true)"  # nosec B608
         else:
             keys = ", ".join(quote(name) for name in columns.key)
             source = (
-                f"SELECT {keys}, CAST(NULL AS TIMESTAMPTZ) AS {quote(DELETED_AT)},"
+                f"SELECT {keys}, CAST(NULL AS TIMESTAMPTZ) AS {quote(DELETED_AT)},"  # nosec B608
                 f" {quote(columns.cursor)} AS {quote(LAST_VERSION)}"
                 f" FROM {quote(table)} WHERE false"
             )
