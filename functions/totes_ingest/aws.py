@@ -26,12 +26,24 @@ _TRANSIENT_CODES = frozenset(
         "ServiceUnavailable",
         "503",
         "500",
+        "ConcurrentModificationException",
+        "InternalServiceException",
+        "OperationTimeoutException",
     }
 )
 
 
 def s3_client() -> Any:
     return boto3.client("s3", config=_CLIENT_CONFIG)
+
+
+def glue_client() -> Any:
+    return boto3.client("glue", config=_CLIENT_CONFIG)
+
+
+def is_transient(code: str) -> bool:
+    """Whether an AWS error code is worth retrying (throttling, timeouts, server errors)."""
+    return code in _TRANSIENT_CODES
 
 
 def secrets_client() -> Any:

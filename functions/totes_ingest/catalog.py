@@ -14,7 +14,7 @@ import pyarrow as pa
 from totes_ingest.db_errors import source_errors
 from totes_ingest.errors import SourceError, UnsupportedColumnType
 from totes_ingest.identifiers import quote_ident
-from totes_ingest.pg_types import CatalogType, Column, map_type, schema_of
+from totes_ingest.pg_types import CatalogType, Column, Profile, map_type, schema_of
 
 _TABLE_OID = "SELECT to_regclass(:name)::oid"
 _COLUMNS = """
@@ -30,13 +30,15 @@ WHERE t.oid = :oid
 """
 
 
-def table_schema(conn: pg8000.native.Connection, table: str) -> pa.Schema:
+def table_schema(
+    conn: pg8000.native.Connection, table: str, profile: Profile = "portable"
+) -> pa.Schema:
     """The Arrow schema of ``table``, from the catalog.
 
     Raises SourceError if the table does not exist, UnsupportedColumnType if a column's
     type has no faithful Arrow mapping.
     """
-    return schema_of(table_columns(conn, table))
+    return schema_of(table_columns(conn, table, profile=profile))
 
 
 def table_columns(
@@ -45,11 +47,12 @@ def table_columns(
     *,
     window: str | None = None,
     relation: str | None = None,
+    profile: Profile = "portable",
 ) -> list[Column]:
     """``table``'s columns in order, each with its Arrow type (see ``pg_types``).
 
     ``relation`` is its schema-qualified name (default: ``table`` on the search path);
-    ``window`` only labels the errors.
+    ``window`` only labels the errors; ``profile`` picks the type mapping.
     """
     with source_errors("catalog read", table=table, window=window):
         ((rel,),) = conn.run(_TABLE_OID, name=relation or quote_ident(table))
@@ -59,7 +62,7 @@ def table_columns(
         types = _TypeCache(conn)
         try:
             return [
-                map_type(name, pg_type, oid, typmod, types.lookup)
+                map_type(name, pg_type, oid, typmod, types.lookup, profile)
                 for name, pg_type, typmod, oid in rows
             ]
         except UnsupportedColumnType as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 INGEST_BUCKET: Final = "INGEST_BUCKET"
 DB_SECRET_NAME: Final = "DB_SECRET_NAME"  # noqa: S105 - a variable name, not a secret
@@ -49,6 +49,18 @@ STALL_WARNING_SECONDS: Final = "STALL_WARNING_SECONDS"
 # (the unit of its memory).
 AUDIT_HORIZON_DAYS: Final = "AUDIT_HORIZON_DAYS"
 AUDIT_PARTITION_KEYS: Final = "AUDIT_PARTITION_KEYS"
+
+# The type mapping of the Parquet files (pg_types): "portable" (default: every engine
+# reads every column, Athena/Glue can declare it) or "extension" (Arrow's uuid and json
+# extension types, decimal256, time64: opt-in, for pyarrow-only readers).
+PARQUET_TYPE_PROFILE: Final = "PARQUET_TYPE_PROFILE"
+# The Glue database the commit step keeps each table's Glue table (and views) in; unset:
+# no catalog is kept (local runs keep a DuckDB file instead).
+GLUE_DATABASE: Final = "GLUE_DATABASE"
+
+TypeProfile = Literal["portable", "extension"]
+TYPE_PROFILES: Final[tuple[TypeProfile, ...]] = ("portable", "extension")
+DEFAULT_TYPE_PROFILE: Final[TypeProfile] = "portable"
 
 DEFAULT_SSL_MODE: Final = "require"
 DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 10.0
@@ -159,3 +171,16 @@ def audit_partition_keys() -> int:
     if value < 1:
         raise ValueError(f"{AUDIT_PARTITION_KEYS} must be at least 1, not {value}")
     return value
+
+
+def type_profile() -> TypeProfile:
+    value = os.environ.get(PARQUET_TYPE_PROFILE) or DEFAULT_TYPE_PROFILE
+    for profile in TYPE_PROFILES:
+        if value == profile:
+            return profile
+    raise ValueError(f"{PARQUET_TYPE_PROFILE} must be portable or extension, not {value!r}")
+
+
+def glue_database() -> str | None:
+    """The Glue database to keep the tables' catalog in; None: keep none."""
+    return os.environ.get(GLUE_DATABASE) or None

@@ -58,5 +58,10 @@ class LakeError(IngestError):
     """S3 refused the request (access denied, missing bucket...)."""
 
 
+class CatalogError(IngestError):
+    """The Glue Data Catalog refused a request, or a table cannot be cataloged (Glue's
+    transient failures are LakeUnavailable, retried like S3's)."""
+
+
 class TablesFailed(IngestError):
     """At least one table failed; the others were committed."""

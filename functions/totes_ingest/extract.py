@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pg8000.native
 
 from totes_ingest import config
+from totes_ingest.config import TypeProfile as Profile
 from totes_ingest.cursor import CursorRange
 from totes_ingest.db_errors import source_errors
 from totes_ingest.errors import ReconciliationError
@@ -69,6 +70,7 @@ def extract_to_parquet(
     path: pathlib.Path,
     *,
     row_group_rows: int | None = None,
+    type_profile: Profile = "portable",
 ) -> ExtractResult:
     """Write the rows of ``public.table`` with ``last_updated`` in ``[start_time, end_time)``
     to ``path`` as Parquet, schema from the catalog; ``start_time=None`` is from the start.
@@ -86,6 +88,7 @@ def extract_to_parquet(
         source,
         path,
         row_group_rows=row_group_rows,
+        type_profile=type_profile,
     )
 
 
@@ -97,6 +100,7 @@ def extract_window(
     *,
     row_group_rows: int | None = None,
     in_lake: pa.Table | None = None,
+    type_profile: Profile = "portable",
 ) -> ExtractResult:
     """Write the rows of ``window``'s cursor range to ``path`` as Parquet.
 
@@ -104,7 +108,7 @@ def extract_window(
     cursor) pair ``in_lake`` (see ``reread.lake_versions``) does not hold. Both are read,
     and counted, in one snapshot. ``conn`` must not be inside a transaction: the extract
     runs its own read-only snapshot and leaves the session as it found it. On any error
-    the file is removed.
+    the file is removed. ``type_profile`` picks the type mapping (``pg_types``).
     """
     # Imported here, not above: a step that writes no Parquet imports this module through
     # the pipeline, and so loads neither pyarrow nor numpy (tests/unit/test_cold_start.py).
@@ -128,7 +132,9 @@ def extract_window(
             "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
             + "; ".join(SESSION_SETTINGS)
         )
-        columns = table_columns(conn, table, window=label, relation=source.relation)
+        columns = table_columns(
+            conn, table, window=label, relation=source.relation, profile=type_profile
+        )
         schema = schema_of(columns)
         plans = [plan(column, f"{_SRC}.{quote_ident(column.name)}") for column in columns]
         select = ", ".join(p.expr for p in plans)
@@ -189,7 +195,9 @@ def extract_rows(
 
     db = _Db(conn, source.name, label)
     try:
-        columns = table_columns(conn, source.name, window=label, relation=source.relation)
+        columns = table_columns(
+            conn, source.name, window=label, relation=source.relation, profile=config.type_profile()
+        )
         schema = schema_of(columns)
         plans = [plan(column, f"{_SRC}.{quote_ident(column.name)}") for column in columns]
         select = ", ".join(p.expr for p in plans)

@@ -12,17 +12,23 @@ table has the same schema, an all-NULL column keeps its type and an empty window
 still a well-typed, zero-row file. Each field carries its PostgreSQL type
 (``format_type``) in its metadata under ``b"pg_type"``.
 
-The mapping (domains are mapped as their base type):
+Two profiles (``PARQUET_TYPE_PROFILE``, see ``config``). The default, ``portable``,
+gives every column a type that DuckDB, Polars, pandas/pyarrow and Spark read and that
+Athena/Glue can declare, without changing a value; ``extension`` is the former mapping
+(Arrow's uuid/json extension types, decimal256, time64, uint32), opt-in. The mapping
+(domains are mapped as their base type; "ext." marks where ``extension`` differs):
 
 =====================================  =============================================
 PostgreSQL                             Arrow
 =====================================  =============================================
 smallint / integer / bigint            int16 / int32 / int64
-oid                                    uint32
-numeric(p, s)                          decimal128(p, s) for p <= 38, decimal256 up to
-                                       76 (negative scale s: decimal(p - s, 0); scale
-                                       above precision: decimal(s, s))
-numeric (unconstrained, or p > 76)     string holding PostgreSQL's exact text, e.g.
+oid                                    int64 (ext.: uint32)
+numeric(p, s), p <= 38                 decimal128(p, s) (negative scale s:
+                                       decimal(p - s, 0); scale above precision:
+                                       decimal(s, s))
+numeric(p, s), p > 38                  string: PostgreSQL's exact text (ext.:
+                                       decimal256 up to 76 digits)
+numeric (unconstrained)                string holding PostgreSQL's exact text, e.g.
                                        ``"1.50"``, ``"NaN"``, ``"Infinity"``: no float,
                                        no rounding, trailing zeros kept
 real / double precision                float32 / float64 (NaN and +-Infinity kept)
@@ -31,21 +37,25 @@ text, varchar, char(n), name, "char"   string (char(n) keeps its padding)
 inet, cidr, macaddr, macaddr8, xml     string (PostgreSQL's text form)
 enum types                             string (the label)
 date                                   date32
-time                                   time64[us]
+time                                   string ``HH:MM:SS.ffffff``, fixed width, 24:00:00
+                                       kept (ext.: time64[us], 24:00:00 refused)
+timetz                                 string ``HH:MM:SS.ffffff+HH:MM`` (the value's own
+                                       offset; ext.: refused)
 timestamp                              timestamp[us]
 timestamptz                            timestamp[us, tz=UTC]
 interval                               struct<months: int32, days: int32,
                                        microseconds: int64>: PostgreSQL's own three
                                        fields, exact (Parquet cannot store Arrow's
                                        month_day_nano interval)
-uuid                                   arrow.uuid (fixed_size_binary(16); Parquet UUID)
-json / jsonb                           arrow.json (string; Parquet JSON): the server's
-                                       text of the value
+uuid                                   string: canonical lower-case text (ext.:
+                                       arrow.uuid, Parquet UUID)
+json / jsonb                           string: the server's text of the value (ext.:
+                                       arrow.json, Parquet JSON)
 bytea                                  binary
 T[] (one dimension)                    list<element: T> (lower bounds are not kept)
 =====================================  =============================================
 
-Anything else (timetz, money, geometric, range, composite, bit strings...) raises
+Anything else (money, geometric, range, composite, bit strings...) raises
 UnsupportedColumnType naming the table and the column: no silent lossy fallback.
 """
 
@@ -63,6 +73,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from totes_ingest.config import TYPE_PROFILES, TypeProfile
 from totes_ingest.errors import UnsupportedColumnType
 from totes_ingest.pg_binary import (
     Values,
@@ -86,8 +97,13 @@ LIST_ITEM_NAME = "element"  # the name Parquet's compliant LIST layout reads bac
 # How a column's values travel in the binary COPY (see ``plan``): "fixed" as big-endian
 # numbers of their Arrow type's width; "text" as their UTF-8 bytes; "text_cast" selected
 # as ``::text`` (their binary form is not their text); the others by their own layout.
+Profile = TypeProfile
+PROFILES = TYPE_PROFILES
+
 Kind = Literal[
     "fixed",
+    "oid",
+    "timetz",
     "bool",
     "text",
     "text_cast",
@@ -131,6 +147,16 @@ _SIMPLE: dict[str, tuple[pa.DataType, Kind]] = {
     "jsonb": (pa.json_(), "jsonb"),
     "bytea": (pa.binary(), "bytea"),
 }
+# Where the portable profile (the default) differs: every engine reads these, and
+# Athena/Glue can declare them; the values are unchanged (see the module's table).
+_PORTABLE: dict[str, tuple[pa.DataType, Kind]] = {
+    "oid": (pa.int64(), "oid"),
+    "time": (pa.string(), "time"),
+    "timetz": (pa.string(), "timetz"),
+    "uuid": (pa.string(), "uuid"),
+    "json": (pa.string(), "json"),
+    "jsonb": (pa.string(), "jsonb"),
+}
 
 
 @dataclass(frozen=True)
@@ -166,13 +192,22 @@ def schema_of(columns: Sequence[Column]) -> pa.Schema:
 
 
 def map_type(
-    name: str, pg_type: str, oid: int, typmod: int, lookup: Callable[[int], CatalogType]
+    name: str,
+    pg_type: str,
+    oid: int,
+    typmod: int,
+    lookup: Callable[[int], CatalogType],
+    profile: Profile = "portable",
 ) -> Column:
     """The column ``name`` of type ``oid`` (``pg_type`` is its ``format_type``).
 
-    ``lookup`` gives the catalog facts of a type oid. Raises UnsupportedColumnType (for
-    the caller to label with the table) if the type has no faithful Arrow mapping.
+    ``lookup`` gives the catalog facts of a type oid; ``profile`` picks the mapping (see
+    the module's table). Raises UnsupportedColumnType (for the caller to label with the
+    table) if the type has no faithful Arrow mapping.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown type profile {profile!r}: one of {', '.join(PROFILES)}")
+    types = {**_SIMPLE, **_PORTABLE} if profile == "portable" else _SIMPLE
 
     def unsupported() -> UnsupportedColumnType:
         return UnsupportedColumnType(
@@ -195,9 +230,9 @@ def map_type(
         if typ.typtype != "b" or typ.namespace != "pg_catalog":
             raise unsupported()
         if typ.name == "numeric":
-            return numeric_type(typmod), "numeric", None
+            return numeric_type(typmod, profile), "numeric", None
         try:
-            arrow, kind = _SIMPLE[typ.name]
+            arrow, kind = types[typ.name]
         except KeyError:
             raise unsupported() from None
         return arrow, kind, None
@@ -206,8 +241,9 @@ def map_type(
     return Column(name, pg_type, arrow, kind, element)
 
 
-def numeric_type(typmod: int) -> pa.DataType:
-    """decimal128/decimal256 for ``numeric(p, s)``; string (exact text) otherwise."""
+def numeric_type(typmod: int, profile: Profile = "portable") -> pa.DataType:
+    """decimal128 for ``numeric(p, s)`` up to 38 digits (decimal256 up to 76 in the
+    extension profile); string (PostgreSQL's exact text) otherwise."""
     if typmod < 4:  # -1: unconstrained
         return pa.string()
     precision = ((typmod - 4) >> 16) & 0xFFFF
@@ -217,7 +253,7 @@ def numeric_type(typmod: int) -> pa.DataType:
     precision = max(precision, scale)
     if precision <= 38:
         return pa.decimal128(precision, scale)
-    if precision <= 76:
+    if precision <= 76 and profile == "extension":
         return pa.decimal256(precision, scale)
     return pa.string()
 
@@ -307,6 +343,16 @@ def _fixed(arrow_type: pa.DataType) -> Decode:
     return partial(fixed, arrow_type=arrow_type, dtype=_FIXED_WIRE[arrow_type])
 
 
+def _oid(arrow_type: pa.DataType) -> Decode:
+    """An oid (unsigned 32-bit on the wire) widened to int64, which every engine reads."""
+
+    def decode(values: Values) -> pa.Array:
+        fixed(values, pa.uint32(), ">u4")  # checks every value is 4 bytes
+        return from_numpy(pa.int64(), values.big_endian(">u4").astype(np.int64), validity(values))
+
+    return decode
+
+
 def _bool(arrow_type: pa.DataType) -> Decode:
     def decode(values: Values) -> pa.Array:
         return from_numpy(arrow_type, values.big_endian(">u1") != 0, validity(values))
@@ -319,6 +365,9 @@ def _text(arrow_type: pa.DataType) -> Decode:
 
 
 def _json(arrow_type: pa.DataType) -> Decode:
+    if pa.types.is_string(arrow_type):  # the portable profile: the text itself
+        return partial(variable, arrow_type=pa.string())
+
     def decode(values: Values) -> pa.Array:
         return pa.ExtensionArray.from_storage(pa.json_(), variable(values, pa.string()))
 
@@ -370,6 +419,9 @@ def _date(arrow_type: pa.DataType) -> Decode:
 
 
 def _time(arrow_type: pa.DataType) -> Decode:
+    if pa.types.is_string(arrow_type):
+        return _time_text
+
     def decode(values: Values) -> pa.Array:
         micros = values.big_endian(">i8")
         _refuse(~values.nulls & (micros >= _DAY_MICROS), "the time 24:00:00")
@@ -411,6 +463,9 @@ def _interval(arrow_type: pa.DataType) -> Decode:
 
 
 def _uuid(arrow_type: pa.DataType) -> Decode:
+    if pa.types.is_string(arrow_type):
+        return _uuid_text
+
     def decode(values: Values) -> pa.Array:
         start = np.where(values.nulls, 0, values.positions)
         raw = values.data[start[:, None] + np.arange(16)].tobytes() if len(values) else b""
@@ -420,6 +475,84 @@ def _uuid(arrow_type: pa.DataType) -> Decode:
         return pa.ExtensionArray.from_storage(pa.uuid(), storage)
 
     return decode
+
+
+# --- fixed-width text built with numpy: one (values x width) byte matrix, no Python per
+# value. Rows of NULLs hold whatever their (meaningless) bytes gave; the bitmap hides them.
+
+_ASCII_0 = ord("0")
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_UUID_HEX_AT = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+
+
+def _fixed_text(chars: npt.NDArray[np.uint8], values: Values) -> pa.Array:
+    """The rows of ``chars`` (ASCII) as a string array with ``values``' NULLs."""
+    count, width = chars.shape
+    offsets = np.arange(0, (count + 1) * width, width, dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.string(),
+        count,
+        [validity(values), pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(chars))],
+    )
+
+
+def _digits(numbers: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.uint8]:
+    """Each of ``numbers`` (0 <= n < 10**width) as ``width`` zero-padded ASCII digits."""
+    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    return ((numbers[:, None] // powers) % 10 + _ASCII_0).astype(np.uint8)
+
+
+def _clock_chars(micros: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """``HH:MM:SS.ffffff`` of microseconds since midnight (24:00:00 included)."""
+    seconds, fraction = np.divmod(micros, 1_000_000)
+    minutes, second = np.divmod(seconds, 60)
+    hour, minute = np.divmod(minutes, 60)
+    colon, dot = (
+        np.full((len(micros), 1), ord(":"), np.uint8),
+        np.full((len(micros), 1), ord("."), np.uint8),
+    )
+    parts = [_digits(hour, 2), colon, _digits(minute, 2), colon, _digits(second, 2), dot]
+    return np.hstack([*parts, _digits(fraction, 6)])
+
+
+def _time_micros(values: Values) -> npt.NDArray[np.int64]:
+    micros = np.where(values.nulls, 0, values.big_endian(">i8"))
+    _refuse((micros < 0) | (micros > _DAY_MICROS), "a time outside 00:00:00-24:00:00")
+    return micros
+
+
+def _time_text(values: Values) -> pa.Array:
+    """time as fixed-width ``HH:MM:SS.ffffff`` (PostgreSQL's 24:00:00 kept)."""
+    return _fixed_text(_clock_chars(_time_micros(values)), values)
+
+
+def _timetz_text(arrow_type: pa.DataType) -> Decode:
+    """timetz as ``HH:MM:SS.ffffff+HH:MM``: its time and its own UTC offset (the wire
+    holds seconds *west* of UTC). An offset with seconds (a pre-1900 local mean time)
+    is refused rather than rounded."""
+
+    def decode(values: Values) -> pa.Array:
+        micros = _time_micros(values)
+        east = -np.where(values.nulls, 0, values.big_endian(">i4", 8)).astype(np.int64)
+        _refuse(east % 60 != 0, "a UTC offset with seconds")
+        minutes = np.abs(east) // 60
+        sign = np.where(east < 0, ord("-"), ord("+")).astype(np.uint8)[:, None]
+        colon = np.full((len(values), 1), ord(":"), np.uint8)
+        offset = [sign, _digits(minutes // 60, 2), colon, _digits(minutes % 60, 2)]
+        return _fixed_text(np.hstack([_clock_chars(micros), *offset]), values)
+
+    return decode
+
+
+def _uuid_text(values: Values) -> pa.Array:
+    """uuid as its canonical text: 32 lower-case hex digits, dashes after 8, 12, 16, 20."""
+    start = np.where(values.nulls, 0, values.positions)
+    raw = values.data[start[:, None] + np.arange(16)]
+    hexes = np.empty((len(values), 32), dtype=np.uint8)
+    hexes[:, 0::2], hexes[:, 1::2] = _HEX[raw >> 4], _HEX[raw & 15]
+    chars = np.full((len(values), 36), ord("-"), dtype=np.uint8)
+    chars[:, _UUID_HEX_AT] = hexes
+    return _fixed_text(chars, values)
 
 
 def _bytea(arrow_type: pa.DataType) -> Decode:
@@ -433,6 +566,7 @@ def _refuse(bad: npt.NDArray[np.bool_], what: str) -> None:
 
 _DECODERS: dict[str, Callable[[pa.DataType], Decode]] = {
     "fixed": _fixed,
+    "oid": _oid,
     "bool": _bool,
     "text": _text,
     "json": _json,
@@ -441,6 +575,7 @@ _DECODERS: dict[str, Callable[[pa.DataType], Decode]] = {
     "timestamp": _timestamp,
     "interval": _interval,
     "uuid": _uuid,
+    "timetz": _timetz_text,
     "bytea": _bytea,
 }
 _TEXT_DECODERS: dict[str, Callable[[pa.DataType], Decode]] = {
@@ -498,10 +633,42 @@ def _converter(arrow_type: pa.DataType, pg_type: str) -> Convert | None:
     if arrow_type == INTERVAL:
         return _interval_fields
     if pa.types.is_string(arrow_type):
+        if base in ("json", "jsonb"):
+            return _json_text
+        if base == "uuid":
+            return str  # uuid.UUID's str is the canonical lower-case text
+        if base.startswith("time") and "with time zone" in base:
+            return _timetz_text_of
+        if base.startswith("time"):
+            return _time_text_of
         return _numeric_text
     if pa.types.is_decimal(arrow_type):
         return _finite_decimal
     return None
+
+
+def _time_text_of(value: Any) -> str:
+    """A pg8000 ``time`` as the fixed-width text the binary path writes."""
+    return f"{value.hour:02}:{value.minute:02}:{value.second:02}.{value.microsecond:06}"
+
+
+def _timetz_text_of(value: Any) -> str:
+    """pg8000 returns timetz as PostgreSQL's text (``09:30:00.5+05:30``): normalised to
+    the fixed width the binary path writes."""
+    if isinstance(value, str):
+        at = max(value.rfind("+"), value.rfind("-"))
+        clock, zone = value[:at], value[at:]
+        whole, _, fraction = clock.partition(".")
+        parts = zone[1:].split(":")
+        if len(parts) > 2 and int(parts[2]):
+            raise ValueError("a UTC offset with seconds")
+        zone_minutes = parts[1] if len(parts) > 1 else "00"
+        return f"{whole}.{fraction.ljust(6, '0')}{zone[0]}{int(parts[0]):02}:{zone_minutes}"
+    offset = value.utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{_time_text_of(value)}{sign}{hours:02}:{rest:02}"
 
 
 def _numeric_text(value: Any) -> Any:
@@ -540,3 +707,40 @@ def _interval_fields(value: Any) -> dict[str, int]:
         "days": (value.weeks or 0) * 7 + (value.days or 0),
         "microseconds": round(((hours * 60 + minutes) * 60 + seconds) * 1_000_000) + micros,
     }
+
+
+# --- the Glue/Hive type each Arrow type is declared as (the catalog, Athena) ---
+
+
+def glue_type(arrow_type: pa.DataType) -> str:
+    """The Hive DDL type Glue declares a column of ``arrow_type`` as (Athena reads the
+    Parquet column as it). Raises UnsupportedColumnType for a type Athena cannot declare
+    (the extension profile's time64, decimal256): use the portable profile with Athena."""
+    if pa.types.is_list(arrow_type):
+        return f"array<{glue_type(arrow_type.value_type)}>"
+    if pa.types.is_struct(arrow_type):
+        fields = ",".join(f"{f.name}:{glue_type(f.type)}" for f in arrow_type)
+        return f"struct<{fields}>"
+    if isinstance(arrow_type, pa.ExtensionType):
+        return glue_type(arrow_type.storage_type)
+    if pa.types.is_decimal128(arrow_type):
+        return f"decimal({arrow_type.precision},{arrow_type.scale})"
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamp"
+    for name, check in _GLUE_TYPES:
+        if check(arrow_type):
+            return name
+    raise UnsupportedColumnType(f"type {arrow_type} cannot be declared in Glue/Athena")
+
+
+_GLUE_TYPES: tuple[tuple[str, Callable[[pa.DataType], bool]], ...] = (
+    ("smallint", pa.types.is_int16),
+    ("int", pa.types.is_int32),
+    ("bigint", pa.types.is_int64),
+    ("float", pa.types.is_float32),
+    ("double", pa.types.is_float64),
+    ("boolean", pa.types.is_boolean),
+    ("string", pa.types.is_string),
+    ("binary", lambda t: pa.types.is_binary(t) or pa.types.is_fixed_size_binary(t)),
+    ("date", pa.types.is_date32),
+)

@@ -24,7 +24,7 @@ from totes_ingest import config
 from totes_ingest.cursor import CursorRange, cursor_range
 from totes_ingest.db_errors import source_errors
 from totes_ingest.end_bound import EndBound, commit_safe_end_time
-from totes_ingest.errors import InvalidEvent, SourceError
+from totes_ingest.errors import InvalidEvent, SourceError, UnsupportedColumnType
 from totes_ingest.extract import extract_window
 from totes_ingest.format_time import format_time
 from totes_ingest.generate_file_key import staging_key
@@ -38,6 +38,8 @@ from totes_ingest.write_to_s3 import write_to_s3
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from totes_ingest.glue_catalog import GlueCatalog
 
 Payload = dict[str, Any]
 
@@ -79,6 +81,7 @@ class StageSettings:
     row_group_rows: int = config.DEFAULT_ROW_GROUP_ROWS
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS
     schema: str = config.DEFAULT_SOURCE_SCHEMA
+    type_profile: config.TypeProfile = config.DEFAULT_TYPE_PROFILE
 
     @classmethod
     def from_environment(cls) -> StageSettings:
@@ -86,6 +89,7 @@ class StageSettings:
             row_group_rows=config.row_group_rows(),
             reread_lag_seconds=config.reread_lag_seconds(),
             schema=config.source_schema(),
+            type_profile=config.type_profile(),
         )
 
 
@@ -185,6 +189,7 @@ def stage_table(
     row_group_rows: int,
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS,
     schema: str = config.DEFAULT_SOURCE_SCHEMA,
+    type_profile: config.TypeProfile = config.DEFAULT_TYPE_PROFILE,
 ) -> Payload:
     """Extract the window's rows to Parquet and upload it to the run's staging key.
 
@@ -223,7 +228,13 @@ def stage_table(
     with tempfile.TemporaryDirectory(prefix="totes-") as workdir:
         path = Path(workdir) / f"{table}.parquet"
         result = extract_window(
-            conn, window, source, path, row_group_rows=row_group_rows, in_lake=in_lake
+            conn,
+            window,
+            source,
+            path,
+            row_group_rows=row_group_rows,
+            in_lake=in_lake,
+            type_profile=type_profile,
         )
         if result.rows == 0:
             logger.warning("No new rows", extra={"table": table, "window": window.label})
@@ -231,6 +242,7 @@ def stage_table(
             return empty
         columns = schema_signature(result.schema)
         _log_schema_change(lake, table, window.last_key, columns)
+        catalog = catalog_columns(table, result.schema, source.key)
         key = staging_key(table, window.start, window.end, window.run_id)
         metadata = {COLUMNS_METADATA: columns, **staged_metadata(window, result.rows)}
         with path.open("rb") as parquet:
@@ -253,7 +265,22 @@ def stage_table(
         "rows": result.rows,
         "bytes": result.bytes,
         "staging_key": key,
+        "catalog": catalog,
     }
+
+
+def catalog_columns(table: str, schema: pa.Schema, key: tuple[str, ...]) -> Payload | None:
+    """What CommitTable declares in Glue: each column's Glue type, the key, the cursor
+    (None, with a WARNING, if a column cannot be declared: the extension profile)."""
+    from totes_ingest.pg_types import glue_type  # here: it imports pyarrow
+    from totes_ingest.source import CURSOR_COLUMN
+
+    try:
+        columns = [[field.name, glue_type(field.type)] for field in schema]
+    except UnsupportedColumnType as e:
+        logger.warning("Not cataloged in Glue", extra={"table": table, "reason": str(e)})
+        return None
+    return {"columns": columns, "key": list(key), "cursor": CURSOR_COLUMN}
 
 
 def _freshness(table: str, complete_until: datetime | None) -> None:
@@ -291,8 +318,11 @@ def _log_schema_change(lake: Lake, table: str, last_key: str | None, columns: st
     )
 
 
-def commit_table(payload: Mapping[str, Any], lake: Lake) -> Payload:
-    """Publish the staged window as the table's next key (exactly once)."""
+def commit_table(
+    payload: Mapping[str, Any], lake: Lake, catalog: GlueCatalog | None = None
+) -> Payload:
+    """Publish the staged window as the table's next key (exactly once), then keep the
+    table's Glue catalog (``catalog``; None: none is kept) in step with its columns."""
     window = Window.from_payload(payload)
     if window.cursor is None or "rows" not in payload:
         raise InvalidEvent(
@@ -308,6 +338,8 @@ def commit_table(payload: Mapping[str, Any], lake: Lake) -> Payload:
         put_metric("RowsIngested", MetricUnit.Count, rows, window.table)
         put_metric("BytesWritten", MetricUnit.Bytes, int(payload.get("bytes", 0)), window.table)
         _freshness(window.table, window.end)
+        if catalog is not None and payload.get("catalog"):
+            _sync_catalog(catalog, lake, window, payload["catalog"])
     else:
         logger.warning(
             "Skipped commit",
@@ -320,3 +352,20 @@ def commit_table(payload: Mapping[str, Any], lake: Lake) -> Payload:
         "rows": rows,
         "reason": result.reason,
     }
+
+
+def _sync_catalog(catalog: GlueCatalog, lake: Lake, window: Window, spec: Any) -> None:
+    """The Glue tables of ``window.table`` from the columns QueryToParquet read."""
+    from totes_ingest.generate_file_key import claim_key
+    from totes_ingest.lake_views import table_columns_of
+
+    try:
+        columns = table_columns_of(window.table, spec["columns"], spec["key"], spec["cursor"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidEvent("step input's catalog is malformed", table=window.table) from e
+
+    def first_day() -> datetime:
+        initial = lake.read_claim(claim_key(window.table, None), table=window.table)
+        return window.end if initial is None else initial.end
+
+    catalog.sync(columns, first_day)

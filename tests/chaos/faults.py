@@ -45,7 +45,7 @@ from totes_ingest import aws, pipeline
 from totes_ingest.config import CLAIMS_PREFIX, STAGING_PREFIX
 from totes_ingest.db_connections import APPLICATION_NAME
 from totes_ingest.errors import IngestError, LakeUnavailable, SourceUnavailable
-from totes_ingest.handlers import get_last_ingest_time, query_to_parquet, commit_table
+from totes_ingest.handlers import commit_table, get_last_ingest_time, query_to_parquet
 from totes_ingest.lake import Lake
 from totes_ingest.local import runner
 from totes_ingest.local.dburl import connect

@@ -370,3 +370,54 @@ def test_the_bucket_and_its_key_outlive_the_stack(template: dict[str, Any]) -> N
     for name in ("IngestBucket", "IngestKey"):
         resource = template["Resources"][name]
         assert (resource["DeletionPolicy"], resource["UpdateReplacePolicy"]) == ("Retain", "Retain")
+
+
+GLUE_ACTIONS = {"glue:GetTable", "glue:CreateTable", "glue:UpdateTable"}
+GLUE_RESOURCES = {
+    "arn:${AWS::Partition}:glue:${AWS::Region}:${AWS::AccountId}:catalog",
+    "arn:${AWS::Partition}:glue:${AWS::Region}:${AWS::AccountId}:database/${LakeDatabase}",
+    "arn:${AWS::Partition}:glue:${AWS::Region}:${AWS::AccountId}:table/${LakeDatabase}/*",
+}
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_only_commit_table_keeps_the_glue_catalog_and_only_the_lakes_tables(
+    transformed: dict[str, Any], step: str
+) -> None:
+    glue = {
+        (action, resource)
+        for action, resource in grants(transformed, f"{step}Role")
+        if action.startswith("glue:")
+    }
+    expected = (
+        {(a, r) for a in GLUE_ACTIONS for r in GLUE_RESOURCES} if step == "CommitTable" else set()
+    )
+    assert glue == expected
+
+
+def test_commit_table_is_told_the_glue_database_it_may_write(template: dict[str, Any]) -> None:
+    function = template["Resources"]["CommitTableFunction"]["Properties"]
+    assert function["Environment"]["Variables"]["GLUE_DATABASE"] == {"Ref": "LakeDatabase"}
+
+
+def test_the_athena_workgroup_enforces_encrypted_results_in_its_own_bucket(
+    template: dict[str, Any],
+) -> None:
+    resources = template["Resources"]
+    config = resources["AthenaWorkGroup"]["Properties"]["WorkGroupConfiguration"]
+    assert config["EnforceWorkGroupConfiguration"] is True
+    results = config["ResultConfiguration"]
+    assert results["EncryptionConfiguration"] == {
+        "EncryptionOption": "SSE_KMS",
+        "KmsKey": {"Fn::GetAtt": ["IngestKey", "Arn"]},
+    }
+    assert render(results["OutputLocation"]) == "s3://${AthenaResultsBucket}/results/"
+    bucket = resources["AthenaResultsBucket"]["Properties"]
+    (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    policy = resources["AthenaResultsBucketPolicy"]["Properties"]["PolicyDocument"]
+    assert any(
+        s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        for s in policy["Statement"]
+    )

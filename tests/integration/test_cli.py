@@ -239,6 +239,12 @@ def test_seed_run_simulate_run_as_a_user_would(db_settings: dict[str, Any], tmp_
     assert "payment" in written
     assert all((lake / key).is_file() for key in written.values())
     assert set(written) < set(TABLES)
+    # The lake's DuckDB views: the current state is one command away.
+    assert (tmp_path / "lake.duckdb").is_file()
+    query = "SELECT count(*) = count(DISTINCT sales_order_id) FROM sales_order_current"
+    current = totes_ingest("sql", query, "--lake", str(lake), cwd=tmp_path)
+    assert current.returncode == 0, current.stderr
+    assert "true" in current.stdout
 
 
 @pytest.mark.e2e

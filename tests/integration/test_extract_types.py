@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from totes_ingest.config import TypeProfile
 from totes_ingest.errors import UnsupportedColumnType
 from totes_ingest.extract import extract_to_parquet
 from totes_ingest.pg_types import INTERVAL
@@ -49,11 +50,18 @@ NASTY_TEXT = [
 
 
 def _round_trip(
-    conn: pg8000.native.Connection, tmp_path: Path, column_type: str, values: list[str]
+    conn: pg8000.native.Connection,
+    tmp_path: Path,
+    column_type: str,
+    values: list[str],
+    profile: TypeProfile = "portable",
+    *,
+    fetch: bool = True,
 ) -> tuple[pa.Field, list[Any], list[Any]]:
     """(Parquet field, values read back from Parquet, values pg8000 returns), in order.
 
-    ``values`` are SQL expressions, inserted one row each.
+    ``values`` are SQL expressions, inserted one row each; ``profile`` the type mapping.
+    ``fetch=False``: pg8000 cannot parse the values (24:00:00), none are returned.
     """
     conn.run(
         f"CREATE TABLE t (id serial PRIMARY KEY, v {column_type},"
@@ -62,11 +70,11 @@ def _round_trip(
     for value in values:
         conn.run(f"INSERT INTO t (v) VALUES ({value})")
     path = tmp_path / "t.parquet"
-    result = extract_to_parquet(conn, "t", None, END, path)
+    result = extract_to_parquet(conn, "t", None, END, path, type_profile=profile)
     table = pq.read_table(path)
     assert result.rows == table.num_rows == len(values)
     assert table.schema == result.schema
-    expected = [row[0] for row in conn.run("SELECT v FROM t ORDER BY id")]
+    expected = [row[0] for row in conn.run("SELECT v FROM t ORDER BY id")] if fetch else []
     return table.schema.field("v"), table.column("v").to_pylist(), expected
 
 
@@ -107,11 +115,22 @@ def test_constrained_numeric_is_a_decimal_of_its_precision_and_scale(
     ]
 
 
-def test_numeric_wider_than_38_digits_is_a_decimal256(
+def test_numeric_wider_than_38_digits_is_the_servers_exact_text(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = ["'" + "9" * 45 + "." + "9" * 5 + "'", "'-0.00001'", "'1.5'", "NULL"]
+    field, got, expected = _round_trip(conn, tmp_path, "numeric(50, 5)", values)
+    assert field.type == pa.string()
+    assert got == _server_text(conn)
+    assert got[2] == "1.50000"  # the column's scale, as PostgreSQL renders it
+    assert [None if v is None else Decimal(v) for v in got] == expected
+
+
+def test_numeric_wider_than_38_digits_is_a_decimal256_in_the_extension_profile(
     conn: pg8000.native.Connection, tmp_path: Path
 ) -> None:
     values = ["'" + "9" * 45 + "." + "9" * 5 + "'", "'-0.00001'", "NULL"]
-    field, got, expected = _round_trip(conn, tmp_path, "numeric(50, 5)", values)
+    field, got, expected = _round_trip(conn, tmp_path, "numeric(50, 5)", values, "extension")
     assert field.type == pa.decimal256(50, 5)
     assert got == expected
 
@@ -216,12 +235,49 @@ def test_dates_round_trip_across_the_calendar(
     assert got[0] == date(2024, 2, 29)
 
 
-def test_times_keep_microseconds(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+def test_times_are_fixed_width_text_keeping_microseconds_and_24_00_00(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = ["'00:00:00'", "'23:59:59.999999'", "'12:34:56.5'", "'24:00:00'", "NULL"]
+    field, got, _ = _round_trip(conn, tmp_path, "time", values, fetch=False)
+    assert field.type == pa.string()
+    assert got == ["00:00:00.000000", "23:59:59.999999", "12:34:56.500000", "24:00:00.000000", None]
+    # the same instants as PostgreSQL's own: its text, read back by the server
+    same = conn.run(
+        "SELECT bool_and(v = CAST(g AS time)) FROM t JOIN unnest(CAST(:g AS text[]))"
+        " WITH ORDINALITY AS u(g, n) ON u.n = t.id",
+        g=got,
+    )
+    assert same == [[True]]
+
+
+def test_times_keep_microseconds_in_the_extension_profile(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
     values = ["'00:00:00'", "'23:59:59.999999'", "'12:34:56.5'", "NULL"]
-    field, got, expected = _round_trip(conn, tmp_path, "time", values)
+    field, got, expected = _round_trip(conn, tmp_path, "time", values, "extension")
     assert field.type == pa.time64("us")
     assert got == expected
     assert got[1] == time(23, 59, 59, 999999)
+
+
+def test_timetz_is_text_with_its_own_offset(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+    values = ["'12:34:56.000007+05:30'", "'00:00:00-09:30'", "'24:00:00+00'", "NULL"]
+    field, got, _ = _round_trip(conn, tmp_path, "time with time zone", values, fetch=False)
+    assert field.type == pa.string()
+    assert got == ["12:34:56.000007+05:30", "00:00:00.000000-09:30", "24:00:00.000000+00:00", None]
+    same = conn.run(
+        "SELECT bool_and(v = CAST(g AS timetz) AND v::text = CAST(g AS timetz)::text) FROM t"
+        " JOIN unnest(CAST(:g AS text[])) WITH ORDINALITY AS u(g, n) ON u.n = t.id",
+        g=got,
+    )
+    assert same == [[True]]
+
+
+def test_an_oid_is_an_int64(conn: pg8000.native.Connection, tmp_path: Path) -> None:
+    field, got, expected = _round_trip(conn, tmp_path, "oid", ["4294967295", "0", "NULL"])
+    assert field.type == pa.int64()
+    assert got == expected == [4294967295, 0, None]
 
 
 def test_timestamps_keep_microseconds(conn: pg8000.native.Connection, tmp_path: Path) -> None:
@@ -322,7 +378,6 @@ def test_a_timestamp_past_arrows_range_is_refused_naming_the_column(
     [
         ("date", "'infinity'"),
         ("date", "'0044-03-15 BC'"),
-        ("time", "'24:00:00'"),
         ("timestamptz", "'-infinity'"),
     ],
 )
@@ -331,6 +386,14 @@ def test_values_arrow_cannot_hold_are_refused_naming_the_column(
 ) -> None:
     with pytest.raises(UnsupportedColumnType, match=r"'v'.*table=t"):
         _round_trip(conn, tmp_path, column_type, ["NULL", value])
+    assert not (tmp_path / "t.parquet").exists()
+
+
+def test_24_00_00_is_refused_in_the_extension_profiles_time64(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    with pytest.raises(UnsupportedColumnType, match=r"'v'.*table=t"):
+        _round_trip(conn, tmp_path, "time", ["NULL", "'24:00:00'"], "extension")
     assert not (tmp_path / "t.parquet").exists()
 
 
@@ -367,22 +430,39 @@ def test_intervals_keep_months_days_and_microseconds_apart(
     assert texts == _server_text(conn)
 
 
-def test_uuids_round_trip_as_arrow_uuids(conn: pg8000.native.Connection, tmp_path: Path) -> None:
-    values = [
-        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
-        "gen_random_uuid()",
-        "'00000000-0000-0000-0000-000000000000'",
-        "NULL",
-    ]
-    field, got, expected = _round_trip(conn, tmp_path, "uuid", values)
+_UUIDS = [
+    "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'",
+    "gen_random_uuid()",
+    "'00000000-0000-0000-0000-000000000000'",
+    "'ffffffff-ffff-ffff-ffff-ffffffffffff'",
+    "NULL",
+]
+
+
+def test_uuids_are_their_canonical_lower_case_text(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    field, got, expected = _round_trip(conn, tmp_path, "uuid", _UUIDS)
+    assert field.type == pa.string()
+    assert got == _server_text(conn)
+    assert got[0] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    assert [None if v is None else uuid.UUID(v) for v in got] == expected
+
+
+def test_uuids_round_trip_as_arrow_uuids_in_the_extension_profile(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    values = _UUIDS
+    field, got, expected = _round_trip(conn, tmp_path, "uuid", values, "extension")
     assert field.type == pa.uuid()
     assert got == expected
     assert got[0] == uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
 
 
+@pytest.mark.parametrize("profile", ["portable", "extension"])
 @pytest.mark.parametrize("column_type", ["json", "jsonb"])
 def test_json_keeps_the_servers_text(
-    conn: pg8000.native.Connection, tmp_path: Path, column_type: str
+    conn: pg8000.native.Connection, tmp_path: Path, column_type: str, profile: TypeProfile
 ) -> None:
     values = [
         """'{"b": 1, "a": [1.50, "x,\\"y\\"", null, true], "n": "\\n"}'""",
@@ -391,8 +471,8 @@ def test_json_keeps_the_servers_text(
         "'[]'",
         "NULL",
     ]
-    field, got, expected = _round_trip(conn, tmp_path, column_type, values)
-    assert field.type == pa.json_()
+    field, got, expected = _round_trip(conn, tmp_path, column_type, values, profile)
+    assert field.type == (pa.string() if profile == "portable" else pa.json_())
     assert got == _server_text(conn)
     assert [None if v is None else json.loads(v) for v in got] == expected
 
@@ -464,16 +544,22 @@ def test_text_arrays_keep_hazardous_elements(
         ("timestamp[]", ["ARRAY['2024-01-01 00:00:00.000001'::timestamp]"]),
         ("timestamptz[]", ["ARRAY['2024-01-01 00:00:00.5+03'::timestamptz]"]),
         ("uuid[]", ["ARRAY[gen_random_uuid(), NULL]"]),
+        ("time[]", ["ARRAY['24:00'::time, '00:00:01.5'::time, NULL]"]),
         ("bytea[]", ["ARRAY['\\x00ff'::bytea, '\\x'::bytea, NULL]"]),
     ],
 )
 def test_arrays_of_other_types_use_the_element_types_mapping(
     conn: pg8000.native.Connection, tmp_path: Path, column_type: str, values: list[str]
 ) -> None:
-    field, got, expected = _round_trip(conn, tmp_path, column_type, [*values, "NULL"])
+    fetch = column_type != "time[]"  # pg8000 cannot parse 24:00:00
+    field, got, expected = _round_trip(conn, tmp_path, column_type, [*values, "NULL"], fetch=fetch)
     assert isinstance(field.type, pa.ListType)
     if column_type == "numeric[]":
         assert got == [["NaN", "1.50", "Infinity"], None]
+    elif column_type == "uuid[]":
+        assert got == [[str(expected[0][0]), None], None]
+    elif column_type == "time[]":
+        assert got == [["24:00:00.000000", "00:00:01.500000", None], None]
     elif column_type == "double precision[]":
         assert math.isnan(got[0][0])
         assert got[0][1:] == expected[0][1:]

@@ -16,6 +16,7 @@ from totes_ingest.pg_types import (
     PG_TYPE_KEY,
     CatalogType,
     Column,
+    Profile,
     conform,
     map_type,
     numeric_type,
@@ -39,9 +40,15 @@ def test_numeric_up_to_38_digits_is_a_decimal128_of_the_same_shape() -> None:
     assert numeric_type(_typmod(38, 0)) == pa.decimal128(38, 0)
 
 
-def test_numeric_of_39_to_76_digits_is_a_decimal256() -> None:
-    assert numeric_type(_typmod(39, 4)) == pa.decimal256(39, 4)
-    assert numeric_type(_typmod(76, 76)) == pa.decimal256(76, 76)
+def test_numeric_of_more_than_38_digits_is_exact_text_by_default() -> None:
+    # decimal256 is read by neither Polars nor Spark, and DuckDB makes it a DOUBLE
+    assert numeric_type(_typmod(39, 4)) == pa.string()
+    assert numeric_type(_typmod(76, 76)) == pa.string()
+
+
+def test_numeric_of_39_to_76_digits_is_a_decimal256_in_the_extension_profile() -> None:
+    assert numeric_type(_typmod(39, 4), "extension") == pa.decimal256(39, 4)
+    assert numeric_type(_typmod(76, 76), "extension") == pa.decimal256(76, 76)
 
 
 def test_numeric_beyond_76_digits_is_exact_text() -> None:
@@ -67,6 +74,7 @@ def test_a_columns_field_carries_its_postgresql_type() -> None:
 # --- map_type: catalog facts to Arrow types, no database needed ---
 
 _INT4, _TEXT, _NUMERIC, _INT4_ARRAY, _MONEY, _MOOD, _POSITIVE, _NESTED, _WIDE, _WIDES = range(1, 11)
+_UUID, _JSON, _JSONB, _TIME, _TIMETZ, _OID, _UUID_ARRAY = range(11, 18)
 _CATALOG = {
     _INT4: CatalogType("int4", "pg_catalog", "b", "N", 0, 0, -1),
     _TEXT: CatalogType("text", "pg_catalog", "b", "S", 0, 0, -1),
@@ -78,11 +86,50 @@ _CATALOG = {
     _NESTED: CatalogType("_price", "public", "b", "A", _POSITIVE, 0, -1),
     _WIDE: CatalogType("amount", "public", "d", "N", 0, _NUMERIC, _typmod(30, 2)),
     _WIDES: CatalogType("_amount", "public", "b", "A", _WIDE, 0, -1),
+    _UUID: CatalogType("uuid", "pg_catalog", "b", "U", 0, 0, -1),
+    _JSON: CatalogType("json", "pg_catalog", "b", "U", 0, 0, -1),
+    _JSONB: CatalogType("jsonb", "pg_catalog", "b", "U", 0, 0, -1),
+    _TIME: CatalogType("time", "pg_catalog", "b", "D", 0, 0, -1),
+    _TIMETZ: CatalogType("timetz", "pg_catalog", "b", "D", 0, 0, -1),
+    _OID: CatalogType("oid", "pg_catalog", "b", "N", 0, 0, -1),
+    _UUID_ARRAY: CatalogType("_uuid", "pg_catalog", "b", "A", _UUID, 0, -1),
 }
 
 
-def _mapped(oid: int, pg_type: str = "t", typmod: int = -1) -> Column:
-    return map_type("v", pg_type, oid, typmod, _CATALOG.__getitem__)
+def _mapped(
+    oid: int, pg_type: str = "t", typmod: int = -1, profile: Profile = "portable"
+) -> Column:
+    return map_type("v", pg_type, oid, typmod, _CATALOG.__getitem__, profile)
+
+
+@pytest.mark.parametrize(
+    ("oid", "portable", "extension"),
+    [
+        (_UUID, pa.string(), pa.uuid()),
+        (_JSON, pa.string(), pa.json_()),
+        (_JSONB, pa.string(), pa.json_()),
+        (_TIME, pa.string(), pa.time64("us")),
+        (_OID, pa.int64(), pa.uint32()),
+        (_UUID_ARRAY, pa.list_(pa.field("element", pa.string())), None),
+    ],
+)
+def test_the_portable_profile_is_the_default_and_the_extension_types_are_opt_in(
+    oid: int, portable: pa.DataType, extension: pa.DataType | None
+) -> None:
+    assert _mapped(oid).arrow_type == portable
+    if extension is not None:
+        assert _mapped(oid, profile="extension").arrow_type == extension
+
+
+def test_timetz_is_text_in_the_portable_profile_and_refused_in_the_extension_one() -> None:
+    assert _mapped(_TIMETZ, "time with time zone").arrow_type == pa.string()
+    with pytest.raises(UnsupportedColumnType, match="time with time zone"):
+        _mapped(_TIMETZ, "time with time zone", profile="extension")
+
+
+def test_an_unknown_profile_is_refused() -> None:
+    with pytest.raises(ValueError, match="profile"):
+        _mapped(_INT4, profile="fancy")  # type: ignore[arg-type]
 
 
 def test_a_base_type_maps_through_the_table() -> None:
@@ -172,6 +219,52 @@ def test_a_wider_numeric_is_selected_as_its_exact_text() -> None:
 def test_an_array_of_a_type_selected_as_text_is_selected_as_a_text_array() -> None:
     assert plan(_mapped(_WIDES), "x").expr == "(x)::text[]"
     assert plan(_mapped(_NESTED), "x").expr == "x"
+
+
+def test_a_uuid_is_decoded_from_its_16_bytes_to_its_canonical_text() -> None:
+    raw = bytes.fromhex("a0eebc999c0b4ef8bb6d6bb9bd380a11")
+    decoded = plan(_mapped(_UUID), "x").decode(_values(raw, None, bytes(16)))
+    assert decoded.type == pa.string()
+    expected = [
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        None,
+        "00000000-0000-0000-0000-000000000000",
+    ]
+    assert decoded.to_pylist() == expected
+
+
+def test_a_time_is_fixed_width_text_with_24_00_00_kept() -> None:
+    planned = plan(_mapped(_TIME), "x")
+    assert planned.expr == "x"  # decoded from its binary form, not selected as text
+    micros = [0, 86_399_999_999, 86_400_000_000, 45_296_000_007]
+    decoded = planned.decode(_values(*(struct.pack(">q", m) for m in micros), None))
+    expected = ["00:00:00.000000", "23:59:59.999999", "24:00:00.000000", "12:34:56.000007"]
+    assert decoded.to_pylist() == [*expected, None]
+
+
+def test_a_timetz_is_text_with_its_own_offset() -> None:
+    # the wire holds the time and the offset in seconds *west* of UTC
+    values = _values(
+        struct.pack(">qi", 45_296_000_007, -19_800),  # +05:30
+        struct.pack(">qi", 0, 3_600 * 9 + 1_800),  # -09:30
+        struct.pack(">qi", 86_400_000_000, 0),
+        None,
+    )
+    decoded = plan(_mapped(_TIMETZ, "time with time zone"), "x").decode(values)
+    expected = ["12:34:56.000007+05:30", "00:00:00.000000-09:30", "24:00:00.000000+00:00", None]
+    assert decoded.to_pylist() == expected
+
+
+def test_a_timetz_whose_offset_has_seconds_is_refused() -> None:
+    values = _values(struct.pack(">qi", 0, -(3_600 + 15)))
+    with pytest.raises(ValueError, match="offset with seconds"):
+        plan(_mapped(_TIMETZ, "time with time zone"), "x").decode(values)
+
+
+def test_an_oid_is_widened_to_int64_every_engine_reads() -> None:
+    decoded = plan(_mapped(_OID), "x").decode(_values(struct.pack(">I", 2**32 - 1), None))
+    assert decoded.type == pa.int64()
+    assert decoded.to_pylist() == [2**32 - 1, None]
 
 
 def test_an_interval_is_decoded_into_its_three_fields() -> None:

@@ -1,4 +1,5 @@
-"""CommitTable: commit the staged object to ``table/yyyy/mm/dd/hhmmssffffff.parquet``."""
+"""CommitTable: commit the staged object to ``table/yyyy/mm/dd/hhmmssffffff.parquet``,
+then keep the table's Glue catalog (when ``GLUE_DATABASE`` is set)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from totes_ingest import config, pipeline
-from totes_ingest.aws import s3_client
+from totes_ingest.aws import glue_client, s3_client
+from totes_ingest.glue_catalog import GlueCatalog
 from totes_ingest.lake import Lake
 from totes_ingest.observability import logger, metrics, step, tracer
 
@@ -17,4 +19,7 @@ from totes_ingest.observability import logger, metrics, step, tracer
 @metrics.log_metrics(capture_cold_start_metric=True)
 @step("CommitTable")
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return pipeline.commit_table(event, Lake(s3_client(), config.ingest_bucket()))
+    bucket = config.ingest_bucket()
+    database = config.glue_database()
+    catalog = None if database is None else GlueCatalog(glue_client(), database, bucket)
+    return pipeline.commit_table(event, Lake(s3_client(), bucket), catalog)

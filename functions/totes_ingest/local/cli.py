@@ -250,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="random seed, to repeat the same choices",
     )
+
+    sql = commands.add_parser(
+        "sql",
+        help="query the lake's DuckDB views (raw, _current, _tombstones)",
+        description="Run a query on the DuckDB file `run` keeps beside the lake folder "
+        "(LAKE.duckdb): every table, <table>_current and <table>_tombstones are views "
+        "over the lake's Parquet files.",
+    )
+    sql.add_argument("query", help='e.g. "SELECT count(*) FROM sales_order_current"')
+    sql.add_argument(
+        "--lake", type=Path, default=DEFAULT_LAKE, help="the lake folder (default: ./lake)"
+    )
     return parser
 
 
@@ -521,6 +533,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             connect(url).close()  # fail early, and clearly, on a wrong URL
         say(f"source {redact(url)}; lake {args.lake}")
         result, synced = execute(event, url, lake, timeout_s=args.timeout, verbose=args.verbose)
+        database = _refresh_duckdb(args.lake, url)
+    say(f"lake {args.lake}: DuckDB views in {database} (totes-ingest sql QUERY)")
     say(
         f"lake {args.lake}: {synced.written} files written, {synced.deleted} deleted, "
         f"{synced.unchanged} unchanged"
@@ -654,7 +668,45 @@ def print_audit(reports: list[dict[str, Any]], repair: bool, out: TextIO) -> Non
     print(verdict, file=out)
 
 
-_COMMANDS: Final = {"run": cmd_run, "seed": cmd_seed, "simulate": cmd_simulate, "audit": cmd_audit}
+def _refresh_duckdb(lake: Path, url: str) -> Path:
+    """The lake's DuckDB file, rebuilt with each table's key read from the source."""
+    from totes_ingest import config
+    from totes_ingest.local.duckdb_lake import build, lake_tables
+    from totes_ingest.source import resolve_tables
+
+    tables = lake_tables(lake)
+    with connection(url) as conn:
+        sources = resolve_tables(conn, tables, config.source_schema()) if tables else {}
+    return build(lake, {name: source.key for name, source in sources.items()})
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from totes_ingest.local.duckdb_lake import database_path
+
+    path = database_path(args.lake)
+    if not path.exists():
+        say(f"no {path}: run `totes-ingest run --lake {args.lake}` first")
+        return 1
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        con.sql(args.query).show(max_width=200)
+    except duckdb.Error as e:
+        say(f"query failed: {e}")
+        return 1
+    finally:
+        con.close()
+    return 0
+
+
+_COMMANDS: Final = {
+    "run": cmd_run,
+    "seed": cmd_seed,
+    "simulate": cmd_simulate,
+    "sql": cmd_sql,
+    "audit": cmd_audit,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
