@@ -10,6 +10,9 @@ and a ``ColdStart`` metric on a cold start. Lambda runs one invocation per proce
 local runner runs the Map's iterations as threads of one process, where Powertools'
 shared metric set would give one table's rows another table's dimensions, so the
 provider keeps one metric set per thread (:class:`ThreadLocalEMFProvider`).
+
+Tracing is Powertools' ``Tracer``, built on first use (:class:`LazyTracer`): building it
+imports aws_xray_sdk and botocore (0.1-0.3 s), which a step pays only when it traces.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
     AmazonCloudWatchEMFProvider,
@@ -32,9 +35,69 @@ SERVICE: Final = "totes-ingest"
 DEFAULT_NAMESPACE: Final = "TotesIngest"
 
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tracing_disabled() -> bool:
+    """Powertools' own rule (``Tracer._is_tracer_disabled``), without building a Tracer."""
+    from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
+
+    if resolve_truthy_env_var_choice(env=os.getenv("POWERTOOLS_TRACE_DISABLED", "false")):
+        return True
+    outside_lambda = not os.getenv("LAMBDA_TASK_ROOT")
+    return outside_lambda or bool(os.getenv("AWS_SAM_LOCAL") or os.getenv("AWS_CHALICE_CLI_MODE"))
+
+
+class LazyTracer:
+    """Powertools' ``Tracer``, built (and aws_xray_sdk imported) when first needed.
+
+    A handler decorated with ``capture_lambda_handler`` is traced exactly as Powertools
+    traces it whenever tracing is on (in Lambda with ``Tracing: Active``); where it is off
+    (locally, in tests, ``POWERTOOLS_TRACE_DISABLED``) the handler is called as it is and
+    the X-Ray SDK is never loaded. ``provider`` (the X-Ray recorder, for subsegments)
+    builds the tracer whatever the setting, as Powertools' would.
+    """
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self._tracer: Any = None
+        self._lock = threading.Lock()
+
+    def real(self) -> Any:
+        """The Powertools ``Tracer`` (built once, thread-safely)."""
+        with self._lock:
+            if self._tracer is None:
+                from aws_lambda_powertools import Tracer
+
+                self._tracer = Tracer(service=self._service)
+            return self._tracer
+
+    @property
+    def provider(self) -> Any:
+        return self.real().provider
+
+    def capture_lambda_handler(self, *, capture_response: bool | None = None) -> Callable[[F], F]:
+        """Powertools' ``capture_lambda_handler``, deciding at the first invocation."""
+        return functools.partial(self._capture, capture_response=capture_response)
+
+    def _capture(self, handler: F, *, capture_response: bool | None) -> F:
+        traced: list[Callable[..., Any]] = []
+
+        @functools.wraps(handler)
+        def invocation(event: Any, context: Any, **kwargs: Any) -> Any:
+            if tracing_disabled():
+                return handler(event, context, **kwargs)
+            if not traced:
+                traced.append(
+                    self.real().capture_lambda_handler(handler, capture_response=capture_response)
+                )
+            return traced[0](event, context, **kwargs)
+
+        return invocation  # type: ignore[return-value]
+
+
+tracer = LazyTracer(SERVICE)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from aws_xray_sdk import global_sdk_config
 from aws_xray_sdk.core import xray_recorder
 
 from totes_ingest.db_connections import close_db_connection, open_connection
+from totes_ingest.observability import tracer
 
 pytestmark = pytest.mark.integration
 
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def segment() -> Iterator[Any]:
     """An open X-Ray segment (as Lambda's is), discarded afterwards: nothing is sent."""
+    tracer.real()  # built first, as in a process that has traced before (it sets the SDK up)
     enabled = global_sdk_config.sdk_enabled()
     global_sdk_config.set_sdk_enabled(True)
     xray_recorder.configure(sampling=False, context_missing="LOG_ERROR")

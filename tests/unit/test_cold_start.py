@@ -1,7 +1,8 @@
 """Cold starts: what each Lambda handler imports (its import graph, not its timing).
 
 A step that writes no Parquet loads neither pyarrow nor numpy; Aggregate, which touches
-neither the database nor S3, loads neither driver. Each handler is imported in a fresh
+neither the database nor S3, loads neither driver; no handler loads the X-Ray SDK before
+its first traced invocation (observability.LazyTracer). Each handler is imported in a fresh
 interpreter, as a cold Lambda would.
 """
 
@@ -17,12 +18,13 @@ pytestmark = pytest.mark.unit
 
 PARQUET = {"pyarrow", "numpy"}
 DRIVERS = {"pg8000", "boto3"}
+TRACING = {"aws_xray_sdk"}
 HANDLERS = {
-    "start_run": PARQUET,
-    "get_last_ingest_time": PARQUET,
-    "query_to_parquet": set(),  # it writes Parquet, but loads pyarrow only when it runs
-    "commit_table": PARQUET,
-    "aggregate": PARQUET | DRIVERS,
+    "start_run": PARQUET | TRACING,
+    "get_last_ingest_time": PARQUET | TRACING,
+    "query_to_parquet": TRACING,  # it writes Parquet, but loads pyarrow only when it runs
+    "commit_table": PARQUET | TRACING,
+    "aggregate": PARQUET | DRIVERS | TRACING,
 }
 
 
