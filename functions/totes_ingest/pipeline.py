@@ -201,6 +201,9 @@ def stage_table(
         )
         _freshness(table, window.start)
         return empty
+    if window.staged_by is not None:  # staged by an earlier run: verified, not re-read
+        staged = lake.verify_staged(window)
+        return {**payload, "rows": staged.rows, "bytes": 0, "staging_key": staged.key}
     source = resolve_table(conn, table, schema)
     # A sub-window of a plan (plan_windows) comes with its cursor range fixed.
     rng = window.cursor or cursor_range(
@@ -260,6 +263,7 @@ def stage_table(
 def plan_windows(
     payload: Mapping[str, Any],
     conn: Any,
+    lake: Lake | None = None,
     *,
     max_window_rows: int,
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS,
@@ -271,13 +275,29 @@ def plan_windows(
     one payload per sub-window, each with its cursor range fixed, for :func:`stage_table`.
 
     Only the first keeps the re-read overlap (the later ones start where this plan's
-    previous sub-window ends, which the lake does not hold yet).
+    previous sub-window ends, which the lake does not hold yet). With ``lake``, windows
+    staged but never committed by an earlier run that continue the chain from the
+    watermark come first, reused (``staged_by``): they are not extracted again.
     """
     from totes_ingest.window_plan import cut_instants, cut_points
 
     window = Window.from_payload(payload)
     if window.is_empty:
         return [{**payload, **window.to_payload()}]
+    reused: list[Payload] = []
+    while lake is not None:
+        found = lake.staged_window(window.table, window.start, window.cursor_start, window.end)
+        if found is None:
+            break
+        sub = replace(window, end=found.end, staged_by=found.run_id).with_cursor(found.cursor)
+        reused.append({**payload, **sub.to_payload()})
+        logger.info(
+            "Reusing a staged window",
+            extra={"table": window.table, "window": sub.label, "staged_by": found.run_id},
+        )
+        window = window.with_watermark(found.end, window.last_key, found.cursor.end)
+    if reused and window.start is not None and window.start >= window.end:
+        return reused
     source = resolve_table(conn, window.table, schema)
     rng = cursor_range(
         conn,
@@ -288,6 +308,8 @@ def plan_windows(
         window.cursor_start,
         timedelta(seconds=reread_lag_seconds),
     )
+    if reused:  # the re-read belongs to the chain's first window: the reused one
+        rng = CursorRange(rng.start, rng.end)
     cut = cut_points(
         conn, source, rng, max_window_rows, table=window.table, max_windows=max_windows
     )
@@ -320,7 +342,7 @@ def plan_windows(
         "Planned windows",
         extra={"table": window.table, "windows": len(subs), "truncated": cut.truncated},
     )
-    return subs
+    return reused + subs
 
 
 def _freshness(table: str, complete_until: datetime | None) -> None:

@@ -125,3 +125,54 @@ def test_a_planned_chain_stages_and_commits_every_row_once_under_one_key_per_win
         ids += pq.read_table(io.BytesIO(body)).column("id").to_pylist()
     assert sorted(ids) == list(range(1, len(values) + 1))
     assert lake.resolve_watermark("t").key == keys[-1]
+
+
+def test_a_kill_between_two_sub_window_commits_resumes_without_re_extracting(
+    conn: Any, s3: Any
+) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    from tests.conftest import BUCKET
+    from totes_ingest import pipeline
+    from totes_ingest.lake import Lake
+
+    values = [T0 + timedelta(milliseconds=i) for i in range(2500)]
+    _table(conn, values)
+    lake = Lake(s3, BUCKET)
+    base = {"table": "t", "source_timezone": "UTC", "hold": None}
+    first = {**base, "run_id": "run-a", "end_time": "2026-01-02 00:00:00.000000"}
+    subs = pipeline.plan_windows(pipeline.find_watermark(first, lake), conn, max_window_rows=500)
+    assert len(subs) == 5
+    staged = [pipeline.stage_table(sub, conn, lake, row_group_rows=1024) for sub in subs]
+    for done in staged[:2]:
+        assert pipeline.commit_table(done, lake)["status"] == "written"
+    # killed here: three windows staged, not committed. The next run resumes from them.
+    second = {**base, "run_id": "run-b", "end_time": "2026-01-03 00:00:00.000000"}
+    conn.run("INSERT INTO t (last_updated) VALUES (TIMESTAMP '2026-01-02 12:00:00')")
+    resumed = pipeline.plan_windows(
+        pipeline.find_watermark(second, lake), conn, lake, max_window_rows=500
+    )
+    assert [r.get("staged_by") for r in resumed] == ["run-a"] * 3 + [None]
+    assert [r["end_time"] for r in resumed[:3]] == [s["end_time"] for s in subs[2:]]
+    keys = []
+    for sub in resumed:
+        out = pipeline.stage_table(sub, conn, lake, row_group_rows=1024)
+        if sub.get("staged_by"):
+            assert out["bytes"] == 0  # nothing extracted: the staged object is reused
+            assert out["staging_key"].endswith("-run-a.parquet")
+        keys.append(pipeline.commit_table(out, lake)["key"])
+    assert keys[-1] == "t/2026/01/03/000000000000.parquet"
+    ids = []
+    for key in sorted(
+        k
+        for p in [s3.list_objects_v2(Bucket=BUCKET, Prefix="t/")]
+        for k in [c["Key"] for c in p["Contents"]]
+    ):
+        ids += (
+            pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+            .column("id")
+            .to_pylist()
+        )
+    assert sorted(ids) == list(range(1, len(values) + 2))
