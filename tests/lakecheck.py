@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.conftest import BUCKET
-from totes_ingest.generate_file_key import parse_file_key
+from totes_ingest.generate_file_key import parse_file_key, parse_repair_key
 
 
 def lake_keys(s3: Any, prefix: str = "") -> list[str]:
@@ -24,15 +24,26 @@ def table_files(s3: Any, table: str) -> list[str]:
     return [k for k in lake_keys(s3, f"{table}/") if parse_file_key(k)]
 
 
+def repair_files(s3: Any, table: str) -> list[str]:
+    """The audit's repair objects of ``table``: committed, but no links of its chain."""
+    return [k for k in lake_keys(s3, f"{table}/") if (p := parse_repair_key(k)) and p[0] == table]
+
+
+def data_files(s3: Any, table: str) -> list[str]:
+    """Every object holding row versions of ``table``: its windows, then its repairs."""
+    return table_files(s3, table) + repair_files(s3, table)
+
+
 def read_file(s3: Any, key: str) -> pa.Table:
     body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     return pq.read_table(io.BytesIO(body))
 
 
 def read_table(s3: Any, table: str) -> list[dict[str, Any]]:
-    """Every row version of ``table`` in the lake, oldest file first."""
+    """Every row version of ``table`` in the lake: its windows, oldest first, then the
+    audit's repair objects."""
     rows: list[dict[str, Any]] = []
-    for key in table_files(s3, table):
+    for key in data_files(s3, table):
         rows.extend(read_file(s3, key).to_pylist())
     return rows
 

@@ -52,6 +52,11 @@ REREAD_LAG_SECONDS: Final = "REREAD_LAG_SECONDS"
 ALLOW_HOT_STANDBY: Final = "ALLOW_HOT_STANDBY"
 # An open transaction holding the end bound back longer than this is named in a WARNING.
 STALL_WARNING_SECONDS: Final = "STALL_WARNING_SECONDS"
+# The audit: how far back (in days of the cursor) a horizon audit compares the source
+# with the lake, and how many primary-key values one partition of its key space spans
+# (the unit of its memory).
+AUDIT_HORIZON_DAYS: Final = "AUDIT_HORIZON_DAYS"
+AUDIT_PARTITION_KEYS: Final = "AUDIT_PARTITION_KEYS"
 
 DEFAULT_SSL_MODE: Final = "require"
 DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 10.0
@@ -70,12 +75,15 @@ DEFAULT_MAX_CONCURRENCY: Final = 4
 # 115 MB of sales_order Parquet in /tmp: far inside the 900 s timeout and 2 GB of /tmp.
 DEFAULT_MAX_WINDOW_ROWS: Final = 10_000_000
 DEFAULT_STEP_TIME_BUDGET_SECONDS: Final = 600.0
+DEFAULT_AUDIT_HORIZON_DAYS: Final = 7.0
+DEFAULT_AUDIT_PARTITION_KEYS: Final = 1_000_000
 
 # The folder holding the totes_ingest package: /var/task in Lambda, functions/ here.
 CODE_ROOT: Final = Path(__file__).resolve().parents[1]
 
 STAGING_PREFIX: Final = "_staging/"
 CLAIMS_PREFIX: Final = "_claims/"
+TOMBSTONES_PREFIX: Final = "_tombstones/"
 
 
 def ingest_bucket() -> str:
@@ -162,4 +170,18 @@ def step_time_budget_seconds() -> float:
     value = float(os.environ.get(STEP_TIME_BUDGET_SECONDS, DEFAULT_STEP_TIME_BUDGET_SECONDS))
     if value <= 0:
         raise ValueError(f"{STEP_TIME_BUDGET_SECONDS} must be positive, not {value}")
+    return value
+
+
+def audit_horizon_days() -> float:
+    value = float(os.environ.get(AUDIT_HORIZON_DAYS, DEFAULT_AUDIT_HORIZON_DAYS))
+    if not value > 0:
+        raise ValueError(f"{AUDIT_HORIZON_DAYS} must be positive, not {value}")
+    return value
+
+
+def audit_partition_keys() -> int:
+    value = int(os.environ.get(AUDIT_PARTITION_KEYS, DEFAULT_AUDIT_PARTITION_KEYS))
+    if value < 1:
+        raise ValueError(f"{AUDIT_PARTITION_KEYS} must be at least 1, not {value}")
     return value

@@ -165,6 +165,54 @@ def extract_window(
     return ExtractResult(rows=written, bytes=path.stat().st_size, schema=schema, reread=len(extra))
 
 
+def extract_rows(
+    conn: pg8000.native.Connection,
+    source: SourceTable,
+    predicate: str,
+    path: pathlib.Path,
+    *,
+    label: str,
+    row_group_rows: int | None = None,
+) -> ExtractResult:
+    """Write the rows of ``source`` matching ``predicate`` (over the columns of the table,
+    aliased as the extract aliases them) to ``path``, inside the caller's transaction.
+
+    The same columns, expressions, decoding and Parquet writer as :func:`extract_window`,
+    so the file is bit for bit what a window holding those rows would hold. The caller
+    owns the snapshot (the audit repairs the versions it found missing in its own) and
+    has applied :data:`SESSION_SETTINGS`. On any error the file is removed.
+    """
+    from totes_ingest.catalog import table_columns
+    from totes_ingest.copy_stream import widen_read_buffer
+    from totes_ingest.parquet_sink import ParquetSink
+    from totes_ingest.pg_types import plan, schema_of
+
+    db = _Db(conn, source.name, label)
+    try:
+        columns = table_columns(conn, source.name, window=label, relation=source.relation)
+        schema = schema_of(columns)
+        plans = [plan(column, f"{_SRC}.{quote_ident(column.name)}") for column in columns]
+        select = ", ".join(p.expr for p in plans)
+        copy = (
+            f"COPY (SELECT {select} FROM {source.relation} AS {_SRC} "  # nosec B608
+            f"WHERE {predicate}) TO STDOUT (FORMAT binary)"
+        )
+        widen_read_buffer(conn)
+        sink = ParquetSink(
+            conn, path, schema, plans, row_group_rows or config.row_group_rows(), source.name, label
+        )
+        written, _ = sink.run(lambda stream: db.run(copy, stream=stream), then=lambda: None)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return ExtractResult(rows=written, bytes=path.stat().st_size, schema=schema)
+
+
+def source_alias() -> str:
+    """The alias :func:`extract_rows` gives the table in its predicate's scope."""
+    return _SRC
+
+
 def _reread(
     db: _Db, cursor: CursorRange, source: SourceTable, schema: pa.Schema, in_lake: pa.Table | None
 ) -> list[str]:

@@ -5,7 +5,13 @@
 - ``_staging/table/<start>-<end>-<run>.parquet``: a run's extract of a window, before
   its commit (``<start>`` is ``initial`` for a table's first window);
 - ``_claims/table/<start>.json``: the claim that makes one window the successor of the
-  watermark ``<start>``.
+  watermark ``<start>``;
+- ``table/yyyy/mm/dd/hhmmssffffff-repair-<n>.parquet``: row versions the audit found
+  missing and wrote (named by the audit's observation instant, UTC, and the number of its
+  key-space partition): committed objects of the table, never links of its watermark chain
+  (:func:`parse_file_key` does not read them as window keys);
+- ``_tombstones/table/yyyy/mm/dd/hhmmssffffff.parquet``: the keys the audit found deleted
+  at the source, named by its observation instant (UTC).
 """
 
 from __future__ import annotations
@@ -13,11 +19,16 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from totes_ingest.config import CLAIMS_PREFIX, STAGING_PREFIX
+from totes_ingest.config import CLAIMS_PREFIX, STAGING_PREFIX, TOMBSTONES_PREFIX
 from totes_ingest.identifiers import is_valid_table_name
 
 _KEY = re.compile(
     r"(?P<table>[a-z_][a-z0-9_]*)/(\d{4})/(\d{2})/(\d{2})/(\d{12})\.parquet", re.ASCII
+)
+_REPAIR_KEY = re.compile(
+    r"(?P<table>[a-z_][a-z0-9_]*)/(\d{4})/(\d{2})/(\d{2})/(\d{12})-repair-(?P<part>\d{1,6})"
+    r"\.parquet",
+    re.ASCII,
 )
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,80}", re.ASCII)
 
@@ -70,3 +81,46 @@ def staging_key(table: str, start: datetime | None, end: datetime, run_id: str) 
 
 def claim_key(table: str, start: datetime | None) -> str:
     return f"{CLAIMS_PREFIX}{table}/{stamp(start)}.json"
+
+
+def repair_key(table: str, observed: datetime, partition: int) -> str:
+    """Key of the audit's repair object for one partition of ``table``'s key space."""
+    if not is_valid_table_name(table):
+        raise ValueError(f"not a valid table name: {table!r}")
+    if not 0 <= partition < 1_000_000:
+        raise ValueError(f"not a partition number: {partition!r}")
+    return f"{table}/{observed:%Y/%m/%d/%H%M%S%f}-repair-{partition}.parquet"
+
+
+def parse_repair_key(key: str) -> tuple[str, datetime, int] | None:
+    """``(table, observation instant, partition)`` of a repair key, or None."""
+    match = _REPAIR_KEY.fullmatch(key)
+    if match is None:
+        return None
+    year, month, day, clock = match.group(2, 3, 4, 5)
+    try:
+        observed = datetime.strptime(f"{year}{month}{day}{clock}", "%Y%m%d%H%M%S%f")
+    except ValueError:
+        return None
+    return match["table"], observed, int(match["part"])
+
+
+def repair_prefix(table: str) -> str:
+    """The prefix below which the table's repair objects (and its windows) lie."""
+    return f"{table}/"
+
+
+def tombstone_key(table: str, observed: datetime) -> str:
+    """Key of the tombstones one audit wrote for ``table`` (``observed``: UTC)."""
+    if not is_valid_table_name(table):
+        raise ValueError(f"not a valid table name: {table!r}")
+    return f"{TOMBSTONES_PREFIX}{table}/{observed:%Y/%m/%d/%H%M%S%f}.parquet"
+
+
+def tombstone_prefix(table: str) -> str:
+    return f"{TOMBSTONES_PREFIX}{table}/"
+
+
+def is_tombstone_key(key: str, table: str) -> bool:
+    rest = key.removeprefix(tombstone_prefix(table))
+    return rest != key and re.fullmatch(r"\d{4}/\d{2}/\d{2}/\d{12}\.parquet", rest) is not None

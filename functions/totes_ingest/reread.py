@@ -16,8 +16,10 @@ cursor needs it to be exact).
 from __future__ import annotations
 
 import io
+import itertools
 import re
 import uuid
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,11 +77,38 @@ class S3RangeFile(io.RawIOBase):
 def lake_versions(lake: Lake, table: SourceTable, since: datetime, before: datetime) -> pa.Table:
     """``(key columns as text, cursor)`` of the lake's versions with a cursor value in
     ``[since, before)``, from the committed files whose range reaches ``since``."""
-    parts: list[pa.Table] = []
+    parts = list(lake_version_batches(lake, table, since, before))
+    if not parts:
+        return _empty(table)
+    return pa.concat_tables(parts)
+
+
+def lake_version_batches(
+    lake: Lake,
+    table: SourceTable,
+    since: datetime | None,
+    before: datetime | None,
+    *,
+    keys: Iterable[str] | None = None,
+) -> Iterator[pa.Table]:
+    """:func:`lake_versions` one row group at a time (memory: one row group's two columns).
+
+    ``since`` None: every committed file; ``before`` None: no upper bound. ``keys``: read
+    these objects instead of the committed history (the audit's repair objects).
+    """
     columns = [*table.key, CURSOR_COLUMN]
-    for key, claim in lake.committed(table.name):
-        if claim.cursor_end <= since:
-            break
+    files: Iterable[str]
+    if keys is not None:
+        files = keys
+    else:
+        files = (
+            key
+            for key, _ in itertools.takewhile(
+                lambda found: since is None or found[1].cursor_end > since,
+                lake.committed(table.name),
+            )
+        )
+    for key in files:
         source = io.BufferedReader(
             S3RangeFile(lake.s3, lake.bucket, key, table=table.name), buffer_size=_READ_AHEAD
         )
@@ -90,14 +119,16 @@ def lake_versions(lake: Lake, table: SourceTable, since: datetime, before: datet
                 f"{key} lacks the key columns {absent}: cannot tell ingested versions apart",
                 table=table.name,
             )
-        read = parquet.read(columns=columns)
-        cursor = read.column(CURSOR_COLUMN)
-        low, high = (_scalar(moment, cursor.type) for moment in (since, before))
-        keep = pc.and_(pc.greater_equal(cursor, low), pc.less(cursor, high))
-        parts.append(_normalised(read.filter(keep), table))
-    if not parts:
-        return _empty(table)
-    return pa.concat_tables(parts)
+        for group in range(parquet.num_row_groups):
+            read = parquet.read_row_group(group, columns=columns)
+            cursor = read.column(CURSOR_COLUMN)
+            keep = None
+            if since is not None:
+                keep = pc.greater_equal(cursor, _scalar(since, cursor.type))
+            if before is not None:
+                below = pc.less(cursor, _scalar(before, cursor.type))
+                keep = below if keep is None else pc.and_(keep, below)
+            yield _normalised(read if keep is None else read.filter(keep), table)
 
 
 def pairs_query(table: SourceTable, predicate: str) -> str:
@@ -123,9 +154,20 @@ def missing_ctids(
     whose (key, cursor) pair is not in ``in_lake``."""
     if not source_csv:
         return []
+    source = source_pairs(source_csv, table, cursor_type)
+    return sorted_ctids(absent_pairs(source, in_lake, table))
+
+
+def source_pairs(source_csv: bytes, table: SourceTable, cursor_type: pa.DataType) -> pa.Table:
+    """``(ctid, key columns as text, cursor)`` of the output of :func:`pairs_query`."""
     names = ["ctid", *table.key, CURSOR_COLUMN]
+    if not source_csv:
+        return pa.table(
+            {name: pa.array([], pa.string()) for name in names[:-1]}
+            | {CURSOR_COLUMN: pa.array([], cursor_type)}
+        )
     types = {name: pa.string() for name in names[:-1]} | {CURSOR_COLUMN: cursor_type}
-    source = pacsv.read_csv(
+    return pacsv.read_csv(
         pa.py_buffer(source_csv),
         read_options=pacsv.ReadOptions(column_names=names, block_size=len(source_csv) + 1),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
@@ -133,9 +175,19 @@ def missing_ctids(
             column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False
         ),
     )
-    lake = in_lake.cast(pa.schema([pa.field(n, source.schema.field(n).type) for n in names[1:]]))
-    new = source.join(lake, keys=names[1:], join_type="left anti", use_threads=False)
-    ctids = new.column("ctid").to_pylist()
+
+
+def absent_pairs(source: pa.Table, in_lake: pa.Table, table: SourceTable) -> pa.Table:
+    """The rows of ``source`` (see :func:`source_pairs`) whose (key, cursor) pair
+    ``in_lake`` does not hold."""
+    names = [*table.key, CURSOR_COLUMN]
+    lake = in_lake.cast(pa.schema([pa.field(n, source.schema.field(n).type) for n in names]))
+    return source.join(lake, keys=names, join_type="left anti", use_threads=False)
+
+
+def sorted_ctids(rows: pa.Table) -> list[str]:
+    """The ``ctid`` column of ``rows``, checked, in physical order."""
+    ctids = rows.column("ctid").to_pylist()
     bad = [c for c in ctids if not isinstance(c, str) or _CTID.fullmatch(c) is None]
     if bad:
         raise ValueError(f"unexpected ctid {bad[0]!r}")

@@ -22,8 +22,11 @@ from tests.chaos.faults import CALM, HEAVY, LIGHT, FaultPlan, Intensity, Session
 from tests.chaos.machine import LocalDeployment
 from tests.chaos.writers import STYLES, Writers, WriterStats
 from tests.clock import fall_back_zone
+from tests.conftest import BUCKET
 from totes_ingest import config
+from totes_ingest.audit import AuditSettings, TableAudit, audit_tables
 from totes_ingest.format_time import parse_time
+from totes_ingest.lake import Lake
 from totes_ingest.local.dburl import connect
 from totes_ingest.local.runner import ExecutionResult
 from totes_ingest.local.seed import seed
@@ -116,6 +119,8 @@ class ChaosReport:
     logs: LogTally
     audit: LakeAudit
     elapsed_s: float
+    # The product's own audit (totes_ingest.audit), run last over all history.
+    verdicts: list[TableAudit] = field(default_factory=list)
 
     def summary(self) -> str:
         rounds, tasks, audit, writers = self.rounds, self.tasks, self.audit, self.writers
@@ -153,6 +158,13 @@ class ChaosReport:
                 f"{len(audit.misplaced)}, chain breaks {len(audit.chain_breaks)}, staged "
                 f"leftovers of committed windows {len(leftovers)} (delete refused {refused}, "
                 f"uploaded again after the commit {restaged}, unexplained {unexplained})",
+                f"the audit (all history): {len(self.verdicts)} tables, "
+                f"{sum(v.source_rows for v in self.verdicts)} source rows against "
+                f"{sum(v.lake_versions for v in self.verdicts)} lake versions; missing "
+                f"{sum(v.missing for v in self.verdicts)}, repaired "
+                f"{sum(v.repaired for v in self.verdicts)}, newer in lake "
+                f"{sum(v.newer_in_lake for v in self.verdicts)}, deleted "
+                f"{sum(v.deleted for v in self.verdicts)}",
             ]
         )
 
@@ -168,6 +180,13 @@ class ChaosReport:
             "unexplained staged leftovers": self.audit.unexplained_leftovers(
                 self.explained_leftovers()
             ),
+            "found by the audit": [
+                f"{v.table}: {v.status}, missing {v.missing}, newer in lake {v.newer_in_lake}, "
+                f"deleted {v.deleted}, wrote {[*v.repair_keys, v.tombstone_key or '']}, "
+                f"{v.examples} {v.reason or ''}"
+                for v in self.verdicts
+                if v.status != "whole" or v.missing or v.deleted or v.repair_keys
+            ],
         }
         return {name: items for name, items in found.items() if items}
 
@@ -208,6 +227,13 @@ def run_chaos(
                 plan.join_ghosts()
             final = _catch_up(machine, tasks, conn)
         audit = audit_lake(conn, s3, TABLES)
+        verdicts = audit_tables(
+            conn,
+            Lake(s3, BUCKET),
+            list(TABLES),
+            AuditSettings(horizon_days=None),
+            audit_id="audit-chaos",
+        )
     finally:
         plan.enabled = False
         killer.stop_quietly()
@@ -226,4 +252,5 @@ def run_chaos(
         logs=logs,
         audit=audit,
         elapsed_s=time.monotonic() - began,
+        verdicts=verdicts,
     )

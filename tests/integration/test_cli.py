@@ -296,3 +296,51 @@ def test_a_bad_or_unreachable_url_never_shows_its_password(
     assert last_line.startswith(f"totes-ingest {command}: {error} ")
     assert "Traceback" not in process.stderr
     assert not any(letter in process.stderr for letter in SECRET_LETTERS), process.stderr
+
+
+@pytest.mark.e2e
+def test_audit_finds_repairs_and_then_passes_as_a_user_would(
+    db_settings: dict[str, Any], tmp_path: Path
+) -> None:
+    # GIVEN a seeded, ingested ToteSys in UTC, and a design inserted by a New York session
+    url = database_url(db_settings)
+    lake = tmp_path / "lake"
+    common = ("--database-url", url, "--lake", str(lake))
+    assert (
+        totes_ingest("seed", "--database-url", url, "--scale", "0.02", cwd=tmp_path).returncode == 0
+    )
+    admin = pg8000.native.Connection(**db_settings)
+    admin.run(f"ALTER DATABASE \"{db_settings['database']}\" SET timezone = 'UTC'")
+    assert totes_ingest("run", *common, cwd=tmp_path).returncode == 0
+    writer = pg8000.native.Connection(**db_settings)
+    writer.run("SET TimeZone = 'America/New_York'")
+    writer.run(
+        "INSERT INTO design (design_name, file_location, file_name, created_at, last_updated) "
+        "VALUES ('Behind', '/x', 'behind.json', now(), now())"
+    )
+    assert totes_ingest("run", *common, cwd=tmp_path).returncode == 0
+    # WHEN a report-only audit runs THEN it names the missing version, writes nothing, exits 2
+    files = sorted(p.relative_to(lake) for p in lake.rglob("*") if p.is_file())
+    report_only = totes_ingest("audit", *common, "--json", "--no-repair", cwd=tmp_path)
+    assert report_only.returncode == 2, report_only.stderr
+    found = json.loads(report_only.stdout)
+    assert found["whole"] is False
+    design = next(t for t in found["tables"] if t["table"] == "design")
+    assert (design["missing"], design["repaired"]) == (1, 0)
+    assert sorted(p.relative_to(lake) for p in lake.rglob("*") if p.is_file()) == files
+    # WHEN the audit repairs THEN it exits 0 with the repair object in the lake
+    repaired = totes_ingest("audit", *common, cwd=tmp_path)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "the lake is whole (1 missing versions repaired)" in repaired.stdout
+    (repair,) = lake.glob("design/*/*/*/*-repair-*.parquet")
+    assert f"wrote {repair.relative_to(lake)}" in repaired.stdout
+    # ... and a second audit finds nothing and writes nothing
+    files = sorted(p.relative_to(lake) for p in lake.rglob("*") if p.is_file())
+    again = totes_ingest("audit", *common, "--tables", "design,sales_order", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "0 files written" in again.stderr
+    assert again.stdout.splitlines()[-1] == "the lake is whole"
+    assert sorted(p.relative_to(lake) for p in lake.rglob("*") if p.is_file()) == files
+    assert CANARY_PASSWORD not in again.stdout + again.stderr + repaired.stderr
+    writer.close()
+    admin.close()

@@ -162,6 +162,53 @@ def build_parser() -> argparse.ArgumentParser:
         "and the event history of a failed execution",
     )
 
+    audit_cmd = commands.add_parser(
+        "audit",
+        help="prove the lake against the source: repair missing versions, record deletes",
+        description="Compare each table's (primary key, last_updated) pairs in the "
+        "source with the lake's; write the versions the lake lacks (once, as repair "
+        "objects that never move the watermark) and a tombstone for each deleted key. "
+        "Exit 0 when the lake is whole, 2 when it is not, 1 on an error.",
+    )
+    audit_cmd.add_argument(
+        "--tables",
+        type=_table_list,
+        metavar="A,B",
+        help="tables to audit (default: all eleven ToteSys tables)",
+    )
+    _add_database_url(audit_cmd)
+    audit_cmd.add_argument(
+        "--lake",
+        type=Path,
+        default=DEFAULT_LAKE,
+        metavar="DIR",
+        help=f"local stand-in for the bucket (default: ./{DEFAULT_LAKE})",
+    )
+    audit_cmd.add_argument(
+        "--json", action="store_true", help="print exactly the audit's report JSON on stdout"
+    )
+    horizon = audit_cmd.add_mutually_exclusive_group()
+    horizon.add_argument(
+        "--full", action="store_true", help="judge every version, not only the horizon's"
+    )
+    horizon.add_argument(
+        "--horizon-days",
+        type=_positive_float,
+        default=None,
+        metavar="DAYS",
+        help="judge the versions of the last DAYS days of last_updated "
+        "(default: $AUDIT_HORIZON_DAYS, else 7)",
+    )
+    audit_cmd.add_argument(
+        "--no-repair",
+        dest="repair",
+        action="store_false",
+        help="report only: write no repair object and no tombstone",
+    )
+    audit_cmd.add_argument(
+        "-v", "--verbose", action="store_true", help="the audit's logs and metrics on stderr"
+    )
+
     seed_cmd = commands.add_parser(
         "seed",
         help="create the ToteSys schema and fill it with sample data",
@@ -496,7 +543,118 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS: Final = {"run": cmd_run, "seed": cmd_seed, "simulate": cmd_simulate}
+# --- audit -------------------------------------------------------------------------------
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import uuid
+
+    from totes_ingest.audit import AuditSettings
+
+    tables = args.tables or list(TABLES)
+    settings = AuditSettings.from_environment(
+        full=args.full, repair=args.repair, horizon_days=args.horizon_days
+    )
+    audit_id = f"audit-{uuid.uuid4().hex}"
+    with lake_dir.locked(args.lake) as lake:
+        url, embedded = database_url(args.database_url)
+        if embedded:
+            _ensure_seeded(url)
+        say(f"source {redact(url)}; lake {args.lake}")
+        started = time.perf_counter()
+        reports, synced = _audit_in_moto(tables, url, lake, settings, audit_id, args.verbose)
+    say(
+        f"lake {args.lake}: {synced.written} files written, "
+        f"audited in {time.perf_counter() - started:.1f}s"
+    )
+    whole = all(report["status"] in WHOLE for report in reports)
+    if args.json:
+        print(json.dumps({"audit_id": audit_id, "whole": whole, "tables": reports}))
+    else:
+        print_audit(reports, settings.repair, sys.stdout)
+    return 0 if whole else 2
+
+
+WHOLE: Final = ("whole", "repaired", "skipped")
+
+
+def _audit_in_moto(
+    tables: list[str],
+    url: str,
+    lake: lake_dir.LocalLake,
+    settings: Any,
+    audit_id: str,
+    verbose: bool,
+) -> tuple[list[dict[str, Any]], lake_dir.SyncReport]:
+    import boto3
+    from moto import mock_aws
+
+    from totes_ingest.audit import audit_tables
+    from totes_ingest.errors import InvalidEvent
+    from totes_ingest.lake import Lake
+    from totes_ingest.observability import logger
+
+    with fake_aws_environment(), mock_aws(), connection(url) as conn:
+        s3 = boto3.client("s3")
+        s3.create_bucket(
+            Bucket=LOCAL_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+        )
+        uploaded = lake.upload(s3, LOCAL_BUCKET)
+        logger.setLevel("INFO" if verbose else "WARNING")
+        with handler_output(verbose=verbose):
+            try:
+                found = audit_tables(
+                    conn, Lake(s3, LOCAL_BUCKET), tables, settings, audit_id=audit_id
+                )
+            except InvalidEvent as e:
+                raise CliError(str(e)) from e
+        synced = lake.download(s3, LOCAL_BUCKET, uploaded)
+    return [report.to_payload() for report in found], synced
+
+
+_AUDIT_COLUMNS: Final = (
+    ("status", "status"),
+    ("source_rows", "source rows"),
+    ("lake_versions", "lake versions"),
+    ("missing", "missing"),
+    ("repaired", "repaired"),
+    ("newer_in_lake", "newer in lake"),
+    ("deleted", "deleted"),
+    ("tombstoned", "tombstoned"),
+)
+
+
+def print_audit(reports: list[dict[str, Any]], repair: bool, out: TextIO) -> None:
+    """One screen: a line per table, the first few findings, and the verdict."""
+    width = max([len("table"), *(len(r["table"]) for r in reports)])
+    head = "  ".join(f"{label:>{max(len(label), 9)}}" for _, label in _AUDIT_COLUMNS)
+    print(f"{'table':<{width}}  {head}", file=out)
+    for report in reports:
+        cells = []
+        for name, label in _AUDIT_COLUMNS:
+            value = report[name]
+            text = f"{value:,}" if isinstance(value, int) else str(value)
+            cells.append(f"{text:>{max(len(label), 9)}}")
+        print(f"{report['table']:<{width}}  {'  '.join(cells)}", file=out)
+    for report in reports:
+        for kind, examples in report["examples"].items():
+            print(f"  {report['table']} {kind.replace('_', ' ')}: {'; '.join(examples)}", file=out)
+        if report["reason"] and report["status"] != "whole":
+            print(f"  {report['table']}: {report['reason']}", file=out)
+        for key in [*report["repair_keys"], report["tombstone_key"]]:
+            if key:
+                print(f"  {report['table']}: wrote {key}", file=out)
+    whole = all(r["status"] in WHOLE for r in reports)
+    missing = sum(r["missing"] for r in reports)
+    verdict = "the lake is whole" if whole else "the lake is NOT whole"
+    if missing and repair:
+        verdict += f" ({missing:,} missing versions repaired)"
+    elif missing:
+        verdict += f" ({missing:,} missing versions, not repaired: report only)"
+    print(verdict, file=out)
+
+
+_COMMANDS: Final = {"run": cmd_run, "seed": cmd_seed, "simulate": cmd_simulate, "audit": cmd_audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
