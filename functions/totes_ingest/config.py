@@ -31,6 +31,14 @@ ROW_GROUP_ROWS: Final = "ROW_GROUP_ROWS"
 STATEMENT_TIMEOUT_MS: Final = "STATEMENT_TIMEOUT_MS"
 # Tables ingested at once: StartRun hands it to the Map (MaxConcurrencyPath).
 MAX_CONCURRENCY: Final = "MAX_CONCURRENCY"
+# The most rows one window holds: a longer pending range is cut at cursor values into
+# consecutive sub-windows (window_plan.py). One cursor value is never split: a value held
+# by more rows is a window of its own, above the bound (WARNING, OversizedWindowRows).
+MAX_WINDOW_ROWS: Final = "MAX_WINDOW_ROWS"
+# Seconds a step may spend before it hands the rest on (below the function's timeout):
+# PlanWindows stops cutting (the run's chain ends at the last cut, the next run goes on),
+# CommitTable stops committing (the state machine invokes it again for the rest).
+STEP_TIME_BUDGET_SECONDS: Final = "STEP_TIME_BUDGET_SECONDS"
 
 # The schema every table name is resolved in (never the search path).
 SOURCE_SCHEMA: Final = "SOURCE_SCHEMA"
@@ -75,6 +83,10 @@ DEFAULT_ROW_GROUP_ROWS: Final = 131_072
 DEFAULT_ROW_GROUP_BYTES: Final = 16 << 20
 DEFAULT_STATEMENT_TIMEOUT_MS: Final = 600_000
 DEFAULT_MAX_CONCURRENCY: Final = 4
+# About 10-20 s of extract at the rate measured here (0.5-1M rows/s, docs/deploy.md) and
+# 115 MB of sales_order Parquet in /tmp: far inside the 900 s timeout and 2 GB of /tmp.
+DEFAULT_MAX_WINDOW_ROWS: Final = 10_000_000
+DEFAULT_STEP_TIME_BUDGET_SECONDS: Final = 600.0
 DEFAULT_AUDIT_HORIZON_DAYS: Final = 7.0
 DEFAULT_AUDIT_PARTITION_KEYS: Final = 1_000_000
 
@@ -157,6 +169,20 @@ def allow_hot_standby() -> bool:
 
 def stall_warning_seconds() -> float:
     return float(os.environ.get(STALL_WARNING_SECONDS, DEFAULT_STALL_WARNING_SECONDS))
+
+
+def max_window_rows() -> int:
+    value = int(os.environ.get(MAX_WINDOW_ROWS, DEFAULT_MAX_WINDOW_ROWS))
+    if value < 1:
+        raise ValueError(f"{MAX_WINDOW_ROWS} must be at least 1, not {value}")
+    return value
+
+
+def step_time_budget_seconds() -> float:
+    value = float(os.environ.get(STEP_TIME_BUDGET_SECONDS, DEFAULT_STEP_TIME_BUDGET_SECONDS))
+    if value <= 0:
+        raise ValueError(f"{STEP_TIME_BUDGET_SECONDS} must be positive, not {value}")
+    return value
 
 
 def audit_horizon_days() -> float:

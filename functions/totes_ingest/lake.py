@@ -34,6 +34,7 @@ from boto3.exceptions import S3TransferFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from totes_ingest.aws import as_lake_error, error_code, lake_errors
+from totes_ingest.config import STAGING_PREFIX
 from totes_ingest.cursor import CursorRange
 from totes_ingest.errors import LakeError
 from totes_ingest.format_time import format_time, parse_time
@@ -63,15 +64,64 @@ META_START: Final = "totes-start"
 META_END: Final = "totes-end"
 META_RUN: Final = "totes-run"
 META_ROWS: Final = "totes-rows"
+# The cursor range the staged rows were read from (format_time; "" for None), so that a
+# staged but uncommitted window can be verified and committed by a later run.
+META_CURSOR_START: Final = "totes-cursor-start"
+META_CURSOR_END: Final = "totes-cursor-end"
+META_REREAD_FROM: Final = "totes-reread-from"
+
+
+def _time_text(moment: datetime | None) -> str:
+    return "" if moment is None else format_time(moment)
 
 
 def staged_metadata(window: Window, rows: int) -> dict[str, str]:
-    return {
+    metadata = {
         META_START: stamp(window.start),
         META_END: stamp(window.end),
-        META_RUN: window.run_id,
+        META_RUN: window.staging_run,
         META_ROWS: str(rows),
     }
+    if window.cursor is not None:
+        metadata[META_CURSOR_START] = _time_text(window.cursor.start)
+        metadata[META_CURSOR_END] = _time_text(window.cursor.end)
+        metadata[META_REREAD_FROM] = _time_text(window.cursor.reread_from)
+    return metadata
+
+
+@dataclass(frozen=True)
+class StagedWindow:
+    """A window staged (by ``run_id``) but not committed: what its metadata says."""
+
+    key: str
+    run_id: str
+    start: datetime | None
+    end: datetime
+    rows: int
+    cursor: CursorRange
+
+
+def read_staged(key: str, metadata: dict[str, str], table: str) -> StagedWindow | None:
+    """The staged window ``key`` holds, if its metadata is complete and agrees with its
+    key; None otherwise (such an object is never reused)."""
+    try:
+        start = parse_stamp(metadata[META_START])
+        end = parse_stamp(metadata[META_END])
+        run_id = metadata[META_RUN]
+        rows = int(metadata[META_ROWS])
+        cursor_start = metadata[META_CURSOR_START] or None
+        cursor = CursorRange(
+            None if cursor_start is None else parse_time(cursor_start),
+            parse_time(metadata[META_CURSOR_END]),
+            parse_time(metadata[META_REREAD_FROM]) if metadata.get(META_REREAD_FROM) else None,
+        )
+    except (KeyError, ValueError):
+        return None
+    if end is None or rows < 0 or not is_valid_run_id(run_id):
+        return None
+    if (start is not None and start >= end) or staging_key(table, start, end, run_id) != key:
+        return None
+    return StagedWindow(key, run_id, start, end, rows, cursor)
 
 
 @dataclass(frozen=True)
@@ -370,17 +420,68 @@ class Lake:
                 return watermark
         raise LakeError("claim chain did not settle", table=table)
 
+    def staged_window(
+        self,
+        table: str,
+        start: datetime | None,
+        cursor_start: datetime | None,
+        end_limit: datetime,
+    ) -> StagedWindow | None:
+        """A staged, uncommitted window that can follow the watermark ``start`` (whose
+        cursor ends at ``cursor_start``) and ends by ``end_limit``: its metadata complete,
+        agreeing with its key and continuing the cursor chain. The longest such window;
+        None if there is none. Its rows are then committed without extracting them again.
+        """
+        prefix = f"{STAGING_PREFIX}{table}/{stamp(start)}-"
+        paginator = self.s3.get_paginator("list_objects_v2")
+        with lake_errors("list", table=table):
+            keys = [
+                item["Key"]
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+                for item in page.get("Contents", [])
+                if item["Key"].endswith(".parquet")
+            ]
+        found: list[StagedWindow] = []
+        for key in keys:
+            head = self._head(key, table=table)
+            if head is None:
+                continue
+            staged = read_staged(key, dict(head.get("Metadata", {})), table)
+            if (
+                staged is not None
+                and staged.start == start
+                and staged.end <= end_limit
+                and staged.cursor.start == cursor_start
+            ):
+                found.append(staged)
+        return max(found, key=lambda s: (s.end, s.key), default=None)
+
+    def verify_staged(self, window: Window) -> StagedWindow:
+        """The staged object ``window`` commits, checked against the window (LakeError if
+        it is gone or was staged for another window)."""
+        table = window.table
+        key = staging_key(table, window.start, window.end, window.staging_run)
+        head = self._head(key, table=table)
+        staged = None if head is None else read_staged(key, dict(head.get("Metadata", {})), table)
+        if staged is None or (window.cursor is not None and staged.cursor != window.cursor):
+            raise LakeError(
+                f"staged object {key} is missing or not the window's",
+                table=table,
+                window=window.label,
+            )
+        return staged
+
     # -- the protocol ----------------------------------------------------------------
 
     def commit(self, window: Window, rows: int) -> CommitResult:
         """Publish the run's staged extract of ``window`` as the table's next key, once."""
         table = window.table
         mine = Claim(
-            run_id=window.run_id,
+            run_id=window.staging_run,
             start=window.start,
             end=window.end,
             final_key=generate_file_key(table, window.end),
-            staging_key=staging_key(table, window.start, window.end, window.run_id),
+            staging_key=staging_key(table, window.start, window.end, window.staging_run),
             rows=rows,
             cursor=window.cursor,
         )

@@ -13,7 +13,7 @@ import hashlib
 import tempfile
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 Payload = dict[str, Any]
 
 COLUMNS_METADATA = "columns"
-_MAX_SIGNATURE_BYTES = 1800
+_MAX_SIGNATURE_BYTES = 1700  # S3 user metadata: 2 KB in all (lake.staged_metadata)
 
 
 @dataclass(frozen=True)
@@ -206,8 +206,12 @@ def stage_table(
         )
         _freshness(table, window.start)
         return empty
+    if window.staged_by is not None:  # staged by an earlier run: verified, not re-read
+        staged = lake.verify_staged(window)
+        return {**payload, "rows": staged.rows, "bytes": 0, "staging_key": staged.key}
     source = resolve_table(conn, table, schema)
-    rng = cursor_range(
+    # A sub-window of a plan (plan_windows) comes with its cursor range fixed.
+    rng = window.cursor or cursor_range(
         conn,
         source,
         window.source_timezone,
@@ -281,6 +285,91 @@ def catalog_columns(table: str, schema: pa.Schema, key: tuple[str, ...]) -> Payl
         logger.warning("Not cataloged in Glue", extra={"table": table, "reason": str(e)})
         return None
     return {"columns": columns, "key": list(key), "cursor": CURSOR_COLUMN}
+
+
+def plan_windows(
+    payload: Mapping[str, Any],
+    conn: Any,
+    lake: Lake | None = None,
+    *,
+    max_window_rows: int,
+    reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS,
+    schema: str = config.DEFAULT_SOURCE_SCHEMA,
+    max_windows: int | None = None,
+) -> list[Payload]:
+    """The window of ``payload`` (GetLastIngestTime's output) cut into consecutive
+    sub-windows of at most ``max_window_rows`` rows each (window_plan), in chain order:
+    one payload per sub-window, each with its cursor range fixed, for :func:`stage_table`.
+
+    Only the first keeps the re-read overlap (the later ones start where this plan's
+    previous sub-window ends, which the lake does not hold yet). With ``lake``, windows
+    staged but never committed by an earlier run that continue the chain from the
+    watermark come first, reused (``staged_by``): they are not extracted again.
+    """
+    from totes_ingest.window_plan import cut_instants, cut_points
+
+    window = Window.from_payload(payload)
+    if window.is_empty:
+        return [{**payload, **window.to_payload()}]
+    reused: list[Payload] = []
+    while lake is not None:
+        found = lake.staged_window(window.table, window.start, window.cursor_start, window.end)
+        if found is None:
+            break
+        sub = replace(window, end=found.end, staged_by=found.run_id).with_cursor(found.cursor)
+        reused.append({**payload, **sub.to_payload()})
+        logger.info(
+            "Reusing a staged window",
+            extra={"table": window.table, "window": sub.label, "staged_by": found.run_id},
+        )
+        window = window.with_watermark(found.end, window.last_key, found.cursor.end)
+    if reused and window.start is not None and window.start >= window.end:
+        return reused
+    source = resolve_table(conn, window.table, schema)
+    rng = cursor_range(
+        conn,
+        source,
+        window.source_timezone,
+        window.start,
+        window.end,
+        window.cursor_start,
+        timedelta(seconds=reread_lag_seconds),
+    )
+    if reused:  # the re-read belongs to the chain's first window: the reused one
+        rng = CursorRange(rng.start, rng.end)
+    cut = cut_points(
+        conn, source, rng, max_window_rows, table=window.table, max_windows=max_windows
+    )
+    instants = cut_instants(
+        conn,
+        source,
+        window.source_timezone,
+        cut.values,
+        window.start,
+        window.end,
+        table=window.table,
+    )
+    ends = [*instants] if cut.truncated else [*instants, window.end]
+    cursor_ends = [*cut.values] if cut.truncated else [*cut.values, rng.end]
+    subs: list[Payload] = []
+    start, cursor_start = window.start, rng.start
+    for i, (end, cursor_end) in enumerate(zip(ends, cursor_ends, strict=True)):
+        reread = rng.reread_from if i == 0 else None
+        sub = window.with_watermark(start, window.last_key, cursor_start)
+        sub = replace(sub, end=end).with_cursor(CursorRange(cursor_start, cursor_end, reread))
+        subs.append({**payload, **sub.to_payload()})
+        start, cursor_start = end, cursor_end
+    for i in cut.oversized:
+        logger.warning(
+            "A window above MAX_WINDOW_ROWS: one cursor value holds more rows",
+            extra={"table": window.table, "window": subs[i]["cursor"], "max": max_window_rows},
+        )
+        put_metric("OversizedWindowRows", MetricUnit.Count, 1, window.table)
+    logger.info(
+        "Planned windows",
+        extra={"table": window.table, "windows": len(subs), "truncated": cut.truncated},
+    )
+    return reused + subs
 
 
 def _freshness(table: str, complete_until: datetime | None) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from totes_ingest.cursor import CursorRange
 from totes_ingest.errors import InvalidEvent
 from totes_ingest.format_time import format_time, parse_time
+from totes_ingest.generate_file_key import is_valid_run_id
 from totes_ingest.generate_new_entry_query import validated_time
 from totes_ingest.identifiers import is_valid_table_name
 
@@ -38,6 +39,14 @@ class Window:
     cursor: CursorRange | None = None
     hold: str | None = None  # why this run may not pass the watermark
     execution: str | None = None
+    # The run whose staged object this window commits when it is not this run's own: a
+    # sub-window staged by an earlier run and reused (window_plan, lake.staged_window).
+    staged_by: str | None = None
+
+    @property
+    def staging_run(self) -> str:
+        """The run id in the window's staging key and claim."""
+        return self.staged_by or self.run_id
 
     @property
     def label(self) -> str:
@@ -65,6 +74,9 @@ class Window:
         if not isinstance(zone, str) or not zone or len(zone) > 100:
             raise InvalidEvent("step input has no valid source_timezone", table=table)
         cursor = payload.get("cursor")
+        staged_by = _optional_str(payload.get("staged_by"), "staged_by", table)
+        if staged_by is not None and not is_valid_run_id(staged_by):
+            raise InvalidEvent("step input's staged_by is not a run id", table=table)
         return cls(
             table=table,
             run_id=run_id,
@@ -76,6 +88,7 @@ class Window:
             cursor=None if cursor is None else _cursor(cursor, table),
             hold=_optional_str(payload.get("hold"), "hold", table),
             execution=_optional_str(payload.get("execution"), "execution", table),
+            staged_by=staged_by,
         )
 
     def with_watermark(
@@ -102,6 +115,8 @@ class Window:
             payload["cursor"] = self.cursor.to_payload()
         if self.execution is not None:
             payload["execution"] = self.execution
+        if self.staged_by is not None:
+            payload["staged_by"] = self.staged_by
         return payload
 
 

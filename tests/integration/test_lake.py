@@ -259,3 +259,42 @@ def test_a_claim_written_before_version_2_is_still_read(s3: Any) -> None:
     s3.put_object(Bucket=BUCKET, Key=claim_key("staff", None), Body=body)
     s3.put_object(Bucket=BUCKET, Key=K0, Body=b"old")
     assert lake.resolve_watermark("staff") == Watermark(T0, K0, T0)
+
+
+def test_a_staged_uncommitted_window_is_found_verified_and_committed_by_a_later_run(
+    s3: Any,
+) -> None:
+    lake = Lake(s3, BUCKET)
+    _committed(lake, s3, _window("staff", None, T0, "run-a"))
+    staged = _window("staff", T0, T1, "run-b")  # run-b staged it, then died
+    _stage(s3, staged, b"rows of b", rows=7)
+    found = lake.staged_window("staff", T0, T0, T2)
+    assert found is not None
+    assert (found.run_id, found.end, found.rows, found.cursor) == ("run-b", T1, 7, staged.cursor)
+    # a window that would end past the run's bound, or breaks the cursor chain, is not reused
+    assert lake.staged_window("staff", T0, T0, T1 - (T1 - T0) / 2) is None
+    assert lake.staged_window("staff", T0, T1, T2) is None
+    # run-c commits run-b's staged object: the claim names the run that staged it
+    reuse = Window(table="staff", run_id="run-c", start=T0, end=T1, staged_by="run-b")
+    reuse = reuse.with_cursor(found.cursor)
+    assert lake.verify_staged(reuse).rows == 7
+    assert lake.commit(reuse, found.rows).status == "written"
+    assert s3.get_object(Bucket=BUCKET, Key=K1)["Body"].read() == b"rows of b"
+    assert lake.resolve_watermark("staff").end == T1
+    assert lake.staged_window("staff", T0, T0, T2) is None  # consumed
+
+
+def test_a_staged_object_whose_metadata_disagrees_with_its_key_is_never_reused(
+    s3: Any,
+) -> None:
+    lake = Lake(s3, BUCKET)
+    window = _window("staff", None, T0, "run-a")
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=staging_key("staff", None, T0, "run-a"),
+        Body=b"forged",
+        Metadata={**staged_metadata(window, 3), "totes-end": "20261125T091000000003"},
+    )
+    assert lake.staged_window("staff", None, None, T2) is None
+    with pytest.raises(LakeError, match="missing or not the window's"):
+        lake.verify_staged(window)
