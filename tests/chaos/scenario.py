@@ -231,7 +231,8 @@ def run_chaos(
             conn,
             Lake(s3, BUCKET),
             list(TABLES),
-            AuditSettings(horizon_days=None),
+            # This connection predates the ALTER DATABASE: name the zone its sessions use.
+            AuditSettings(horizon_days=None, source_timezone=zone),
             audit_id="audit-chaos",
         )
     finally:
