@@ -31,7 +31,7 @@ from totes_ingest.generate_file_key import staging_key
 from totes_ingest.lake import Lake, staged_metadata
 from totes_ingest.observability import logger, put_metric
 from totes_ingest.run_summary import aggregate as aggregate  # the step, re-exported
-from totes_ingest.source import resolve_table
+from totes_ingest.source import SourceTable, resolve_table
 from totes_ingest.validation import validate_event
 from totes_ingest.window import Window
 from totes_ingest.write_to_s3 import write_to_s3
@@ -211,15 +211,7 @@ def stage_table(
         return {**payload, "rows": staged.rows, "bytes": 0, "staging_key": staged.key}
     source = resolve_table(conn, table, schema)
     # A sub-window of a plan (plan_windows) comes with its cursor range fixed.
-    rng = window.cursor or cursor_range(
-        conn,
-        source,
-        window.source_timezone,
-        window.start,
-        window.end,
-        window.cursor_start,
-        timedelta(seconds=reread_lag_seconds),
-    )
+    rng = window.cursor or _cursor_range(conn, source, window, reread_lag_seconds)
     if not source.key and rng.reread_from is not None:
         logger.warning("No key: no re-read overlap", extra={"table": table})
         rng = CursorRange(rng.start, rng.end)
@@ -326,15 +318,7 @@ def plan_windows(
     if reused and window.start is not None and window.start >= window.end:
         return reused
     source = resolve_table(conn, window.table, schema)
-    rng = cursor_range(
-        conn,
-        source,
-        window.source_timezone,
-        window.start,
-        window.end,
-        window.cursor_start,
-        timedelta(seconds=reread_lag_seconds),
-    )
+    rng = _cursor_range(conn, source, window, reread_lag_seconds)
     if reused:  # the re-read belongs to the chain's first window: the reused one
         rng = CursorRange(rng.start, rng.end)
     cut = cut_points(
@@ -370,6 +354,21 @@ def plan_windows(
         extra={"table": window.table, "windows": len(subs), "truncated": cut.truncated},
     )
     return reused + subs
+
+
+def _cursor_range(
+    conn: Any, source: SourceTable, window: Window, reread_lag_seconds: float
+) -> CursorRange:
+    """The cursor values of ``window`` in the source's semantics, re-read overlap included."""
+    return cursor_range(
+        conn,
+        source,
+        window.source_timezone,
+        window.start,
+        window.end,
+        window.cursor_start,
+        timedelta(seconds=reread_lag_seconds),
+    )
 
 
 def _freshness(table: str, complete_until: datetime | None) -> None:
