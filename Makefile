@@ -29,7 +29,7 @@ LAMBDA_STRIP := bin pyarrow/tests pyarrow/include pyarrow/includes pyarrow/src \
 LAMBDA_FUNCTIONS := StartRunFunction GetLastIngestTimeFunction QueryToParquetFunction \
 	CommitTableFunction AggregateFunction
 
-.PHONY: install tools run seed simulate test unit infra lint typecheck bench bench-reread chaos \
+.PHONY: install tools run seed simulate test unit readers infra lint typecheck bench bench-reread chaos \
 	clean diagram lock lock-sam build lambda-deps lambda-code build-DependenciesLayer \
 	$(addprefix build-,$(LAMBDA_FUNCTIONS))
 
@@ -68,13 +68,16 @@ simulate: $(STAMP)
 	@$(VENV)/bin/totes-ingest simulate $(ARGS)
 
 test: $(STAMP) tools ## The whole test suite (without the long soak: see chaos)
-	$(PY) -m pytest -m "not slow" -n auto $(ARGS)
+	$(PY) -m pytest -m "not slow" -n auto --dist loadgroup $(ARGS)
 
 chaos: $(STAMP) ## Long chaos soak (TOTES_CHAOS_SECONDS, default 240; TOTES_CHAOS_SEED replays a plan) and the audit's mutation checks
 	$(PY) -m pytest -m slow -s tests/chaos $(ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest -m unit $(ARGS)
+
+readers: $(STAMP) ## The reader compatibility suite: DuckDB, Polars, pandas and Spark read the lake
+	$(PY) -m pytest -m readers $(ARGS)
 
 infra: $(STAMP) tools ## Offline deployment checks: template, ASL, package, scanners
 	$(PY) -m pytest -m infra $(ARGS)
