@@ -24,6 +24,7 @@ a retried step rewrites the same objects instead of adding duplicates.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from totes_ingest.generate_file_key import (
     stamp,
 )
 from totes_ingest.observability import logger
+from totes_ingest.read_ahead import read_ahead
 from totes_ingest.window import Window
 
 T = TypeVar("T")
@@ -357,18 +359,23 @@ class Lake:
 
     # -- the table's history ---------------------------------------------------------
 
-    def committed(self, table: str) -> Iterator[tuple[str, Claim]]:
+    def committed(self, table: str, *, ahead: int = 1) -> Iterator[tuple[str, Claim]]:
         """The table's committed keys with their claims, newest first.
 
         A key is committed when the claim for its window's start names it. Its start is
         in its metadata (copied from its staged object); for keys written before that,
-        it is the end of the next older key.
+        it is the end of the next older key. ``ahead``: keys checked at once (a reader
+        of the whole history; the watermark needs only the newest).
         """
-        keys = newest_keys(self.s3, self.bucket, table)
-        key = next(keys, None)
-        while key is not None:
-            older = next(keys, None)
-            claim = self._claim_of(table, key, older)
+        newer, older = itertools.tee(newest_keys(self.s3, self.bucket, table))
+        next(older, None)
+        # (key, the next older key); no keys: the chain still holds its trailing None
+        listed = zip(newer, itertools.chain(older, [None]), strict=False)
+
+        def check(pair: tuple[str, str | None]) -> tuple[str, Claim | None]:
+            return pair[0], self._claim_of(table, *pair)
+
+        for key, claim in read_ahead(check, listed, ahead):
             if claim is not None:
                 yield key, claim
             else:
@@ -376,7 +383,6 @@ class Lake:
                     "Ignored an object the commit protocol did not write",
                     extra={"table": table, "key": key},
                 )
-            key = older
 
     def _claim_of(self, table: str, key: str, older: str | None) -> Claim | None:
         recorded = self.metadata(key, table=table).get(META_START)

@@ -32,10 +32,12 @@ from totes_ingest.aws import lake_errors
 from totes_ingest.errors import LakeError
 from totes_ingest.identifiers import quote_ident
 from totes_ingest.lake import Lake
+from totes_ingest.read_ahead import read_ahead
 from totes_ingest.source import CURSOR_COLUMN, SourceTable
 
 _CTID = re.compile(r"\(\d+,\d+\)", re.ASCII)
 _READ_AHEAD = 1 << 20
+_FILES_AHEAD = 8  # files whose requests are in flight at once (read_ahead)
 
 
 class S3RangeFile(io.RawIOBase):
@@ -91,10 +93,12 @@ def lake_version_batches(
     *,
     keys: Iterable[str] | None = None,
 ) -> Iterator[pa.Table]:
-    """:func:`lake_versions` one row group at a time (memory: one row group's two columns).
+    """:func:`lake_versions` one row group at a time.
 
     ``since`` None: every committed file; ``before`` None: no upper bound. ``keys``: read
-    these objects instead of the committed history (the audit's repair objects).
+    these objects instead of the committed history (the audit's repair objects). The
+    next ``_FILES_AHEAD`` files' claim checks, footers and first row groups are read
+    while one is used (``read_ahead``); memory: that many row groups' two columns.
     """
     columns = [*table.key, CURSOR_COLUMN]
     files: Iterable[str]
@@ -105,10 +109,11 @@ def lake_version_batches(
             key
             for key, _ in itertools.takewhile(
                 lambda found: since is None or found[1].cursor_end > since,
-                lake.committed(table.name),
+                lake.committed(table.name, ahead=_FILES_AHEAD),
             )
         )
-    for key in files:
+
+    def first_group(key: str) -> tuple[pq.ParquetFile, pa.Table | None]:
         source = io.BufferedReader(
             S3RangeFile(lake.s3, lake.bucket, key, table=table.name), buffer_size=_READ_AHEAD
         )
@@ -119,8 +124,17 @@ def lake_version_batches(
                 f"{key} lacks the key columns {absent}: cannot tell ingested versions apart",
                 table=table.name,
             )
+        return parquet, parquet.read_row_group(
+            0, columns=columns
+        ) if parquet.num_row_groups else None
+
+    for parquet, first in read_ahead(first_group, files, _FILES_AHEAD):
         for group in range(parquet.num_row_groups):
-            read = parquet.read_row_group(group, columns=columns)
+            read = (
+                first
+                if group == 0 and first is not None
+                else parquet.read_row_group(group, columns=columns)
+            )
             cursor = read.column(CURSOR_COLUMN)
             keep = None
             if since is not None:
