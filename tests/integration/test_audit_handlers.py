@@ -146,3 +146,16 @@ def test_a_bad_event_is_an_invalid_event(
     with pytest.raises(InvalidEvent, match=message):
         audit_table.lambda_handler(event, Context())
     assert not [k for k in lake_keys(s3) if k.startswith("_audit/")]
+
+
+def test_the_step_publishes_the_tables_missing_and_repaired_versions(
+    ingested: Any, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _lose_a_version(ingested)
+    capsys.readouterr()
+    audit_table.lambda_handler(_event(), Context())
+    out = capsys.readouterr().out.splitlines()
+    emf = [json.loads(line) for line in out if line.startswith('{"_aws"')]
+    (document,) = [d for d in emf if "MissingVersions" in d]
+    assert (document["step"], document["table"]) == ("AuditTable", "currency")
+    assert (document["MissingVersions"], document["RepairedVersions"]) == ([1.0], [1.0])

@@ -71,6 +71,30 @@ def test_the_sample_event_names_the_failed_table_and_why() -> None:
     assert verdict["tables"] == {"sales_order": "repaired", "currency": "whole", "staff": "failed"}
 
 
+def _emf(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
+
+
+def test_the_summary_publishes_failed_and_not_whole_table_counts_and_logs_critical(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    sample = json.loads((EVENTS / "audit_summary.json").read_text())
+    audit_summary.lambda_handler(sample, Context())  # type: ignore[arg-type]
+
+    out = capsys.readouterr().out
+    (document,) = [d for d in _emf(out) if "AuditTablesFailed" in d]
+    assert (document["AuditTablesFailed"], document["AuditTablesNotWhole"]) == ([1.0], [0.0])
+    assert document["step"] == "AuditSummary"
+    critical = [r.getMessage() for r in caplog.records if r.levelname == "CRITICAL"]
+    assert critical == ["Audit failed for some tables"]
+
+
+def test_a_whole_lake_is_logged_at_info_only(caplog: pytest.LogCaptureFixture) -> None:
+    audit_summary.lambda_handler({"results": [_whole("currency")]}, Context())  # type: ignore[arg-type]
+
+    assert {r.levelname for r in caplog.records} == {"INFO"}
+
+
 def test_the_summary_without_results_is_an_invalid_event() -> None:
     with pytest.raises(InvalidEvent, match="results"):
         audit_summary.lambda_handler({"tables": []}, Context())  # type: ignore[arg-type]
