@@ -156,3 +156,12 @@ def test_an_alarm_fires_on_any_missing_version_of_any_table(template: dict[str, 
     )
     assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
     assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def test_the_dashboard_shows_the_audits_findings_and_outcomes(template: dict[str, Any]) -> None:
+    body, variables = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+
+    for metric in ("MissingVersions", "RepairedVersions", "DeletedKeys", "NewerInLakeKeys"):
+        assert f'MetricName=\\"{metric}\\"' in body
+    assert "${AuditStateMachineArn}" in body
+    assert variables["AuditStateMachineArn"] == {"Ref": "AuditStateMachine"}
