@@ -27,7 +27,7 @@ LAMBDA_STRIP := bin pyarrow/tests pyarrow/include pyarrow/includes pyarrow/src \
 	pyarrow/_flight.* pyarrow/libarrow_flight.so* pyarrow/libarrow_python_flight.so* \
 	pyarrow/_s3fs.* pyarrow/libarrow_s3.so* pyarrow/_gcsfs.* pyarrow/_azurefs.* pyarrow/_hdfs.*
 LAMBDA_FUNCTIONS := StartRunFunction GetLastIngestTimeFunction QueryToParquetFunction \
-	CommitTableFunction AggregateFunction
+	CommitTableFunction AggregateFunction AuditTableFunction AuditSummaryFunction
 
 .PHONY: install tools run seed simulate test unit readers infra lint typecheck bench bench-reread chaos \
 	clean diagram lock lock-sam build lambda-deps lambda-code build-DependenciesLayer \

@@ -57,6 +57,12 @@ STALL_WARNING_SECONDS: Final = "STALL_WARNING_SECONDS"
 # (the unit of its memory).
 AUDIT_HORIZON_DAYS: Final = "AUDIT_HORIZON_DAYS"
 AUDIT_PARTITION_KEYS: Final = "AUDIT_PARTITION_KEYS"
+# "false": the audit in AWS reports only (writes no repair object or tombstone); default
+# "true": it repairs. The local command's --no-repair is the same switch.
+AUDIT_REPAIR: Final = "AUDIT_REPAIR"
+# Seconds an audit's lease on a table lasts (audit_lease.py): above the audit function's
+# timeout, so an expired lease's holder can no longer be running.
+AUDIT_LEASE_SECONDS: Final = "AUDIT_LEASE_SECONDS"
 
 # The type mapping of the Parquet files (pg_types): "portable" (default: every engine
 # reads every column, Athena/Glue can declare it) or "extension" (Arrow's uuid and json
@@ -89,6 +95,7 @@ DEFAULT_MAX_WINDOW_ROWS: Final = 10_000_000
 DEFAULT_STEP_TIME_BUDGET_SECONDS: Final = 600.0
 DEFAULT_AUDIT_HORIZON_DAYS: Final = 7.0
 DEFAULT_AUDIT_PARTITION_KEYS: Final = 1_000_000
+DEFAULT_AUDIT_LEASE_SECONDS: Final = 960.0  # the audit function's 900 s timeout, and a minute
 
 # The folder holding the totes_ingest package: /var/task in Lambda, functions/ here.
 CODE_ROOT: Final = Path(__file__).resolve().parents[1]
@@ -196,6 +203,20 @@ def audit_partition_keys() -> int:
     value = int(os.environ.get(AUDIT_PARTITION_KEYS, DEFAULT_AUDIT_PARTITION_KEYS))
     if value < 1:
         raise ValueError(f"{AUDIT_PARTITION_KEYS} must be at least 1, not {value}")
+    return value
+
+
+def audit_repair() -> bool:
+    value = os.environ.get(AUDIT_REPAIR, "true").lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"{AUDIT_REPAIR} must be true or false, not {value!r}")
+    return value == "true"
+
+
+def audit_lease_seconds() -> float:
+    value = float(os.environ.get(AUDIT_LEASE_SECONDS, DEFAULT_AUDIT_LEASE_SECONDS))
+    if not value > 0:
+        raise ValueError(f"{AUDIT_LEASE_SECONDS} must be positive, not {value}")
     return value
 
 

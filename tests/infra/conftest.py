@@ -33,6 +33,7 @@ from samtranslator.yaml_helper import yaml_parse
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 ASL = ROOT / "statemachine" / "ingest.asl.json"
+AUDIT_ASL = ROOT / "statemachine" / "audit.asl.json"
 BUILD = ROOT / "build"
 CHECKOV_VENV = ROOT / ".venv-checkov"
 CHECKOV_REQUIREMENTS = ROOT / "requirements" / "checkov.txt"
@@ -197,7 +198,18 @@ def asl(asl_text: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def transformed(asl: dict[str, Any]) -> dict[str, Any]:
+def audit_asl_text() -> str:
+    return AUDIT_ASL.read_text()
+
+
+@pytest.fixture(scope="session")
+def audit_asl(audit_asl_text: str) -> dict[str, Any]:
+    definition: dict[str, Any] = json.loads(audit_asl_text)
+    return definition
+
+
+@pytest.fixture(scope="session")
+def transformed() -> dict[str, Any]:
     """The CloudFormation that the SAM transform makes of the template.
 
     Code and definition locations are replaced the way `sam package` replaces them (the
@@ -210,8 +222,8 @@ def transformed(asl: dict[str, Any]) -> dict[str, Any]:
         if resource["Type"] == "AWS::Serverless::LayerVersion":
             resource["Properties"]["ContentUri"] = "s3://artifacts/totes-ingest/layer.zip"
         if resource["Type"] == "AWS::Serverless::StateMachine":
-            del resource["Properties"]["DefinitionUri"]
-            resource["Properties"]["Definition"] = asl
+            uri = resource["Properties"].pop("DefinitionUri")
+            resource["Properties"]["Definition"] = json.loads((ROOT / uri).read_text())
     translator = Translator(None, Parser(), boto_session=boto3.Session(region_name=REGION))
     result: dict[str, Any] = translator.translate(
         template,

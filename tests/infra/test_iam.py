@@ -15,8 +15,11 @@ import pytest
 pytestmark = pytest.mark.infra
 
 TABLE_KEYS = "*/????/??/??/????????????.parquet"
+REPAIR_KEYS = "*/????/??/??/????????????-repair-*.parquet"
 KMS_VIA_S3 = {"kms:Decrypt", "kms:GenerateDataKey"}
-STEPS = ["StartRun", "GetLastIngestTime", "QueryToParquet", "CommitTable", "Aggregate"]
+INGEST_STEPS = ["StartRun", "GetLastIngestTime", "QueryToParquet", "CommitTable", "Aggregate"]
+STEPS = [*INGEST_STEPS, "AuditTable", "AuditSummary"]
+DATABASE_STEPS = ("StartRun", "QueryToParquet", "AuditTable")
 
 S3_GRANTS: dict[str, set[tuple[str, str]]] = {
     "StartRun": set(),
@@ -49,6 +52,21 @@ S3_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("s3:DeleteObject", "_staging/*"),
     },
     "Aggregate": set(),
+    # Reads a table's history; writes repair objects (never a window's key), tombstones
+    # and its lease, and deletes only its lease.
+    "AuditTable": {
+        ("s3:ListBucket", ""),
+        ("s3:GetObject", TABLE_KEYS),
+        ("s3:GetObject", REPAIR_KEYS),
+        ("s3:GetObject", "_claims/*"),
+        ("s3:GetObject", "_tombstones/*"),
+        ("s3:GetObject", "_audit/*"),
+        ("s3:PutObject", REPAIR_KEYS),
+        ("s3:PutObject", "_tombstones/*"),
+        ("s3:PutObject", "_audit/*"),
+        ("s3:DeleteObject", "_audit/*"),
+    },
+    "AuditSummary": set(),
 }
 # s3:ListBucket is limited by s3:prefix to what each step lists, and to the keys whose
 # absence it must see as 404 (S3 checks ListBucket with s3:prefix = the missing key).
@@ -56,6 +74,7 @@ LIST_PREFIXES: dict[str, set[str]] = {
     "GetLastIngestTime": {"*/", "_claims/*", "_staging/*", TABLE_KEYS},
     "QueryToParquet": {"*/", "_claims/*", TABLE_KEYS},
     "CommitTable": {"_claims/*", "_staging/*", TABLE_KEYS},
+    "AuditTable": {"*/", "_claims/*", "_audit/*", TABLE_KEYS},
 }
 
 
@@ -158,7 +177,7 @@ def test_each_step_uses_the_bucket_key_only_through_s3_and_only_if_it_uses_s3(
 def test_only_the_database_steps_read_the_secret(transformed: dict[str, Any], step: str) -> None:
     reads = {r for a, r in grants(transformed, f"{step}Role") if a.startswith("secretsmanager:")}
 
-    if step in ("StartRun", "QueryToParquet"):
+    if step in DATABASE_STEPS:
         assert reads == {"DbSecretArn"} or reads == {
             "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
             ":secret:${DbSecretName}-??????"
@@ -212,7 +231,7 @@ def test_only_the_database_steps_may_join_the_vpc(transformed: dict[str, Any], s
     ]
     eni = any(arn.endswith("AWSLambdaENIManagementAccess") for arn in managed)
 
-    assert ("VpcConfig" in function) == eni == (step in ("StartRun", "QueryToParquet"))
+    assert ("VpcConfig" in function) == eni == (step in DATABASE_STEPS)
 
 
 def test_the_state_machine_may_invoke_exactly_its_five_functions(
@@ -220,40 +239,54 @@ def test_the_state_machine_may_invoke_exactly_its_five_functions(
 ) -> None:
     invokes = {r for a, r in grants(transformed, "StateMachineRole") if a.startswith("lambda:")}
 
-    assert invokes == {f"{step}Function.Arn" for step in STEPS}
+    assert invokes == {f"{step}Function.Arn" for step in INGEST_STEPS}
+
+
+def test_the_audit_state_machine_may_invoke_exactly_its_three_functions(
+    transformed: dict[str, Any],
+) -> None:
+    role = "AuditStateMachineRole"
+    invokes = {r for a, r in grants(transformed, role) if a.startswith("lambda:")}
+
+    assert invokes == {f"{step}Function.Arn" for step in ("StartRun", "AuditTable", "AuditSummary")}
 
 
 def test_the_schedule_may_only_start_this_state_machine_and_dead_letter_what_it_cannot(
     transformed: dict[str, Any],
 ) -> None:
-    (schedule_role,) = [
+    schedule_roles = sorted(
         n
         for n, r in transformed["Resources"].items()
         if r["Type"] == "AWS::IAM::Role" and "Schedule" in n
-    ]
-    schedule = next(
-        r["Properties"]
+    )
+    schedules = {
+        r["Properties"]["Target"]["Arn"]["Ref"]: r["Properties"]
         for r in transformed["Resources"].values()
         if r["Type"] == "AWS::Scheduler::Schedule"
-    )
+    }
 
-    assert schedule_role == "ScheduleRole"
-    assert schedule["Target"]["RoleArn"] == {"Fn::GetAtt": ["ScheduleRole", "Arn"]}
-    assert schedule["Target"]["DeadLetterConfig"] == {
-        "Arn": {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]}
-    }
-    assert grants(transformed, schedule_role) == {
-        ("states:StartExecution", "IngestStateMachine"),
-        ("sqs:SendMessage", "ScheduleDeadLetterQueue.Arn"),
-        ("kms:Decrypt", "IngestKey.Arn"),
-        ("kms:GenerateDataKey", "IngestKey.Arn"),
-    }
+    assert schedule_roles == ["AuditScheduleRole", "ScheduleRole"]
+    for machine, role in (
+        ("IngestStateMachine", "ScheduleRole"),
+        ("AuditStateMachine", "AuditScheduleRole"),
+    ):
+        schedule = schedules[machine]
+        assert schedule["Target"]["RoleArn"] == {"Fn::GetAtt": [role, "Arn"]}
+        assert schedule["Target"]["DeadLetterConfig"] == {
+            "Arn": {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]}
+        }
+        assert grants(transformed, role) == {
+            ("states:StartExecution", machine),
+            ("sqs:SendMessage", "ScheduleDeadLetterQueue.Arn"),
+            ("kms:Decrypt", "IngestKey.Arn"),
+            ("kms:GenerateDataKey", "IngestKey.Arn"),
+        }
 
 
 def test_the_service_roles_can_be_assumed_only_on_behalf_of_this_account(
     transformed: dict[str, Any],
 ) -> None:
-    for role in ("StateMachineRole", "ScheduleRole"):
+    for role in ("StateMachineRole", "ScheduleRole", "AuditStateMachineRole", "AuditScheduleRole"):
         (trust,) = transformed["Resources"][role]["Properties"]["AssumeRolePolicyDocument"][
             "Statement"
         ]
@@ -269,7 +302,7 @@ def test_every_role_takes_the_optional_permissions_boundary(transformed: dict[st
         if r["Type"] == "AWS::IAM::Role"
     }
 
-    assert len(boundaries) == len(STEPS) + 2
+    assert len(boundaries) == len(STEPS) + 4
     assert set(map(str, boundaries.values())) == {
         str({"Fn::If": ["HasPermissionsBoundary", {"Ref": "PermissionsBoundaryArn"},
                         {"Ref": "AWS::NoValue"}]})
@@ -300,7 +333,11 @@ def test_only_log_delivery_is_granted_on_every_resource_as_aws_requires(
         if resource == "*"
     }
 
-    assert unscoped == {("StateMachineRole", action) for action in LOG_DELIVERY}
+    assert unscoped == {
+        (role, action)
+        for role in ("StateMachineRole", "AuditStateMachineRole")
+        for action in LOG_DELIVERY
+    }
 
 
 def test_every_role_trusts_only_its_own_service(transformed: dict[str, Any]) -> None:
@@ -321,6 +358,7 @@ def test_every_role_trusts_only_its_own_service(transformed: dict[str, Any]) -> 
 
     assert all(len(services) == 1 for services in principals.values())
     assert principals["StateMachineRole"] == {"states.amazonaws.com"}
+    assert principals["AuditStateMachineRole"] == {"states.amazonaws.com"}
     assert all(principals[f"{step}Role"] == {"lambda.amazonaws.com"} for step in STEPS)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pg8000.native
@@ -20,6 +20,8 @@ import pytest
 
 from tests.conftest import BUCKET
 from totes_ingest import pipeline
+from totes_ingest.audit import AuditSettings
+from totes_ingest.audit_step import audit_one
 from totes_ingest.cursor import CursorRange
 from totes_ingest.format_time import format_time
 from totes_ingest.generate_file_key import claim_key, staging_key
@@ -346,3 +348,64 @@ def test_no_step_may_list_the_whole_bucket_nor_commit_table_a_tables_folders(
     for step in ("GetLastIngestTime", "QueryToParquet", "CommitTable"):
         assert not allowed_by(transformed, f"{step}Role")(whole_bucket)
     assert not allowed_by(transformed, "CommitTableRole")(table_folder)
+
+
+@pytest.mark.integration
+def test_audit_table_may_repair_tombstone_and_hold_its_lease_and_nothing_more(
+    s3: Any, recorder: Recorder, transformed: dict[str, Any], totesys_settings: dict[str, Any]
+) -> None:
+    # GIVEN a committed currency table, then a version it lost and a row deleted
+    conn = pg8000.native.Connection(**{k: v for k, v in totesys_settings.items() if v != ""})
+    lake = Lake(s3, BUCKET)
+    settings = pipeline.RunSettings(
+        fallback_lag_seconds=0, max_concurrency=1, safety_margin_seconds=0
+    )
+    try:
+        for code in ("GBP", "USD", "EUR"):
+            conn.run("INSERT INTO currency (currency_code) VALUES (:c)", c=code)
+        run = pipeline.start_run({"tables_to_query": ["currency"]}, conn, settings)
+        item = {"table": "currency", **{k: run[k] for k in ("end_time", "run_id", "hold")}}
+        item["source_timezone"] = run["source_timezone"]
+        item = pipeline.find_watermark(item, lake)
+        pipeline.commit_table(pipeline.stage_table(item, conn, lake, row_group_rows=1024), lake)
+        conn.run(
+            "INSERT INTO currency (currency_code, last_updated) "
+            "VALUES ('JPY', now() - interval '1 hour')"
+        )
+        conn.run("DELETE FROM currency WHERE currency_code = 'USD'")
+        recorder.calls.clear()
+        # WHEN the AuditTable step audits it
+        found = audit_one(
+            {"table": "currency", "audit_id": "audit-sim"},
+            conn,
+            lake,
+            AuditSettings(),
+            lease_ttl=timedelta(minutes=16),
+        )
+    finally:
+        conn.close()
+
+    # THEN it repaired and tombstoned, and every request it made is the role's
+    assert (found["repaired"], found["deleted"], found["tombstoned"]) == (1, 1, 1)
+    operations = {c["operation"] for c in recorder.calls}
+    assert {"PutObject", "DeleteObject", "GetObject", "ListObjectsV2"} <= operations
+    assert denied(transformed, "AuditTable", recorder) == []
+
+
+def test_audit_table_may_not_write_a_windows_key_a_claim_or_staging(
+    transformed: dict[str, Any],
+) -> None:
+    allows = allowed_by(transformed, "AuditTableRole")
+    bucket = f"arn:aws:s3:::{BUCKET}"
+
+    for key in (
+        "currency/2026/11/25/090000000001.parquet",
+        "_claims/currency/2026/11/25/090000000001.json",
+        "_staging/currency/x.parquet",
+    ):
+        assert not allows(("s3:PutObject", f"{bucket}/{key}", None))
+        assert not allows(("s3:DeleteObject", f"{bucket}/{key}", None))
+    assert allows(
+        ("s3:PutObject", f"{bucket}/currency/2026/11/25/090000000001-repair-0.parquet", None)
+    )
+    assert not allows(("s3:ListBucket", bucket, None))

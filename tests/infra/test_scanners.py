@@ -26,8 +26,11 @@ DEPLOYED_ARNS = {
         "QueryToParquetFunctionArn",
         "CommitTableFunctionArn",
         "AggregateFunctionArn",
+        "AuditTableFunctionArn",
+        "AuditSummaryFunctionArn",
     ]
 }
+DEFINITIONS = ["statemachine/ingest.asl.json", "statemachine/audit.asl.json"]
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +122,20 @@ def validate_asl(validator: Path, path: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_asl_validator_accepts_the_definition_file(asl_validator_bin: Path) -> None:
-    run = validate_asl(asl_validator_bin, "statemachine/ingest.asl.json")
+@pytest.mark.parametrize("definition", DEFINITIONS)
+def test_asl_validator_accepts_the_definition_file(
+    asl_validator_bin: Path, definition: str
+) -> None:
+    run = validate_asl(asl_validator_bin, definition)
 
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+@pytest.mark.parametrize("definition", DEFINITIONS)
 def test_asl_validator_accepts_the_definition_as_deployed(
-    asl_validator_bin: Path, asl_text: str, tmp_path: Path
+    asl_validator_bin: Path, definition: str, tmp_path: Path
 ) -> None:
-    deployed = asl_text
+    deployed = (ROOT / definition).read_text()
     for name, arn in DEPLOYED_ARNS.items():
         deployed = deployed.replace("${" + name + "}", arn)
     path = tmp_path / "deployed.asl.json"

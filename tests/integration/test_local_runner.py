@@ -382,13 +382,32 @@ def test_the_real_template_wires_every_placeholder_of_the_real_asl() -> None:
 
     handlers = {spec.logical_id: spec.handler for spec in stack.functions.values()}
     assert handlers["StartRunFunction"] == "totes_ingest.handlers.start_run.lambda_handler"
-    assert len(handlers) == 5
+    assert len(handlers) == 7
+    assert stack.state_machine_id == "IngestStateMachine"
     assert all(isinstance(ref, FunctionRef) for ref in stack.substitutions.values())
     arns = {
         key: f"arn:aws:lambda:eu-west-2:123456789012:function:{key}" for key in stack.substitutions
     }
     json.loads(substitute(stack.definition, arns))
     assert stack.functions["StartRunFunction"].environment["MAX_CONCURRENCY"] == "4"
+
+
+def test_the_audit_state_machine_is_loaded_by_its_id() -> None:
+    stack = load_stack(TEMPLATE_PATH, state_machine_id="AuditStateMachine")
+
+    assert {
+        ref.logical_id
+        for ref in stack.substitutions.values()  # type: ignore[union-attr]
+    } == {"StartRunFunction", "AuditTableFunction", "AuditSummaryFunction"}
+    arns = {
+        key: f"arn:aws:lambda:eu-west-2:123456789012:function:{key}" for key in stack.substitutions
+    }
+    assert json.loads(substitute(stack.definition, arns))["StartAt"] == "StartRun"
+
+
+def test_an_unknown_state_machine_id_is_an_error() -> None:
+    with pytest.raises(TemplateError, match="no state machine 'Nope'"):
+        load_stack(TEMPLATE_PATH, state_machine_id="Nope")
 
 
 def test_unresolved_placeholder_is_an_error() -> None:

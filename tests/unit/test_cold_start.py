@@ -25,6 +25,8 @@ HANDLERS = {
     "query_to_parquet": TRACING,  # it writes Parquet, but loads pyarrow only when it runs
     "commit_table": PARQUET | TRACING,
     "aggregate": PARQUET | DRIVERS | TRACING,
+    "audit_table": TRACING,  # the audit reads and writes Parquet
+    "audit_summary": PARQUET | DRIVERS | TRACING,
 }
 
 

@@ -43,6 +43,9 @@ from botocore.exceptions import ClientError
 REPO_ROOT: Final = Path(__file__).resolve().parents[3]
 TEMPLATE_PATH: Final = REPO_ROOT / "template.yaml"
 
+# The state machine a template with several is run by default (the audit's is chosen by
+# name: ``load_stack(state_machine_id="AuditStateMachine")``).
+DEFAULT_STATE_MACHINE: Final = "IngestStateMachine"
 _LAMBDA_ROLE: Final = "totes-ingest-local-lambda"
 _STATES_ROLE: Final = "totes-ingest-local-states"
 _POLL_INTERVAL_S: Final = 0.05
@@ -166,7 +169,8 @@ def load_stack(template_path: Path = TEMPLATE_PATH, state_machine_id: str | None
     """Read the functions and the state machine of a SAM template.
 
     The definition is read from the state machine's ``DefinitionUri`` (relative to the
-    template), exactly the file that ``sam deploy`` uploads.
+    template), exactly the file that ``sam deploy`` uploads. ``state_machine_id`` names the
+    state machine; None: the template's only one, or ``DEFAULT_STATE_MACHINE``.
     """
     template = load_template(template_path)
     parameters = _parameter_defaults(template)
@@ -193,9 +197,12 @@ def load_stack(template_path: Path = TEMPLATE_PATH, state_machine_id: str | None
         elif kind == "AWS::Serverless::StateMachine":
             machines[logical_id] = properties
     if state_machine_id is None:
-        if len(machines) != 1:
+        if len(machines) == 1:
+            state_machine_id = next(iter(machines))
+        elif DEFAULT_STATE_MACHINE in machines:
+            state_machine_id = DEFAULT_STATE_MACHINE
+        else:
             raise TemplateError(f"expected one state machine, found {sorted(machines)}")
-        state_machine_id = next(iter(machines))
     if state_machine_id not in machines:
         raise TemplateError(f"no state machine {state_machine_id!r} in {template_path}")
     machine = machines[state_machine_id]
