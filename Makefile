@@ -29,7 +29,7 @@ LAMBDA_STRIP := bin pyarrow/tests pyarrow/include pyarrow/includes pyarrow/src \
 LAMBDA_FUNCTIONS := StartRunFunction GetLastIngestTimeFunction QueryToParquetFunction \
 	CommitTableFunction AggregateFunction AuditTableFunction AuditSummaryFunction
 
-.PHONY: install tools run seed simulate test unit readers infra lint typecheck bench bench-reread chaos \
+.PHONY: install tools run seed simulate test unit readers infra lint typecheck bench bench-audit bench-reread chaos \
 	clean diagram lock lock-sam build lambda-deps lambda-code build-DependenciesLayer \
 	$(addprefix build-,$(LAMBDA_FUNCTIONS))
 
@@ -117,6 +117,9 @@ diagram: $(STAMP) ## Regenerate docs/architecture.md from statemachine/ingest.as
 
 bench: $(STAMP) ## Time the extract against DuckDB, ConnectorX, ADBC, the seed's approach and psql at N and 4N rows (paired)
 	$(PY) benchmarks/extract_bench.py $(ARGS)
+
+bench-audit: $(STAMP) ## The audit's time and peak RSS at 1M and 10M rows with a year of daily files (moto_server)
+	$(PY) benchmarks/audit_bench.py $(ARGS)
 
 bench-reread: $(STAMP) ## What the re-read overlap costs a run at 10, 10,000 and 1,000,000 changed rows
 	$(PY) benchmarks/reread_bench.py $(ARGS)
