@@ -69,9 +69,14 @@ def main() -> None:
     parser.add_argument("--rows", default="1000000,10000000", help="table sizes, commas")
     parser.add_argument("--repeat", type=int, default=3, help="audits of each kind (median)")
     parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument(
+        "--partition-keys", type=int, default=None, help="AUDIT_PARTITION_KEYS (default its own)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.partition_keys:
+        os.environ["AUDIT_PARTITION_KEYS"] = str(args.partition_keys)
     if args.worker:
         _audit(args.database_url, args.full)
         return
@@ -130,8 +135,12 @@ def _prepare(admin_url: str, url: str, rows: int) -> int:
     from totes_ingest.local.dburl import settings_from_url
 
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-    _empty(s3)
+    if BUCKET in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        _empty(s3)  # the previous size's lake
+    else:
+        s3.create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"}
+        )
     _create_database(admin_url, url.rsplit("/", 1)[1])
     conn = pg8000.native.Connection(**{k: v for k, v in settings_from_url(url).items() if v != ""})
     start = (datetime.now(UTC) - timedelta(days=DAYS)).replace(tzinfo=None, microsecond=0)
@@ -189,12 +198,17 @@ def _audit(url: str, full: bool) -> None:
     import boto3
     import pg8000.native
 
+    from totes_ingest import config
     from totes_ingest.audit import AuditSettings, audit_table
     from totes_ingest.lake import Lake
     from totes_ingest.local.dburl import settings_from_url
 
     conn = pg8000.native.Connection(**{k: v for k, v in settings_from_url(url).items() if v != ""})
-    settings = AuditSettings(horizon_days=None if full else 7.0, source_timezone="UTC")
+    settings = AuditSettings(
+        horizon_days=None if full else 7.0,
+        source_timezone="UTC",
+        partition_keys=config.audit_partition_keys(),
+    )
     report = audit_table(conn, Lake(boto3.client("s3"), BUCKET), TABLE, settings, audit_id="bench")
     print(json.dumps(report.to_payload(), default=str))
 
