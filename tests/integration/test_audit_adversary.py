@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.command import database_url, totes_ingest
 from tests.conftest import BUCKET
 from tests.lakecheck import lake_keys, read_table
 from totes_ingest import audit, pipeline
+from totes_ingest.format_time import parse_time
 from totes_ingest.lake import Lake
 from totes_ingest.lake_views import TableColumns, duckdb_statements
 
@@ -483,3 +485,48 @@ def test_one_table_with_an_infinity_cursor_does_not_stop_the_others_being_audite
     conn.run("DELETE FROM other")
     found = audit.audit_tables(conn, lake, ["item", "other"], AUDIT, audit_id="adv")
     assert [r.status for r in found] == ["failed", "repaired"]
+
+
+# --- the judged bound and the horizon -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cursor_type", "zone"),
+    [
+        ("timestamp", "UTC"),
+        ("timestamp(0)", "UTC"),
+        ("timestamp(3)", "America/Sao_Paulo"),
+        ("timestamptz", "Asia/Kolkata"),
+        ("timestamptz(0)", "Asia/Kolkata"),
+    ],
+)
+def test_versions_either_side_of_the_judged_bound_are_written_once_by_audit_or_window(
+    conn: Any, db_settings: dict[str, Any], s3: Any, cursor_type: str, zone: str
+) -> None:
+    # GIVEN a table ingested once, and the bound the audit judges below
+    conn.run(f"ALTER DATABASE \"{db_settings['database']}\" SET timezone = '{zone}'")
+    conn.run(f"SET TimeZone = '{zone}'")
+    conn.run(
+        f"CREATE TABLE edge (id int PRIMARY KEY, last_updated {cursor_type} NOT NULL DEFAULT now())"
+    )
+    lake = Lake(s3, BUCKET)
+    conn.run("INSERT INTO edge (id, last_updated) VALUES (0, now() - interval '1 hour')")
+    _run(conn, lake, "edge")
+    probe = _audit(conn, lake, "edge", audit.AuditSettings(repair=False))
+    assert probe.judged_until is not None
+    bound = parse_time(probe.judged_until)
+    # ... versions written behind the watermark just below, on and just above that bound
+    # (instants given in UTC for timestamptz, the zone's wall clock for timestamp)
+    deltas = [-1_000_000, -1_000, -1, 0, 1, 1_000, 1_000_000]
+    cast = "(CAST(:v AS timestamp) AT TIME ZONE 'UTC')" if "tz" in cursor_type else ":v"
+    for i, micros in enumerate(deltas, start=1):
+        value = bound + timedelta(microseconds=micros)
+        conn.run(f"INSERT INTO edge (id, last_updated) VALUES ({i}, {cast})", v=value)
+    # WHEN the audit repairs and the next window re-reads
+    _audit(conn, lake, "edge")
+    _run(conn, lake, "edge")
+    # THEN every version is in the lake exactly once
+    source = {(r[0], r[1]) for r in conn.run("SELECT id, last_updated FROM edge")}
+    versions = Counter((r["id"], r["last_updated"]) for r in read_table(s3, "edge"))
+    assert set(versions.values()) == {1}, versions
+    assert {k for k, _ in versions} == {k for k, _ in source}
