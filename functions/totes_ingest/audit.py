@@ -27,7 +27,8 @@ versions never reach the same one), and versions above the bound are left to the
 pipeline and the next audit.
 
 **Cost is bounded by a partition, not the table.** A single integer key is split into
-ranges of ``AUDIT_PARTITION_KEYS`` values. The lake is read once, each row group's pairs
+ranges of ``AUDIT_PARTITION_KEYS`` source keys each (boundaries walked along the key's
+index, so a sparse key space, bigint extremes included, costs no more). The lake is read once, each row group's pairs
 spilled to a local file per partition (Arrow IPC); then, in one REPEATABLE READ, READ
 ONLY snapshot taken *after* the lake was read (so every key in the lake was committed at
 the source before it), each partition's source pairs are read with one primary-key range
@@ -37,6 +38,7 @@ query and joined with its spill. A key of any other shape is one partition.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -75,6 +77,7 @@ from totes_ingest.pg_types import schema_of
 from totes_ingest.reread import (
     absent_pairs,
     ctid_predicate,
+    key_text,
     lake_version_batches,
     pairs_query,
     sorted_ctids,
@@ -181,7 +184,12 @@ def audit_table(
     report.judged_from = None if since is None else format_time(since)
     report.judged_until = format_time(bound)
     with tempfile.TemporaryDirectory(prefix="totes-audit-") as workdir:
-        _Audit(conn, lake, source, settings, report, Path(workdir), audit_id).run(since, bound)
+        try:
+            _Audit(conn, lake, source, settings, report, Path(workdir), audit_id).run(since, bound)
+        except pa.ArrowException as e:  # a value Arrow cannot compare (a cursor of infinity)
+            raise AuditError(
+                f"could not compare the lake with the source: {e}", table=table_name
+            ) from e
     _publish(report)
     return report
 
@@ -287,17 +295,25 @@ class _Audit:
         return len(self.source.key) == 1 and self.key_types[0] in _INTEGER_KEYS
 
     def _boundaries(self) -> list[int]:
-        """Starts of the partitions after the first (the first and last are open)."""
+        """Starts of the partitions after the first (the first and last are open): every
+        ``partition_keys``-th key of the source, walked along its index, so a partition
+        holds at most that many source keys however sparse the key space."""
         if not self._ranged:
             return []
         column = quote_ident(self.source.key[0])
-        sql = f"SELECT min({column})::int8, max({column})::int8 FROM {self.source.relation}"  # nosec B608
-        with source_errors("audit key range", table=self.table):
-            ((low, high),) = self.conn.run(sql)
-        if low is None:
-            return []
         step = self.settings.partition_keys
-        return list(range(int(low) + step, int(high) + 1, step))
+        boundaries: list[int] = []
+        while True:
+            above = f"WHERE {column} >= {boundaries[-1]} " if boundaries else ""
+            sql = (
+                f"SELECT {column}::int8 FROM {self.source.relation} "  # nosec B608
+                f"{above}ORDER BY {column} OFFSET {int(step)} LIMIT 1"
+            )
+            with source_errors("audit key range", table=self.table):
+                rows = self.conn.run(sql)
+            if not rows:
+                return boundaries
+            boundaries.append(int(rows[0][0]))
 
     def _predicate(self, partition: int) -> str:
         """SQL: the partition's key range (bounds are integers of our own)."""
@@ -380,7 +396,7 @@ class _Audit:
             with lake_errors(f"read of {key}", table=self.table):
                 body = self.lake.s3.get_object(Bucket=self.lake.bucket, Key=key)["Body"].read()
             read = pq.read_table(pa.py_buffer(body), columns=[*self.source.key, LAST_VERSION])
-            keys = [read.column(n).cast(pa.string()) for n in self.source.key]
+            keys = [key_text(read.column(n).combine_chunks(), self.table) for n in self.source.key]
             yield pa.Table.from_arrays(
                 [*keys, read.column(LAST_VERSION)], names=[*self.source.key, LAST_VERSION]
             )
@@ -392,8 +408,11 @@ class _Audit:
         repaired = lake_version_batches(
             self.lake, self.source, since, None, keys=self._repair_objects()
         )
-        self.report.lake_versions = self._spill("lake", history, CURSOR_COLUMN)
-        self.report.lake_versions += self._spill("lake", repaired, CURSOR_COLUMN)
+        # One spill of both: each partition's file is written once (a second spill of a
+        # kind would start its files again, dropping the committed versions).
+        self.report.lake_versions = self._spill(
+            "lake", itertools.chain(history, repaired), CURSOR_COLUMN
+        )
         self._spill("tomb", self._tombstones(), LAST_VERSION)
         db = _Snapshot(self.conn, self.table, self.label)
         with db:

@@ -21,7 +21,7 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -145,14 +145,38 @@ def lake_version_batches(
             yield _normalised(read if keep is None else read.filter(keep), table)
 
 
+# Each key column's text, written by PostgreSQL exactly as ``key_text`` writes the lake's
+# Arrow value of it (the two are compared as text); any other type: its own ``::text``.
+_KEY_TEXT: Final = {
+    "bpchar": "concat({})",  # padded, as the lake holds it (::text strips the padding)
+    "date": "to_char({}, 'YYYY-MM-DD')",
+    "timestamp": "to_char({}, 'YYYY-MM-DD HH24:MI:SS.US')",
+    "timestamptz": "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || 'Z'",
+    "time": "to_char({}, 'HH24:MI:SS.US')",
+    "bytea": "encode({}, 'hex')",
+    "interval": "concat((extract(year FROM {0}) * 12 + extract(month FROM {0}))::int8, ',',"
+    " extract(day FROM {0})::int8, ',', ((extract(hour FROM {0}) * 60 + extract(minute FROM {0}))"
+    " * 60000000 + extract(microseconds FROM {0}))::int8)",
+}
+
+
+def key_text_sql(column: str, type_name: str | None) -> str:
+    """SQL: the text of key ``column`` of type ``type_name`` that :func:`key_text` gives."""
+    template = _KEY_TEXT.get(type_name or "", "{}::text")
+    return template.format(quote_ident(column))
+
+
 def pairs_query(table: SourceTable, predicate: str) -> str:
     """One text value: the CSV of ``(ctid, key columns as text, cursor)`` of the rows
     matching ``predicate`` (NULL if none). Aggregated in the server, it arrives as one
-    message instead of one per row, which pg8000 would dispatch one by one."""
+    message instead of one per row, which pg8000 would dispatch one by one. A NULL
+    cursor is an empty field (the row is still there: its key is not deleted)."""
+    types = dict(zip(table.key, table.key_types, strict=False))
+    keys = (key_text_sql(c, types.get(c)) for c in table.key)
     fields = [
         "'\"' || ctid::text || '\"'",
-        *(f"'\"' || replace({quote_ident(c)}::text, '\"', '\"\"') || '\"'" for c in table.key),
-        f"{quote_ident(CURSOR_COLUMN)}::text",
+        *(f"'\"' || replace({k}, '\"', '\"\"') || '\"'" for k in keys),
+        f"coalesce({quote_ident(CURSOR_COLUMN)}::text, '')",
     ]
     row = " || ',' || ".join(fields)
     return (
@@ -222,19 +246,38 @@ def _scalar(moment: datetime, arrow_type: pa.DataType) -> pa.Scalar:
 
 
 def _normalised(read: pa.Table, table: SourceTable) -> pa.Table:
-    """Key columns as PostgreSQL's text of them; the cursor as it is."""
-    arrays = [_as_text(read.column(name).combine_chunks()) for name in table.key]
+    """Key columns as text (:func:`key_text`); the cursor as it is."""
+    arrays = [key_text(read.column(name).combine_chunks(), table.name) for name in table.key]
     cursor = read.column(CURSOR_COLUMN).combine_chunks()
     return pa.Table.from_arrays([*arrays, cursor], names=[*table.key, CURSOR_COLUMN])
 
 
-def _as_text(array: pa.Array) -> pa.Array:
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+def key_text(array: pa.Array, table: str) -> pa.Array:
+    """A key column of the lake as the text :func:`key_text_sql` has PostgreSQL write."""
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return array.cast(pa.string())
-    if isinstance(array.type, pa.ExtensionType) and array.type.extension_name == "arrow.uuid":
+    if isinstance(kind, pa.ExtensionType) and kind.extension_name == "arrow.uuid":
         values = array.storage.to_pylist()
         return pa.array([None if v is None else str(uuid.UUID(bytes=v)) for v in values])
-    return pc.cast(array, pa.string())
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return pa.array([None if v is None else v.hex() for v in array.to_pylist()], pa.string())
+    if pa.types.is_struct(kind) and [f.name for f in kind] == ["months", "days", "microseconds"]:
+        return pa.array(
+            [
+                None if v is None else f"{v['months']},{v['days']},{v['microseconds']}"
+                for v in array.to_pylist()
+            ],
+            pa.string(),
+        )
+    if pa.types.is_timestamp(kind) and kind.unit != "us":
+        array = pc.cast(array, pa.timestamp("us", tz=kind.tz))
+    try:
+        return pc.cast(array, pa.string())
+    except pa.ArrowException as e:
+        raise LakeError(
+            f"a key column of type {kind} has no text to compare: {e}", table=table
+        ) from e
 
 
 def _empty(table: SourceTable) -> pa.Table:

@@ -44,9 +44,13 @@ WHERE n.nspname = :schema AND c.relname = ANY(CAST(:names AS text[]))
 _KEY_SQL = """
 SELECT x.indexrelid, x.indisprimary,
        array_agg(a.attname::text ORDER BY array_position(x.indkey::int2[], a.attnum)),
-       bool_and(a.attnotnull)
+       bool_and(a.attnotnull),
+       array_agg(coalesce(b.typname, t.typname)::text
+                 ORDER BY array_position(x.indkey::int2[], a.attnum))
 FROM pg_catalog.pg_index AS x
 JOIN pg_catalog.pg_attribute AS a ON a.attrelid = x.indrelid AND a.attnum = ANY(x.indkey)
+JOIN pg_catalog.pg_type AS t ON t.oid = a.atttypid
+LEFT JOIN pg_catalog.pg_type AS b ON b.oid = t.typbasetype AND t.typtype = 'd'
 WHERE x.indrelid = :rel AND x.indisunique AND x.indpred IS NULL AND x.indexprs IS NULL
 GROUP BY x.indexrelid, x.indisprimary
 ORDER BY x.indisprimary DESC, x.indexrelid
@@ -63,6 +67,7 @@ class SourceTable:
     cursor_type: CursorType
     precision: int  # fractional digits of the cursor column, 0-6
     key: tuple[str, ...]  # empty: no primary key nor NOT NULL unique index
+    key_types: tuple[str, ...] = ()  # each key column's type name (a domain's: its base's)
 
     @property
     def relation(self) -> str:
@@ -99,7 +104,7 @@ def resolve_tables(
         assert row is not None
         _, oid, _, _, _, typname, typmod = row
         with source_errors("key lookup", table=name):
-            key = _key(conn, oid)
+            key, key_types = _key(conn, oid)
         tables[name] = SourceTable(
             schema=schema,
             name=name,
@@ -107,6 +112,7 @@ def resolve_tables(
             cursor_type=_CURSOR_TYPES[typname],
             precision=6 if typmod is None or typmod < 0 else int(typmod),
             key=key,
+            key_types=key_types,
         )
     if problems:
         raise error("not tables of the source: " + "; ".join(problems), table=only)
@@ -133,8 +139,8 @@ def _problem(name: str, schema: str, row: Any, kinds: tuple[str, ...]) -> str | 
     return None
 
 
-def _key(conn: Any, oid: int) -> tuple[str, ...]:
-    for _, _, columns, not_null in conn.run(_KEY_SQL, rel=oid):
+def _key(conn: Any, oid: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    for _, _, columns, not_null, types in conn.run(_KEY_SQL, rel=oid):
         if not_null:
-            return tuple(columns)
-    return ()
+            return tuple(columns), tuple(types)
+    return (), ()

@@ -92,17 +92,7 @@ KEY_SHAPES = [
     ("inet", ["'10.0.0.1'", "'10.0.0.0/8'", "'::1'"]),
     ("timestamp(0)", ["'2026-01-01 00:00:00'", "'2026-01-01 00:00:01'", "'2026-06-01 12:00:00'"]),
 ]
-_BROKEN_KEYS = {
-    "char(5)": "a char(n) key keeps its padding in the lake ('ab   ') but bpchar::text strips it",
-    "timestamp": "Arrow's text of a timestamp key has 6 fraction digits, PostgreSQL's none",
-    "timestamptz": "Arrow's text of a timestamptz key ends in 'Z', PostgreSQL's in '+00'",
-    "timestamp(0)": "Arrow's text of a timestamp key has 6 fraction digits, PostgreSQL's none",
-    "time": "Arrow's text of a time key has 6 fraction digits, PostgreSQL's only those needed",
-    "bytea": "reread._as_text casts a binary key to utf8 (ArrowInvalid, not an IngestError: "
-    "the audit crashes); PostgreSQL's text of it is '\\\\x...' hex anyway",
-    "interval": "reread._as_text cannot cast the interval struct to text "
-    "(ArrowNotImplementedError, not an IngestError: the audit crashes)",
-}
+_BROKEN_KEYS: dict[str, str] = {}  # every key shape above is audited exactly
 
 
 def _key_shape_params() -> list[Any]:
@@ -236,11 +226,6 @@ def test_a_row_restored_from_a_backup_with_its_own_last_updated_is_current_again
     assert _current_ids(s3, tmp_path / "l") == [1, 2] == _ids(conn)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reread.pairs_query concatenates last_updated::text: a NULL cursor makes the row's "
-    "CSV line NULL, string_agg drops it, and the audit tombstones a live row as deleted",
-)
 def test_a_live_row_whose_cursor_was_set_null_is_not_tombstoned(
     conn: Any, db_settings: dict[str, Any], s3: Any, tmp_path: Path
 ) -> None:
@@ -286,12 +271,6 @@ def test_versions_on_partition_boundaries_and_negative_keys_are_repaired_once(
     assert set(versions.values()) == {1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit._Audit._boundaries builds list(range(min+step, max+1, step)) over the key "
-    "span, not the rows: two bigint keys at the extremes ask for 1.8e13 partitions "
-    "(MemoryError, not an IngestError, so audit_tables does not even report it as failed)",
-)
 def test_bigint_keys_at_the_extremes_are_audited(
     conn: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:
@@ -309,13 +288,6 @@ def test_bigint_keys_at_the_extremes_are_audited(
 # --- repair written twice -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit._Audit._spill opens a new IPC stream per partition file on each call: the "
-    "repair objects' spill (run: second _spill('lake', ...)) truncates the committed "
-    "files' spill of the same partition, so the next audit sees the committed versions "
-    "as missing and writes them all again",
-)
 def test_the_audit_after_a_repair_does_not_repair_the_committed_versions(
     conn: Any, db_settings: dict[str, Any], s3: Any, connect: Any
 ) -> None:
@@ -360,12 +332,6 @@ def _sql(lake: Path, query: str, cwd: Path) -> str:
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="local/cli.py cmd_audit never rebuilds lake.duckdb (_refresh_duckdb is only called "
-    "by run): item_tombstones stays the empty 'WHERE false' relation built before any "
-    "tombstone existed, so `totes-ingest sql` shows the deleted key as current",
-)
 def test_after_a_cli_audit_the_local_current_view_hides_the_deleted_key(
     db_settings: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -415,11 +381,6 @@ def test_a_cli_audit_that_repairs_lists_what_it_wrote_and_exits_0(
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="local/cli.py cmd_audit returns 2 for any status not in WHOLE, 'failed' included; "
-    "the README documents 2 for a lake that is not whole and 1 for an error",
-)
 def test_a_cli_audit_that_cannot_judge_a_table_exits_1(
     db_settings: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -439,12 +400,6 @@ def test_a_cli_audit_that_cannot_judge_a_table_exits_1(
     admin.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the same key text mismatch in reread.absent_pairs (shared with the audit): each "
-    "window's re-read overlap writes again every version of a timestamp-keyed table "
-    "committed in the last REREAD_LAG_SECONDS",
-)
 def test_the_pipelines_reread_of_a_timestamp_keyed_table_writes_each_version_once(
     conn: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:
@@ -465,12 +420,6 @@ def test_the_pipelines_reread_of_a_timestamp_keyed_table_writes_each_version_onc
 # --- faults the audit must survive table by table ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reread.source_pairs parses last_updated::text with Arrow's CSV reader: 'infinity' "
-    "raises ArrowInvalid, which is no IngestError, so audit.audit_tables does not report the "
-    "table as failed and go on: the whole audit dies and no other table is audited",
-)
 def test_one_table_with_an_infinity_cursor_does_not_stop_the_others_being_audited(
     conn: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:

@@ -577,6 +577,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         say(f"source {redact(url)}; lake {args.lake}")
         started = time.perf_counter()
         reports, synced = _audit_in_moto(tables, url, lake, settings, audit_id, args.verbose)
+        if synced.written:  # repairs and tombstones: the views must see them
+            _refresh_duckdb(args.lake, url)
     say(
         f"lake {args.lake}: {synced.written} files written, "
         f"audited in {time.perf_counter() - started:.1f}s"
@@ -586,6 +588,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps({"audit_id": audit_id, "whole": whole, "tables": reports}))
     else:
         print_audit(reports, settings.repair, sys.stdout)
+    if any(report["status"] == "failed" for report in reports):
+        return 1  # a table could not be judged: an error, not a verdict
     return 0 if whole else 2
 
 
