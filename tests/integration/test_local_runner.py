@@ -299,6 +299,29 @@ def test_uncaught_error_fails_the_execution_with_error_cause_and_history(
     assert "BoomError" in result.describe()
 
 
+def test_a_succeeded_execution_skips_its_history_when_asked_for_it_on_failure_only(
+    aws_env: None, stack: Stack
+) -> None:
+    result = run_state_machine(_event("a"), timeout_s=30, stack=stack, history="on_failure")
+
+    assert result.succeeded, result.describe()
+    assert result.history == []
+
+
+def test_a_failed_execution_keeps_its_history_when_asked_for_it_on_failure_only(
+    aws_env: None, stack: Stack
+) -> None:
+    result = run_state_machine(
+        {"fail_at_start": "no luck", "items": []},
+        timeout_s=30,
+        stack=stack,
+        history="on_failure",
+    )
+
+    assert result.status == "FAILED"
+    assert [e["type"] for e in result.history][-2:] == ["TaskFailed", "ExecutionFailed"]
+
+
 def test_result_marshalling_follows_lambda(aws_env: None, stack: Stack) -> None:
     result = run_state_machine(_event("decimal", "unserialisable"), timeout_s=30, stack=stack)
 

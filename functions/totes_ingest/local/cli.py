@@ -517,6 +517,8 @@ def execute(
                 timeout_s=timeout_s,
                 environment=_handler_environment(verbose),
                 on_task=Progress(sys.stderr, verbose=verbose),
+                # Shown for a failed execution only (with --verbose): fetched only then.
+                history="on_failure",
             )
         synced = lake.download(s3, LOCAL_BUCKET, uploaded)
     return result, synced

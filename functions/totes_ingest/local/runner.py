@@ -49,6 +49,9 @@ _STATES_ROLE: Final = "totes-ingest-local-states"
 _POLL_INTERVAL_S: Final = 0.05
 
 ExecutionStatus = Literal["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"]
+# When an execution's event history is fetched: moto builds it event by event, and for a
+# whole run (eleven tables, a Map) that costs more than a second of CPU.
+HistoryPolicy = Literal["always", "on_failure"]
 
 
 class TemplateError(ValueError):
@@ -680,13 +683,15 @@ class LocalDeployment:
         *,
         delays_s: Sequence[float] | None = None,
         timeout_s: float,
+        history: HistoryPolicy = "always",
     ) -> list[ExecutionResult]:
         """Start one execution per event (the i-th ``delays_s[i]`` seconds after the
         first), wait for all of them, and return their results in the same order.
 
         An execution still running ``timeout_s`` seconds after the first start is stopped
         and reported as ``TIMED_OUT`` with error ``LocalTimeout``. The history is
-        returned in every case.
+        returned for every execution, or with ``history="on_failure"`` only for those
+        that did not succeed (the others' is empty).
         """
         delays = list(delays_s) if delays_s is not None else [0.0] * len(events)
         if len(delays) != len(events):
@@ -721,16 +726,25 @@ class LocalDeployment:
                         finished[i] = (None, time.monotonic() - begun[i])
                     break
                 time.sleep(_POLL_INTERVAL_S)
-        return [self._result(arns[i], *finished[i], timeout_s) for i in range(len(events))]
+        return [self._result(arns[i], *finished[i], timeout_s, history) for i in range(len(events))]
 
-    def run(self, event: Mapping[str, Any], *, timeout_s: float) -> ExecutionResult:
+    def run(
+        self, event: Mapping[str, Any], *, timeout_s: float, history: HistoryPolicy = "always"
+    ) -> ExecutionResult:
         """One execution: :meth:`run_together` with one event."""
-        return self.run_together([event], timeout_s=timeout_s)[0]
+        return self.run_together([event], timeout_s=timeout_s, history=history)[0]
 
     def _result(
-        self, arn: str, described: dict[str, Any] | None, duration: float, timeout_s: float
+        self,
+        arn: str,
+        described: dict[str, Any] | None,
+        duration: float,
+        timeout_s: float,
+        history: HistoryPolicy,
     ) -> ExecutionResult:
-        return ExecutionResult.of(described, _history(self._sfn, arn), arn, duration, timeout_s)
+        succeeded = described is not None and described["status"] == "SUCCEEDED"
+        events = [] if succeeded and history == "on_failure" else _history(self._sfn, arn)
+        return ExecutionResult.of(described, events, arn, duration, timeout_s)
 
 
 def run_state_machine(
@@ -740,6 +754,7 @@ def run_state_machine(
     stack: Stack | None = None,
     environment: Mapping[str, str] | None = None,
     on_task: Callable[[TaskReport], None] | None = None,
+    history: HistoryPolicy = "always",
 ) -> ExecutionResult:
     """Execute ``stack``'s state machine (default: template.yaml's) with ``event`` as input.
 
@@ -748,7 +763,8 @@ def run_state_machine(
     the handlers see), runs one execution and tears the deployment down.
 
     Waits at most ``timeout_s`` seconds; then the execution is stopped and reported as
-    ``TIMED_OUT`` with error ``LocalTimeout``. The history is returned in every case.
+    ``TIMED_OUT`` with error ``LocalTimeout``. The history is returned in every case, or
+    with ``history="on_failure"`` only when the execution did not succeed.
     """
     with LocalDeployment(stack=stack, environment=environment, on_task=on_task) as deployment:
-        return deployment.run(event, timeout_s=timeout_s)
+        return deployment.run(event, timeout_s=timeout_s, history=history)
