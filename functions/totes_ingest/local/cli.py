@@ -508,19 +508,18 @@ def execute(
         boto3.client("secretsmanager").create_secret(
             Name=LOCAL_SECRET, SecretString=json.dumps(settings)
         )
-        uploaded = lake.upload(s3, LOCAL_BUCKET)
-        if uploaded:
-            say(f"lake {lake.root}: {len(uploaded)} objects")
-        with handler_output(verbose=verbose):
-            result = run_state_machine(
-                event,
-                timeout_s=timeout_s,
-                environment=_handler_environment(verbose),
-                on_task=Progress(sys.stderr, verbose=verbose),
-                # Shown for a failed execution only (with --verbose): fetched only then.
-                history="on_failure",
-            )
-        synced = lake.download(s3, LOCAL_BUCKET, uploaded)
+        with lake.serve(LOCAL_BUCKET) as served:
+            with handler_output(verbose=verbose):
+                result = run_state_machine(
+                    event,
+                    timeout_s=timeout_s,
+                    environment=_handler_environment(verbose),
+                    on_task=Progress(sys.stderr, verbose=verbose),
+                    # Shown for a failed execution only (with --verbose): fetched only then.
+                    history="on_failure",
+                )
+            synced = served.write_back()
+        say(f"lake {lake.root}: {_count(len(served.loaded), 'file')} read")
     return result, synced
 
 
@@ -615,16 +614,16 @@ def _audit_in_moto(
         s3.create_bucket(
             Bucket=LOCAL_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
         )
-        uploaded = lake.upload(s3, LOCAL_BUCKET)
         logger.setLevel("INFO" if verbose else "WARNING")
-        with handler_output(verbose=verbose):
-            try:
-                found = audit_tables(
-                    conn, Lake(s3, LOCAL_BUCKET), tables, settings, audit_id=audit_id
-                )
-            except InvalidEvent as e:
-                raise CliError(str(e)) from e
-        synced = lake.download(s3, LOCAL_BUCKET, uploaded)
+        with lake.serve(LOCAL_BUCKET) as served:
+            with handler_output(verbose=verbose):
+                try:
+                    found = audit_tables(
+                        conn, Lake(s3, LOCAL_BUCKET), tables, settings, audit_id=audit_id
+                    )
+                except InvalidEvent as e:
+                    raise CliError(str(e)) from e
+            synced = served.write_back()
     return [report.to_payload() for report in found], synced
 
 
