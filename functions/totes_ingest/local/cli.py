@@ -534,7 +534,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             connect(url).close()  # fail early, and clearly, on a wrong URL
         say(f"source {redact(url)}; lake {args.lake}")
         result, synced = execute(event, url, lake, timeout_s=args.timeout, verbose=args.verbose)
-        database = _refresh_duckdb(args.lake, url)
+        database = _refresh_duckdb(args.lake, url, synced)
     say(f"lake {args.lake}: DuckDB views in {database} (totes-ingest sql QUERY)")
     say(
         f"lake {args.lake}: {synced.written} files written, {synced.deleted} deleted, "
@@ -669,10 +669,17 @@ def print_audit(reports: list[dict[str, Any]], repair: bool, out: TextIO) -> Non
     print(verdict, file=out)
 
 
-def _refresh_duckdb(lake: Path, url: str) -> Path:
-    """The lake's DuckDB file, rebuilt with each table's key read from the source."""
+def _refresh_duckdb(lake: Path, url: str, synced: lake_dir.SyncReport) -> Path:
+    """The lake's DuckDB file, rebuilt with each table's key read from the source, unless
+    the run wrote and deleted no file and the file is there: the views read the folders'
+    files when queried, and only a new file can change a table's columns, while building
+    them reads the schema of every file of the lake."""
     from totes_ingest import config
-    from totes_ingest.local.duckdb_lake import build, lake_tables
+    from totes_ingest.local.duckdb_lake import build, database_path, lake_tables
+
+    existing = database_path(lake)
+    if synced.written == 0 and synced.deleted == 0 and existing.is_file():
+        return existing
     from totes_ingest.source import resolve_tables
 
     tables = lake_tables(lake)
