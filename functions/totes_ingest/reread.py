@@ -224,9 +224,17 @@ def _scalar(moment: datetime, arrow_type: pa.DataType) -> pa.Scalar:
 
 def _normalised(read: pa.Table, table: SourceTable) -> pa.Table:
     """Key columns as PostgreSQL's text of them; the cursor as it is."""
-    arrays = [_as_text(read.column(name).combine_chunks()) for name in table.key]
-    cursor = read.column(CURSOR_COLUMN).combine_chunks()
+    arrays = [_as_text(_whole(read.column(name))) for name in table.key]
+    cursor = _whole(read.column(CURSOR_COLUMN))
     return pa.Table.from_arrays([*arrays, cursor], names=[*table.key, CURSOR_COLUMN])
+
+
+def _whole(column: pa.ChunkedArray) -> pa.Array:
+    """One array of the column's chunks. A column of no chunk (a filter that kept no row)
+    is an empty array made from its type: ``combine_chunks`` of no chunk imports pandas."""
+    if column.num_chunks == 0:
+        return pa.nulls(0, column.type)
+    return column.combine_chunks()
 
 
 def _as_text(array: pa.Array) -> pa.Array:

@@ -1,4 +1,4 @@
-"""The re-read's comparison bounds: the same scalars as ``pa.scalar``, without pandas."""
+"""The re-read's comparison bounds and empty reads: what pyarrow makes, without pandas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from totes_ingest.reread import _scalar
+from totes_ingest.reread import _scalar, _whole
 
 pytestmark = pytest.mark.unit
 
@@ -38,6 +38,23 @@ def test_making_a_bound_imports_no_pandas() -> None:
         "import sys\nfrom datetime import datetime\nimport pyarrow as pa\n"
         "from totes_ingest.reread import _scalar\n"
         "_scalar(datetime(2024, 1, 1), pa.timestamp('us', tz='UTC'))\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert ran.stdout == "False\n", ran.stderr
+
+
+def test_a_column_of_no_chunk_is_an_empty_array_of_its_type() -> None:
+    column = pa.chunked_array([], pa.timestamp("us"))
+
+    assert _whole(column).equals(pa.array([], pa.timestamp("us")))
+
+
+def test_an_empty_column_imports_no_pandas() -> None:
+    code = (
+        "import sys\nimport pyarrow as pa\nfrom totes_ingest.reread import _whole\n"
+        "_whole(pa.chunked_array([], pa.string()))\n"
         "print('pandas' in sys.modules)\n"
     )
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
