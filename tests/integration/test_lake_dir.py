@@ -384,6 +384,18 @@ def test_objects_changed_during_a_served_run_land_in_the_lake_and_others_are_lef
 
 
 @pytest.mark.integration
+def test_a_listing_outside_the_lake_finds_nothing(bucket: Any, tmp_path: Path) -> None:
+    lake_of(tmp_path / "outside", {"secret.txt": b"not the lake's"})
+    root = lake_of(tmp_path / "lake", HISTORY)
+
+    with lake_dir.locked(root) as lake, lake.serve("lake") as served:
+        listed = bucket.list_objects_v2(Bucket="lake", Prefix="../outside/")
+
+        assert listed.get("Contents", []) == []
+        assert served.loaded == {}
+
+
+@pytest.mark.integration
 def test_a_served_lake_never_loads_the_directorys_own_files(bucket: Any, tmp_path: Path) -> None:
     root = lake_of(tmp_path / "lake", {"currency/2024/01/01/000000000000.parquet": b"c"})
 

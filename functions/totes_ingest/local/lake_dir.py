@@ -434,6 +434,8 @@ class ServedLake:
                 return
             folder, _, start = prefix.rpartition("/")
             directory = self.lake.root / folder if folder else self.lake.root
+            if not directory.resolve().is_relative_to(self.lake.root.resolve()):
+                return  # no file of the lake has such a key
             if delimiter == "/":
                 try:
                     entries = list(os.scandir(directory))
