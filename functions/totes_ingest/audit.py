@@ -28,11 +28,12 @@ pipeline and the next audit.
 
 **Cost is bounded by a partition, not the table.** A single integer key is split into
 ranges of ``AUDIT_PARTITION_KEYS`` source keys each (boundaries walked along the key's
-index, so a sparse key space, bigint extremes included, costs no more). The lake is read once, each row group's pairs
-spilled to a local file per partition (Arrow IPC); then, in one REPEATABLE READ, READ
-ONLY snapshot taken *after* the lake was read (so every key in the lake was committed at
-the source before it), each partition's source pairs are read with one primary-key range
-query and joined with its spill. A key of any other shape is one partition.
+index, so a sparse key space, bigint extremes included, costs no more). The lake is read
+once, each row group's pairs spilled to a local file per partition (Arrow IPC); then,
+in one REPEATABLE READ, READ ONLY snapshot taken *after* the lake was read (so every key
+in the lake was committed at the source before it), each partition's source pairs are
+read with one primary-key range query and joined with its spill. A key of any other
+shape is one partition.
 """
 
 from __future__ import annotations

@@ -279,6 +279,8 @@ class TracedConnection(pg8000.native.Connection):  # type: ignore[misc]
     """
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+        if not tracer.in_use():  # no subsegment, and no X-Ray SDK imported for none
+            return super().run(sql, stream=stream, types=types, **params)
         verb = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "EMPTY"
         with tracer.provider.in_subsegment(name=f"## totesys {verb}") as subsegment:
             subsegment.put_annotation("db_statement", verb)

@@ -77,6 +77,11 @@ class LazyTracer:
     def provider(self) -> Any:
         return self.real().provider
 
+    def in_use(self) -> bool:
+        """Whether a subsegment may be recorded: the Tracer is built, or tracing is on (a
+        process with tracing off never builds it, and so never imports the X-Ray SDK)."""
+        return self._tracer is not None or not tracing_disabled()
+
     def capture_lambda_handler(self, *, capture_response: bool | None = None) -> Callable[[F], F]:
         """Powertools' ``capture_lambda_handler``, deciding at the first invocation."""
         return functools.partial(self._capture, capture_response=capture_response)

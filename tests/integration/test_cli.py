@@ -15,7 +15,7 @@ import pg8000.native
 import pytest
 
 from tests.command import CANARY_PASSWORD, database_url, totes_ingest
-from totes_ingest.local import lake_dir
+from totes_ingest.local import cli, lake_dir
 from totes_ingest.local.cli import (
     DEFAULT_LAKE,
     CliError,
@@ -350,3 +350,18 @@ def test_audit_finds_repairs_and_then_passes_as_a_user_would(
     assert CANARY_PASSWORD not in again.stdout + again.stderr + repaired.stderr
     writer.close()
     admin.close()
+
+
+@pytest.mark.integration
+def test_a_run_that_wrote_and_deleted_nothing_keeps_the_duckdb_file(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (tmp_path / "lake.duckdb").write_bytes(b"the views of the last run")
+
+    # The database is never reached: nothing is rebuilt.
+    kept = cli._refresh_duckdb(
+        lake, "postgresql://nobody@127.0.0.1:1/none", lake_dir.SyncReport(0, 0, 154)
+    )
+
+    assert kept == tmp_path / "lake.duckdb"
+    assert kept.read_bytes() == b"the views of the last run"

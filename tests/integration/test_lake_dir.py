@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pg8000.native
 import pyarrow.parquet as pq
 import pytest
@@ -248,6 +249,165 @@ def test_run_on_a_read_only_folder_is_a_one_line_error(existing: bool, tmp_path:
     problem = f"lake {lake} is not writable" if existing else f"cannot use {lake} as a lake"
     assert process.returncode == 1
     assert process.stderr == f"totes-ingest run: {problem}: {READ_ONLY}\n"
+
+
+# --- served lazily: a run reads what it names, writes back what it changed ----------------
+
+
+def lake_of(root: Path, files: dict[str, bytes]) -> Path:
+    """A marked lake directory holding ``files`` (key -> content)."""
+    root.mkdir(parents=True)
+    (root / lake_dir.MARKER).write_text("")
+    for key, body in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(body)
+    return root
+
+
+HISTORY = {
+    "_claims/sales_order/initial.json": b"claim 1",
+    "_claims/sales_order/20240101T000000000000.json": b"claim 2",
+    "sales_order/2024/01/01/000000000000.parquet": b"window 1",
+    "sales_order/2024/01/02/000000000000.parquet": b"window 2",
+    "sales_order/2024/02/01/000000000000.parquet": b"window 3",
+    "payment/2024/01/01/000000000000.parquet": b"payment window",
+}
+
+
+@pytest.mark.integration
+def test_a_served_lake_loads_only_the_files_whose_keys_the_run_names(
+    bucket: Any, tmp_path: Path
+) -> None:
+    root = lake_of(tmp_path / "lake", HISTORY)
+
+    with lake_dir.locked(root) as lake, lake.serve("lake") as served:
+        body = bucket.get_object(Bucket="lake", Key="_claims/sales_order/initial.json")
+        head = bucket.head_object(Bucket="lake", Key="payment/2024/01/01/000000000000.parquet")
+        with pytest.raises(bucket.exceptions.NoSuchKey):
+            bucket.get_object(Bucket="lake", Key="sales_order/2030/01/01/000000000000.parquet")
+
+        assert body["Body"].read() == b"claim 1"
+        assert head["ContentLength"] == len(b"payment window")
+        assert sorted(served.loaded) == [
+            "_claims/sales_order/initial.json",
+            "payment/2024/01/01/000000000000.parquet",
+        ]
+
+
+@pytest.mark.integration
+def test_a_listing_loads_the_files_under_its_prefix_and_one_per_folder_with_a_delimiter(
+    bucket: Any, tmp_path: Path
+) -> None:
+    root = lake_of(tmp_path / "lake", HISTORY)
+
+    with lake_dir.locked(root) as lake, lake.serve("lake") as served:
+        months = bucket.list_objects_v2(Bucket="lake", Prefix="sales_order/2024/", Delimiter="/")
+        january = bucket.list_objects_v2(Bucket="lake", Prefix="sales_order/2024/01/")
+
+        assert [p["Prefix"] for p in months["CommonPrefixes"]] == [
+            "sales_order/2024/01/",
+            "sales_order/2024/02/",
+        ]
+        assert [item["Key"] for item in january["Contents"]] == [
+            "sales_order/2024/01/01/000000000000.parquet",
+            "sales_order/2024/01/02/000000000000.parquet",
+        ]
+        # The claims and the payment table were never listed: not read.
+        assert sorted(served.loaded) == [
+            "sales_order/2024/01/01/000000000000.parquet",
+            "sales_order/2024/01/02/000000000000.parquet",
+            "sales_order/2024/02/01/000000000000.parquet",
+        ]
+
+
+@pytest.mark.integration
+def test_a_conditional_put_sees_a_file_the_run_had_not_read(bucket: Any, tmp_path: Path) -> None:
+    root = lake_of(tmp_path / "lake", HISTORY)
+
+    taken = pytest.raises(botocore.exceptions.ClientError, match="PreconditionFailed")
+    with lake_dir.locked(root) as lake, lake.serve("lake"), taken:
+        bucket.put_object(
+            Bucket="lake",
+            Key="_claims/sales_order/initial.json",
+            Body=b"a second claim",
+            IfNoneMatch="*",
+        )
+
+    assert (root / "_claims/sales_order/initial.json").read_bytes() == b"claim 1"
+
+
+@pytest.mark.integration
+def test_objects_changed_during_a_served_run_land_in_the_lake_and_others_are_left_alone(
+    bucket: Any, tmp_path: Path
+) -> None:
+    # GIVEN a lake with a history, served to a run
+    root = lake_of(tmp_path / "lake", HISTORY)
+    untouched = root / "payment/2024/01/01/000000000000.parquet"
+    before = untouched.stat().st_mtime_ns
+
+    with lake_dir.locked(root) as lake, lake.serve("lake") as served:
+        # WHEN the run writes a new key, replaces one it never read, copies, reads one,
+        # and deletes one it never read
+        bucket.put_object(Bucket="lake", Key="_staging/sales_order/new.parquet", Body=b"staged")
+        bucket.put_object(Bucket="lake", Key="_claims/sales_order/initial.json", Body=b"claim 1b")
+        bucket.copy_object(
+            Bucket="lake",
+            Key="sales_order/2024/03/01/000000000000.parquet",
+            CopySource={"Bucket": "lake", "Key": "_staging/sales_order/new.parquet"},
+        )
+        bucket.get_object(Bucket="lake", Key="sales_order/2024/02/01/000000000000.parquet")
+        bucket.delete_object(Bucket="lake", Key="sales_order/2024/01/01/000000000000.parquet")
+        report = served.write_back()
+
+    # THEN what it wrote is in the lake, what it deleted is gone, and the rest is as it was
+    assert (report.written, report.deleted, report.unchanged) == (3, 1, 1)
+    assert (root / "_staging/sales_order/new.parquet").read_bytes() == b"staged"
+    assert (root / "sales_order/2024/03/01/000000000000.parquet").read_bytes() == b"staged"
+    assert (root / "_claims/sales_order/initial.json").read_bytes() == b"claim 1b"
+    assert not (root / "sales_order/2024/01/01").exists()
+    assert untouched.read_bytes() == b"payment window"
+    assert untouched.stat().st_mtime_ns == before
+    assert "payment/2024/01/01/000000000000.parquet" not in served.loaded
+    assert files_under(root) == sorted(
+        [
+            lake_dir.MARKER,
+            lake_dir.LOCK,
+            "_claims/sales_order/20240101T000000000000.json",
+            "_claims/sales_order/initial.json",
+            "_staging/sales_order/new.parquet",
+            "payment/2024/01/01/000000000000.parquet",
+            "sales_order/2024/01/02/000000000000.parquet",
+            "sales_order/2024/02/01/000000000000.parquet",
+            "sales_order/2024/03/01/000000000000.parquet",
+        ]
+    )
+
+
+@pytest.mark.integration
+def test_a_listing_outside_the_lake_finds_nothing(bucket: Any, tmp_path: Path) -> None:
+    lake_of(tmp_path / "outside", {"secret.txt": b"not the lake's"})
+    root = lake_of(tmp_path / "lake", HISTORY)
+
+    with lake_dir.locked(root) as lake, lake.serve("lake") as served:
+        listed = bucket.list_objects_v2(Bucket="lake", Prefix="../outside/")
+
+        assert listed.get("Contents", []) == []
+        assert served.loaded == {}
+
+
+@pytest.mark.integration
+def test_a_served_lake_never_loads_the_directorys_own_files(bucket: Any, tmp_path: Path) -> None:
+    root = lake_of(tmp_path / "lake", {"currency/2024/01/01/000000000000.parquet": b"c"})
+
+    with lake_dir.locked(root) as lake, lake.serve("lake") as served:
+        listed = bucket.list_objects_v2(Bucket="lake")
+        with pytest.raises(bucket.exceptions.NoSuchKey):
+            bucket.get_object(Bucket="lake", Key=lake_dir.MARKER)
+
+        assert [item["Key"] for item in listed["Contents"]] == [
+            "currency/2024/01/01/000000000000.parquet"
+        ]
+        assert list(served.loaded) == ["currency/2024/01/01/000000000000.parquet"]
 
 
 # --- a run killed in the middle of its write-back ----------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -297,6 +299,29 @@ def test_uncaught_error_fails_the_execution_with_error_cause_and_history(
     assert "BoomError" in result.describe()
 
 
+def test_a_succeeded_execution_skips_its_history_when_asked_for_it_on_failure_only(
+    aws_env: None, stack: Stack
+) -> None:
+    result = run_state_machine(_event("a"), timeout_s=30, stack=stack, history="on_failure")
+
+    assert result.succeeded, result.describe()
+    assert result.history == []
+
+
+def test_a_failed_execution_keeps_its_history_when_asked_for_it_on_failure_only(
+    aws_env: None, stack: Stack
+) -> None:
+    result = run_state_machine(
+        {"fail_at_start": "no luck", "items": []},
+        timeout_s=30,
+        stack=stack,
+        history="on_failure",
+    )
+
+    assert result.status == "FAILED"
+    assert [e["type"] for e in result.history][-2:] == ["TaskFailed", "ExecutionFailed"]
+
+
 def test_result_marshalling_follows_lambda(aws_env: None, stack: Stack) -> None:
     result = run_state_machine(_event("decimal", "unserialisable"), timeout_s=30, stack=stack)
 
@@ -413,3 +438,34 @@ def test_an_unknown_state_machine_id_is_an_error() -> None:
 def test_unresolved_placeholder_is_an_error() -> None:
     with pytest.raises(TemplateError, match="Missing"):
         substitute('{"a": "${Missing}"}', {"Other": "x"})
+
+
+# A fresh process: in the test session another test may have imported moto.batch already.
+OPEN_THE_REAL_DEPLOYMENT = """
+import sys
+from moto import mock_aws
+from totes_ingest.local.runner import LocalDeployment
+with mock_aws():
+    with LocalDeployment():
+        opened = sorted(m for m in ("moto.batch", "moto.ec2", "moto.ecs") if m in sys.modules)
+import moto.batch
+print(opened, hasattr(moto.batch, "batch_backends"))
+"""
+
+
+def test_the_real_deployment_opens_without_motos_batch_ec2_and_ecs_backends(
+    aws_env: None,
+) -> None:
+    # GIVEN the real ASL, which has no Batch task
+    # WHEN a deployment is opened in a new process
+    opened = subprocess.run(
+        [sys.executable, "-c", OPEN_THE_REAL_DEPLOYMENT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+    # THEN moto's Batch, EC2 and ECS backends were never imported, and moto.batch is
+    # still importable, whole, afterwards
+    assert opened.stdout == "[] True\n", opened.stderr

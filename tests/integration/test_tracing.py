@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,3 +50,28 @@ def test_each_statement_and_copy_is_a_subsegment_with_its_verb_and_row_count(
     ]
     assert [metadata["totesys"]["row_count"] for _, _, metadata in traced[1:]] == [3, 5]
     assert traced[2][2]["totesys"]["sql"].startswith("COPY (SELECT")
+
+
+UNTRACED_STATEMENT = """
+import json, sys
+from totes_ingest.db_connections import close_db_connection, open_connection
+conn = open_connection(json.loads(sys.argv[1]))
+conn.run("SELECT 1")
+close_db_connection(conn)
+print("aws_xray_sdk" in sys.modules)
+"""
+
+
+def test_a_statement_with_tracing_off_imports_no_xray_sdk(db_settings: dict[str, Any]) -> None:
+    env = {**os.environ, "POWERTOOLS_TRACE_DISABLED": "true"}
+
+    ran = subprocess.run(
+        [sys.executable, "-c", UNTRACED_STATEMENT, json.dumps(db_settings)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+
+    assert ran.stdout == "False\n", ran.stderr

@@ -508,17 +508,18 @@ def execute(
         boto3.client("secretsmanager").create_secret(
             Name=LOCAL_SECRET, SecretString=json.dumps(settings)
         )
-        uploaded = lake.upload(s3, LOCAL_BUCKET)
-        if uploaded:
-            say(f"lake {lake.root}: {len(uploaded)} objects")
-        with handler_output(verbose=verbose):
-            result = run_state_machine(
-                event,
-                timeout_s=timeout_s,
-                environment=_handler_environment(verbose),
-                on_task=Progress(sys.stderr, verbose=verbose),
-            )
-        synced = lake.download(s3, LOCAL_BUCKET, uploaded)
+        with lake.serve(LOCAL_BUCKET) as served:
+            with handler_output(verbose=verbose):
+                result = run_state_machine(
+                    event,
+                    timeout_s=timeout_s,
+                    environment=_handler_environment(verbose),
+                    on_task=Progress(sys.stderr, verbose=verbose),
+                    # Shown for a failed execution only (with --verbose): fetched only then.
+                    history="on_failure",
+                )
+            synced = served.write_back()
+        say(f"lake {lake.root}: {_count(len(served.loaded), 'file')} read")
     return result, synced
 
 
@@ -533,7 +534,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             connect(url).close()  # fail early, and clearly, on a wrong URL
         say(f"source {redact(url)}; lake {args.lake}")
         result, synced = execute(event, url, lake, timeout_s=args.timeout, verbose=args.verbose)
-        database = _refresh_duckdb(args.lake, url)
+        database = _refresh_duckdb(args.lake, url, synced)
     say(f"lake {args.lake}: DuckDB views in {database} (totes-ingest sql QUERY)")
     say(
         f"lake {args.lake}: {synced.written} files written, {synced.deleted} deleted, "
@@ -577,8 +578,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         say(f"source {redact(url)}; lake {args.lake}")
         started = time.perf_counter()
         reports, synced = _audit_in_moto(tables, url, lake, settings, audit_id, args.verbose)
-        if synced.written:  # repairs and tombstones: the views must see them
-            _refresh_duckdb(args.lake, url)
+        _refresh_duckdb(args.lake, url, synced)  # repairs and tombstones: views must see them
     say(
         f"lake {args.lake}: {synced.written} files written, "
         f"audited in {time.perf_counter() - started:.1f}s"
@@ -617,16 +617,16 @@ def _audit_in_moto(
         s3.create_bucket(
             Bucket=LOCAL_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
         )
-        uploaded = lake.upload(s3, LOCAL_BUCKET)
         logger.setLevel("INFO" if verbose else "WARNING")
-        with handler_output(verbose=verbose):
-            try:
-                found = audit_tables(
-                    conn, Lake(s3, LOCAL_BUCKET), tables, settings, audit_id=audit_id
-                )
-            except InvalidEvent as e:
-                raise CliError(str(e)) from e
-        synced = lake.download(s3, LOCAL_BUCKET, uploaded)
+        with lake.serve(LOCAL_BUCKET) as served:
+            with handler_output(verbose=verbose):
+                try:
+                    found = audit_tables(
+                        conn, Lake(s3, LOCAL_BUCKET), tables, settings, audit_id=audit_id
+                    )
+                except InvalidEvent as e:
+                    raise CliError(str(e)) from e
+            synced = served.write_back()
     return [report.to_payload() for report in found], synced
 
 
@@ -672,10 +672,17 @@ def print_audit(reports: list[dict[str, Any]], repair: bool, out: TextIO) -> Non
     print(verdict, file=out)
 
 
-def _refresh_duckdb(lake: Path, url: str) -> Path:
-    """The lake's DuckDB file, rebuilt with each table's key read from the source."""
+def _refresh_duckdb(lake: Path, url: str, synced: lake_dir.SyncReport) -> Path:
+    """The lake's DuckDB file, rebuilt with each table's key read from the source, unless
+    the run wrote and deleted no file and the file is there: the views read the folders'
+    files when queried, and only a new file can change a table's columns, while building
+    them reads the schema of every file of the lake."""
     from totes_ingest import config
-    from totes_ingest.local.duckdb_lake import build, lake_tables
+    from totes_ingest.local.duckdb_lake import build, database_path, lake_tables
+
+    existing = database_path(lake)
+    if synced.written == 0 and synced.deleted == 0 and existing.is_file():
+        return existing
     from totes_ingest.source import resolve_tables
 
     tables = lake_tables(lake)

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, Final, Literal
 from unittest import mock
 
@@ -51,6 +52,9 @@ _STATES_ROLE: Final = "totes-ingest-local-states"
 _POLL_INTERVAL_S: Final = 0.05
 
 ExecutionStatus = Literal["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"]
+# When an execution's event history is fetched: moto builds it event by event, and for a
+# whole run (eleven tables, a Map) that costs more than a second of CPU.
+HistoryPolicy = Literal["always", "on_failure"]
 
 
 class TemplateError(ValueError):
@@ -559,6 +563,40 @@ def _history(sfn: Any, execution_arn: str) -> list[dict[str, Any]]:
         kwargs["nextToken"] = page["nextToken"]
 
 
+_BATCH_RESOURCE: Final = "arn:aws:states:::batch:"
+
+
+def _import_interpreter(definition: str) -> None:
+    """Import moto's Step Functions interpreter without moto's Batch backend, when the
+    definition has no Batch task.
+
+    The interpreter's Batch integration imports ``moto.batch.utils`` for one enum, and
+    ``moto.batch``'s ``__init__`` imports its backend, which imports all of moto's EC2
+    and ECS: about 1.7 s of CPU at every local run, for a service our ASL never calls.
+    While the interpreter is imported, ``moto.batch`` is a bare package (its own folder,
+    its ``__init__`` not run), so ``moto.batch.utils`` is the real module; then the bare
+    package is dropped, and anything importing ``moto.batch`` later gets the real one.
+    """
+    import moto
+
+    if "moto.stepfunctions.parser.models" in sys.modules or _BATCH_RESOURCE in definition:
+        return
+    if "moto.batch" in sys.modules:
+        importlib.import_module("moto.stepfunctions.parser.models")
+        return
+    bare = ModuleType("moto.batch")
+    bare.__path__ = [str(Path(moto.__file__).parent / "batch")]
+    bare.__package__ = "moto.batch"
+    sys.modules["moto.batch"] = bare
+    try:
+        importlib.import_module("moto.stepfunctions.parser.models")
+    finally:
+        if sys.modules.get("moto.batch") is bare:
+            del sys.modules["moto.batch"]
+        if getattr(moto, "batch", None) is bare:
+            delattr(moto, "batch")
+
+
 class LocalDeployment:
     """The template's state machine and functions, deployed once inside ``mock_aws()``.
 
@@ -601,6 +639,7 @@ class LocalDeployment:
             raise RuntimeError("a local deployment must be opened inside moto's mock_aws()")
         from moto import mock_aws
 
+        _import_interpreter(self.stack.definition)
         with ExitStack() as opening:
             # Nested inside the caller's mock: same mocked account, interpreter switched on.
             opening.enter_context(
@@ -651,13 +690,15 @@ class LocalDeployment:
         *,
         delays_s: Sequence[float] | None = None,
         timeout_s: float,
+        history: HistoryPolicy = "always",
     ) -> list[ExecutionResult]:
         """Start one execution per event (the i-th ``delays_s[i]`` seconds after the
         first), wait for all of them, and return their results in the same order.
 
         An execution still running ``timeout_s`` seconds after the first start is stopped
         and reported as ``TIMED_OUT`` with error ``LocalTimeout``. The history is
-        returned in every case.
+        returned for every execution, or with ``history="on_failure"`` only for those
+        that did not succeed (the others' is empty).
         """
         delays = list(delays_s) if delays_s is not None else [0.0] * len(events)
         if len(delays) != len(events):
@@ -692,16 +733,25 @@ class LocalDeployment:
                         finished[i] = (None, time.monotonic() - begun[i])
                     break
                 time.sleep(_POLL_INTERVAL_S)
-        return [self._result(arns[i], *finished[i], timeout_s) for i in range(len(events))]
+        return [self._result(arns[i], *finished[i], timeout_s, history) for i in range(len(events))]
 
-    def run(self, event: Mapping[str, Any], *, timeout_s: float) -> ExecutionResult:
+    def run(
+        self, event: Mapping[str, Any], *, timeout_s: float, history: HistoryPolicy = "always"
+    ) -> ExecutionResult:
         """One execution: :meth:`run_together` with one event."""
-        return self.run_together([event], timeout_s=timeout_s)[0]
+        return self.run_together([event], timeout_s=timeout_s, history=history)[0]
 
     def _result(
-        self, arn: str, described: dict[str, Any] | None, duration: float, timeout_s: float
+        self,
+        arn: str,
+        described: dict[str, Any] | None,
+        duration: float,
+        timeout_s: float,
+        history: HistoryPolicy,
     ) -> ExecutionResult:
-        return ExecutionResult.of(described, _history(self._sfn, arn), arn, duration, timeout_s)
+        succeeded = described is not None and described["status"] == "SUCCEEDED"
+        events = [] if succeeded and history == "on_failure" else _history(self._sfn, arn)
+        return ExecutionResult.of(described, events, arn, duration, timeout_s)
 
 
 def run_state_machine(
@@ -711,6 +761,7 @@ def run_state_machine(
     stack: Stack | None = None,
     environment: Mapping[str, str] | None = None,
     on_task: Callable[[TaskReport], None] | None = None,
+    history: HistoryPolicy = "always",
 ) -> ExecutionResult:
     """Execute ``stack``'s state machine (default: template.yaml's) with ``event`` as input.
 
@@ -719,7 +770,8 @@ def run_state_machine(
     the handlers see), runs one execution and tears the deployment down.
 
     Waits at most ``timeout_s`` seconds; then the execution is stopped and reported as
-    ``TIMED_OUT`` with error ``LocalTimeout``. The history is returned in every case.
+    ``TIMED_OUT`` with error ``LocalTimeout``. The history is returned in every case, or
+    with ``history="on_failure"`` only when the execution did not succeed.
     """
     with LocalDeployment(stack=stack, environment=environment, on_task=on_task) as deployment:
-        return deployment.run(event, timeout_s=timeout_s)
+        return deployment.run(event, timeout_s=timeout_s, history=history)
