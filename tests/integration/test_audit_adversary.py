@@ -4,6 +4,7 @@ fault does to the audit's promises. A test marked xfail(strict) is a promise bro
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections import Counter
@@ -13,6 +14,7 @@ from typing import Any
 
 import duckdb
 import pg8000.native
+import pyarrow.parquet as pq
 import pytest
 
 from tests.command import database_url, totes_ingest
@@ -74,6 +76,7 @@ def _assert_whole_and_silent(conn: Any, lake: Lake, s3: Any, table: str) -> None
 # PostgreSQL text must agree for the audit to match a lake version with its source row.
 KEY_SHAPES = [
     ("text", ["'plain'", "'a \"quoted\", comma'", "E'new\\nline, \\\\ back'"]),
+    ("varchar", ["E'cr\\rlf\\r\\n'", "'é€😀'", "E'\\t\"\"'"]),
     ("varchar(20)", ["''", "' lead'", "'trail '"]),
     ("int8", ["-9223372036854775807", "0", "9223372036854775807"]),
     ("numeric(12,2)", ["-1.50", "0", "12.30"]),
@@ -140,6 +143,34 @@ def test_a_whole_lake_with_a_composite_key_of_this_type_is_whole_and_written_onc
     _assert_whole_and_silent(conn, lake, s3, "shaped")
     versions = Counter((r["n"], str(r["k"]), r["last_updated"]) for r in read_table(s3, "shaped"))
     assert sorted(versions.values()) == [1] * len(values)
+
+
+@pytest.mark.parametrize(("sql_type", "values"), _key_shape_params())
+def test_a_deleted_key_of_this_type_gets_one_tombstone_with_its_own_value(
+    conn: Any, db_settings: dict[str, Any], s3: Any, sql_type: str, values: list[str]
+) -> None:
+    # GIVEN rows keyed by (n, k), ingested, then one deleted at the source
+    _utc(conn, db_settings)
+    conn.run(
+        f"CREATE TABLE shaped (n int NOT NULL, k {sql_type} NOT NULL, v int, "
+        "last_updated timestamp NOT NULL DEFAULT now() - interval '1 hour', UNIQUE (n, k))"
+    )
+    values = [v for v in values if v != "NULL"]
+    for i, value in enumerate(values):
+        conn.run(f"INSERT INTO shaped (n, k, v) VALUES (1, {value}, {i})")
+    lake = Lake(s3, BUCKET)
+    _run(conn, lake, "shaped")
+    conn.run("DELETE FROM shaped WHERE v = 1")
+    # WHEN audited THEN that key, and only it, is tombstoned, once
+    found = _audit(conn, lake, "shaped")
+    assert (found.missing, found.deleted, found.tombstoned) == (0, 1, 1), found.examples
+    assert found.tombstone_key is not None
+    stone = pq.read_table(
+        io.BytesIO(s3.get_object(Bucket=BUCKET, Key=found.tombstone_key)["Body"].read())
+    )
+    deleted = [r["k"] for r in read_table(s3, "shaped") if r["v"] == 1]
+    assert stone.column("k").to_pylist() == deleted
+    _assert_whole_and_silent(conn, lake, s3, "shaped")
 
 
 # --- tombstones and the current view --------------------------------------------------------
