@@ -797,3 +797,64 @@ def test_under_the_extension_profile_a_uuid_keyed_table_ingests_twice(
         item = pipeline.stage_table(item, conn, lake, row_group_rows=1000, type_profile="extension")
         pipeline.commit_table(item, lake)
     assert sorted(r["v"] for r in read_table(s3, "tagged")) == ["a", "b"]
+
+
+# --- a partitioned (declarative) source table ---------------------------------------------
+
+
+def _partitioned(conn: Any, db_settings: dict[str, Any]) -> None:
+    _utc(conn, db_settings)
+    conn.run(
+        "CREATE TABLE measure (id int8 PRIMARY KEY, v text, "
+        "last_updated timestamp NOT NULL DEFAULT now() - interval '1 hour') "
+        "PARTITION BY RANGE (id)"
+    )
+    conn.run("CREATE TABLE measure_low PARTITION OF measure FOR VALUES FROM (0) TO (100)")
+    conn.run("CREATE TABLE measure_high PARTITION OF measure FOR VALUES FROM (100) TO (200)")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="audit._Audit._missing copies the missing rows by ctid from the parent relation "
+    "(reread.ctid_predicate): a ctid is only unique within one partition, so the rows at "
+    "the same ctid in the other partitions are copied too (ReconciliationError: the "
+    "table's audit fails, or with equal counts wrong rows are written)",
+)
+def test_a_version_lost_in_a_partitioned_table_is_repaired_once(
+    conn: Any, db_settings: dict[str, Any], s3: Any, connect: Any
+) -> None:
+    _partitioned(conn, db_settings)
+    lake = Lake(s3, BUCKET)
+    conn.run("INSERT INTO measure (id, v) VALUES (1, 'low'), (101, 'high'), (102, 'high')")
+    _run(conn, lake, "measure")
+    new_york = connect(db_settings)
+    new_york.run("SET TimeZone = 'America/New_York'")
+    new_york.run("INSERT INTO measure (id, v, last_updated) VALUES (2, 'lost', now())")
+    new_york.close()
+    found = _audit(conn, lake, "measure")
+    assert (found.status, found.missing, found.repaired) == ("repaired", 1, 1), found
+    versions = Counter((r["id"], r["last_updated"]) for r in read_table(s3, "measure"))
+    assert set(versions.values()) == {1}
+    assert sorted(k for k, _ in versions) == [1, 2, 101, 102]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the pipeline's re-read overlap copies its new rows by ctid from the parent too "
+    "(extract._reread, reread.ctid_predicate): rows of other partitions at the same ctid "
+    "come along",
+)
+def test_a_late_version_in_a_partitioned_table_is_reread_once(
+    conn: Any, db_settings: dict[str, Any], s3: Any
+) -> None:
+    _partitioned(conn, db_settings)
+    lake = Lake(s3, BUCKET)
+    conn.run("INSERT INTO measure (id, v) VALUES (1, 'low'), (101, 'high'), (102, 'high')")
+    _run(conn, lake, "measure")
+    conn.run(
+        "INSERT INTO measure (id, v, last_updated) VALUES (2, 'late', now() - interval '60 s')"
+    )
+    _run(conn, lake, "measure")
+    versions = Counter((r["id"], r["last_updated"]) for r in read_table(s3, "measure"))
+    assert set(versions.values()) == {1}, versions
+    assert sorted(k for k, _ in versions) == [1, 2, 101, 102]
