@@ -79,6 +79,7 @@ from totes_ingest.reread import (
     absent_pairs,
     ctid_predicate,
     key_text,
+    key_values,
     lake_version_batches,
     pairs_query,
     sorted_ctids,
@@ -282,7 +283,10 @@ class _Audit:
         self.report, self.workdir, self.audit_id = report, workdir, audit_id
         self.table = source.name
         self.label = f"audit {audit_id}"
-        self.schema = schema_of(table_columns(conn, self.table, relation=source.relation))
+        # The data files' types (the profile the repair objects are written with too).
+        self.schema = schema_of(
+            table_columns(conn, self.table, relation=source.relation, profile=config.type_profile())
+        )
         self.cursor_type = self.schema.field(CURSOR_COLUMN).type
         self.key_types = [self.schema.field(name).type for name in source.key]
         self.boundaries = self._boundaries()
@@ -490,7 +494,7 @@ class _Audit:
             return
         ctids = sorted_ctids(missing)
         path = self.workdir / f"repair-{partition}.parquet"
-        predicate = f"{source_alias()}.{ctid_predicate(ctids)}"
+        predicate = ctid_predicate(ctids, source_alias())
         result = extract_rows(
             self.conn,
             self.source,
@@ -617,15 +621,12 @@ def _put_once(lake: Lake, key: str, path: Path, metadata: dict[str, str], table:
 
 
 def _typed(column: pa.ChunkedArray | pa.Array, arrow_type: pa.DataType, table: str) -> pa.Array:
-    """A key column, held as PostgreSQL's text of it, back in the data files' type."""
-    if column.type == arrow_type:
-        return column
+    """A key column, held as text (``reread.key_text``), back in the data files' type."""
+    text = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     try:
-        return pc.cast(column, arrow_type)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise AuditError(
-            f"cannot write a tombstone key of type {arrow_type}: {e}", table=table
-        ) from e
+        return key_values(text, arrow_type, table)
+    except LakeError as e:
+        raise AuditError(f"cannot write a tombstone key: {e}", table=table) from e
 
 
 def _key_text(row: dict[str, Any], key: list[str]) -> str:

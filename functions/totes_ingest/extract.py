@@ -146,7 +146,7 @@ def extract_window(
             from totes_ingest.reread import ctid_predicate  # only then: it imports boto3
 
             copies.append(
-                f"COPY ({rows_of}{_SRC}.{ctid_predicate(extra)}) TO STDOUT (FORMAT binary)"
+                f"COPY ({rows_of}{ctid_predicate(extra, _SRC)}) TO STDOUT (FORMAT binary)"
             )
         widen_read_buffer(conn)
         sink = ParquetSink(conn, path, schema, plans, group_rows, table, label)

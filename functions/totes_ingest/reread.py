@@ -35,7 +35,9 @@ from totes_ingest.lake import Lake
 from totes_ingest.read_ahead import read_ahead
 from totes_ingest.source import CURSOR_COLUMN, SourceTable
 
-_CTID = re.compile(r"\(\d+,\d+\)", re.ASCII)
+# A row's address: its ctid and its relation's oid (a partition's, for a partitioned
+# table: a ctid is unique within one relation only), as pairs_query writes it.
+_CTID = re.compile(r"\((\d+),(\d+)\)@(\d+)", re.ASCII)
 _READ_AHEAD = 1 << 20
 _FILES_AHEAD = 8  # files whose requests are in flight at once (read_ahead)
 
@@ -174,7 +176,7 @@ def pairs_query(table: SourceTable, predicate: str) -> str:
     types = dict(zip(table.key, table.key_types, strict=False))
     keys = (key_text_sql(c, types.get(c)) for c in table.key)
     fields = [
-        "'\"' || ctid::text || '\"'",
+        "'\"' || ctid::text || '@' || tableoid::int8 || '\"'",
         *(f"'\"' || replace({k}, '\"', '\"\"') || '\"'" for k in keys),
         f"coalesce({quote_ident(CURSOR_COLUMN)}::text, '')",
     ]
@@ -224,19 +226,34 @@ def absent_pairs(source: pa.Table, in_lake: pa.Table, table: SourceTable) -> pa.
 
 
 def sorted_ctids(rows: pa.Table) -> list[str]:
-    """The ``ctid`` column of ``rows``, checked, in physical order."""
+    """The row addresses (``ctid@tableoid``) of ``rows``, checked, in physical order."""
     ctids = rows.column("ctid").to_pylist()
     bad = [c for c in ctids if not isinstance(c, str) or _CTID.fullmatch(c) is None]
     if bad:
         raise ValueError(f"unexpected ctid {bad[0]!r}")
-    return sorted(ctids, key=lambda c: tuple(int(n) for n in c[1:-1].split(",")))
+    return sorted(ctids, key=_address)
 
 
-def ctid_predicate(ctids: list[str]) -> str:
-    """SQL: the rows of these ``ctid`` values (checked, so safe as a literal)."""
-    if any(_CTID.fullmatch(c) is None for c in ctids):
+def _address(text: str) -> tuple[int, int, int]:
+    match = _CTID.fullmatch(text)
+    if match is None:
         raise ValueError("not a ctid")
-    return "ctid = ANY('{" + ",".join(f'"{c}"' for c in ctids) + "}'::tid[])"
+    block, item, relation = (int(n) for n in match.groups())
+    return relation, block, item
+
+
+def ctid_predicate(ctids: list[str], alias: str) -> str:
+    """SQL: the rows of these addresses (checked, so safe as literals) of the relation
+    aliased ``alias``: each relation's (each partition's) ``ctid`` values."""
+    by_relation: dict[int, list[str]] = {}
+    for relation, block, item in map(_address, ctids):
+        by_relation.setdefault(relation, []).append(f'"({block},{item})"')
+    if not by_relation:
+        return "FALSE"
+    return " OR ".join(
+        f"({alias}.tableoid = {relation} AND {alias}.ctid = ANY('{{{','.join(tids)}}}'::tid[]))"
+        for relation, tids in sorted(by_relation.items())
+    )
 
 
 _EPOCH: Final = datetime(1970, 1, 1)
@@ -280,7 +297,7 @@ def key_text(array: pa.Array, table: str) -> pa.Array:
     kind = array.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return array.cast(pa.string())
-    if isinstance(kind, pa.ExtensionType) and kind.extension_name == "arrow.uuid":
+    if isinstance(kind, pa.BaseExtensionType) and kind.extension_name == "arrow.uuid":
         values = array.storage.to_pylist()
         return pa.array([None if v is None else str(uuid.UUID(bytes=v)) for v in values])
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
@@ -301,6 +318,37 @@ def key_text(array: pa.Array, table: str) -> pa.Array:
         raise LakeError(
             f"a key column of type {kind} has no text to compare: {e}", table=table
         ) from e
+
+
+def key_values(text: pa.Array, arrow_type: pa.DataType, table: str) -> pa.Array:
+    """The inverse of :func:`key_text`: key text back in the data files' type."""
+    if text.type == arrow_type:
+        return text
+    values = text.to_pylist()
+    if isinstance(arrow_type, pa.BaseExtensionType) and arrow_type.extension_name == "arrow.uuid":
+        storage = [None if v is None else uuid.UUID(v).bytes for v in values]
+        return pa.ExtensionArray.from_storage(
+            arrow_type, pa.array(storage, arrow_type.storage_type)
+        )
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return pa.array([None if v is None else bytes.fromhex(v) for v in values], arrow_type)
+    if pa.types.is_struct(arrow_type) and [f.name for f in arrow_type] == [
+        "months",
+        "days",
+        "microseconds",
+    ]:
+        fields = [None if v is None else [int(n) for n in v.split(",")] for v in values]
+        return pa.array(
+            [
+                None if f is None else dict(zip(("months", "days", "microseconds"), f, strict=True))
+                for f in fields
+            ],
+            arrow_type,
+        )
+    try:
+        return pc.cast(text, arrow_type)
+    except pa.ArrowException as e:
+        raise LakeError(f"a key of type {arrow_type} cannot be read back: {e}", table=table) from e
 
 
 def _empty(table: SourceTable) -> pa.Table:

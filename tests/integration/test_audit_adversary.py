@@ -514,13 +514,6 @@ def test_versions_either_side_of_the_judged_bound_are_written_once_by_audit_or_w
     assert {k for k, _ in versions} == {k for k, _ in source}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit._Audit._spill truncation (see test_the_audit_after_a_repair_...): once a "
-    "partition holds a repair object, the committed versions of its other keys are dropped "
-    "from the audit's view of the lake, so a key deleted there is never tombstoned and the "
-    "audit calls the lake whole while <table>_current still shows the deleted row",
-)
 def test_a_key_deleted_after_a_repair_in_its_partition_is_tombstoned(
     conn: Any, db_settings: dict[str, Any], s3: Any, connect: Any, tmp_path: Path
 ) -> None:
@@ -666,12 +659,6 @@ def duckdb_current_values(s3: Any, folder: Path) -> dict[int, str]:
     return dict(con.execute('SELECT id, v FROM "item_current"').fetchall())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit._Audit._boundaries splits the key span, not the rows: two rows with "
-    "snowflake-style ids (a few 1e9 apart) make thousands of partitions, each its own "
-    "primary-key range query (and a spill file), for two rows",
-)
 def test_sparse_bigint_keys_do_not_make_a_partition_per_million_empty_values(
     conn: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:
@@ -684,14 +671,6 @@ def test_sparse_bigint_keys_do_not_make_a_partition_per_million_empty_values(
     assert found.partitions <= 2, found.partitions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reread._as_text recognises a uuid column by isinstance(type, pa.ExtensionType), "
-    "but pyarrow's canonical pa.UuidType is no pa.ExtensionType (pyarrow 26): a uuid key "
-    "read back from an extension-profile file is cast to utf8 as raw bytes (ArrowInvalid, "
-    "no IngestError): the audit of the table crashes (and the tombstones' schema, from the "
-    "portable profile, would give the key as text anyway)",
-)
 def test_under_the_extension_profile_a_uuid_keyed_table_is_audited_and_tombstoned(
     conn: Any, db_settings: dict[str, Any], s3: Any, monkeypatch: Any
 ) -> None:
@@ -721,11 +700,6 @@ def test_under_the_extension_profile_a_uuid_keyed_table_is_audited_and_tombstone
     assert stone.field("id").type == read_file(s3, data).schema.field("id").type
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the same reread._as_text (pa.UuidType is no pa.ExtensionType): under the "
-    "extension profile every window with a re-read overlap fails for a uuid-keyed table",
-)
 def test_under_the_extension_profile_a_uuid_keyed_table_ingests_twice(
     conn: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:
@@ -762,13 +736,6 @@ def _partitioned(conn: Any, db_settings: dict[str, Any]) -> None:
     conn.run("CREATE TABLE measure_high PARTITION OF measure FOR VALUES FROM (100) TO (200)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit._Audit._missing copies the missing rows by ctid from the parent relation "
-    "(reread.ctid_predicate): a ctid is only unique within one partition, so the rows at "
-    "the same ctid in the other partitions are copied too (ReconciliationError: the "
-    "table's audit fails, or with equal counts wrong rows are written)",
-)
 def test_a_version_lost_in_a_partitioned_table_is_repaired_once(
     conn: Any, db_settings: dict[str, Any], s3: Any, connect: Any
 ) -> None:
@@ -787,12 +754,6 @@ def test_a_version_lost_in_a_partitioned_table_is_repaired_once(
     assert sorted(k for k, _ in versions) == [1, 2, 101, 102]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the pipeline's re-read overlap copies its new rows by ctid from the parent too "
-    "(extract._reread, reread.ctid_predicate): rows of other partitions at the same ctid "
-    "come along",
-)
 def test_a_late_version_in_a_partitioned_table_is_reread_once(
     conn: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:
