@@ -76,6 +76,7 @@ from totes_ingest.observability import logger, put_metric
 from totes_ingest.parquet_sink import writer_options
 from totes_ingest.pg_types import schema_of
 from totes_ingest.reread import (
+    FILES_AHEAD,
     absent_pairs,
     ctid_predicate,
     key_text,
@@ -146,6 +147,7 @@ class TableAudit:
     newer_in_lake: int = 0
     deleted: int = 0  # keys found deleted with no tombstone yet
     tombstoned: int = 0
+    stray: int = 0  # objects under the table's prefix no commit and no audit wrote
     repair_keys: list[str] = field(default_factory=list)
     tombstone_key: str | None = None
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -408,10 +410,38 @@ class _Audit:
 
     # -- the audit ----------------------------------------------------------------------
 
+    def _chain_and_strays(self, since: datetime | None) -> tuple[list[str], list[str]]:
+        """The committed keys whose window reaches ``since`` (newest first), and the
+        objects under the table's prefix that readers of ``table/**/*.parquet`` take for
+        its data but neither the commit protocol nor an audit wrote ("stray"), among those
+        no older than the oldest of those keys (all of them for ``--full``)."""
+        chain = [
+            key
+            for key, _ in itertools.takewhile(
+                lambda found: since is None or found[1].cursor_end > since,
+                self.lake.committed(self.table, ahead=FILES_AHEAD),
+            )
+        ]
+        known = set(chain)
+        oldest = min(chain, default=None)
+        strays = [
+            key
+            for key in self._listed(f"{self.table}/")
+            if key.endswith(".parquet")
+            and key not in known
+            and parse_repair_key(key) is None
+            and (since is None or oldest is None or key > oldest)
+        ]
+        return chain, strays
+
     def run(self, since: datetime | None, bound: datetime) -> None:
-        history = lake_version_batches(self.lake, self.source, since, None)
+        chain, strays = self._chain_and_strays(since)
+        self.report.stray = len(strays)
+        for key in strays[:_EXAMPLES]:
+            self.report.example("stray", key)
+        history = lake_version_batches(self.lake, self.source, since, None, keys=chain)
         repaired = lake_version_batches(
-            self.lake, self.source, since, None, keys=self._repair_objects()
+            self.lake, self.source, since, None, keys=[*self._repair_objects(), *strays]
         )
         # One spill of both: each partition's file is written once (a second spill of a
         # kind would start its files again, dropping the committed versions).
@@ -645,7 +675,7 @@ def _renamed(table: pa.Table, old: str, new: str) -> pa.Table:
 
 def _status(report: TableAudit, repair: bool) -> Status:
     unrepaired = not repair and (report.missing > 0 or report.deleted > 0)
-    if report.newer_in_lake > 0 or unrepaired:
+    if report.newer_in_lake > 0 or report.stray > 0 or unrepaired:
         return "not whole"
     return "repaired" if report.repaired or report.tombstoned else "whole"
 
@@ -657,6 +687,7 @@ def _publish(report: TableAudit) -> None:
         ("RepairedVersions", report.repaired),
         ("DeletedKeys", report.deleted),
         ("NewerInLakeKeys", report.newer_in_lake),
+        ("StrayObjects", report.stray),
     ):
         put_metric(name, MetricUnit.Count, value, report.table)
     extra = {k: v for k, v in report.to_payload().items() if k != "examples"}
@@ -665,6 +696,8 @@ def _publish(report: TableAudit) -> None:
         logger.critical("The lake was missing row versions", extra=extra)
     elif report.newer_in_lake:
         logger.critical("The lake holds versions newer than the source's", extra=extra)
+    elif report.stray:
+        logger.critical("Objects under the table's prefix no commit wrote", extra=extra)
     elif report.deleted:
         logger.warning("Keys deleted at the source", extra=extra)
     else:

@@ -39,7 +39,7 @@ from totes_ingest.source import CURSOR_COLUMN, SourceTable
 # table: a ctid is unique within one relation only), as pairs_query writes it.
 _CTID = re.compile(r"\((\d+),(\d+)\)@(\d+)", re.ASCII)
 _READ_AHEAD = 1 << 20
-_FILES_AHEAD = 8  # files whose requests are in flight at once (read_ahead)
+FILES_AHEAD = 8  # files whose requests are in flight at once (read_ahead)
 
 
 class S3RangeFile(io.RawIOBase):
@@ -99,7 +99,7 @@ def lake_version_batches(
 
     ``since`` None: every committed file; ``before`` None: no upper bound. ``keys``: read
     these objects instead of the committed history (the audit's repair objects). The
-    next ``_FILES_AHEAD`` files' claim checks, footers and first row groups are read
+    next ``FILES_AHEAD`` files' claim checks, footers and first row groups are read
     while one is used (``read_ahead``); memory: that many row groups' two columns.
     """
     columns = [*table.key, CURSOR_COLUMN]
@@ -111,7 +111,7 @@ def lake_version_batches(
             key
             for key, _ in itertools.takewhile(
                 lambda found: since is None or found[1].cursor_end > since,
-                lake.committed(table.name, ahead=_FILES_AHEAD),
+                lake.committed(table.name, ahead=FILES_AHEAD),
             )
         )
 
@@ -130,7 +130,7 @@ def lake_version_batches(
             0, columns=columns
         ) if parquet.num_row_groups else None
 
-    for parquet, first in read_ahead(first_group, files, _FILES_AHEAD):
+    for parquet, first in read_ahead(first_group, files, FILES_AHEAD):
         for group in range(parquet.num_row_groups):
             read = (
                 first
