@@ -414,7 +414,11 @@ class _Audit:
         """The committed keys whose window reaches ``since`` (newest first), and the
         objects under the table's prefix that readers of ``table/**/*.parquet`` take for
         its data but neither the commit protocol nor an audit wrote ("stray"), among those
-        no older than the oldest of those keys (all of them for ``--full``)."""
+        no older than the oldest of those keys (all of them for ``--full``).
+
+        Listed before the chain is walked: a key committed meanwhile is then either not
+        listed or, its claim being written before it, found in the chain; never stray."""
+        listed = self._listed(f"{self.table}/")
         chain = [
             key
             for key, _ in itertools.takewhile(
@@ -426,7 +430,7 @@ class _Audit:
         oldest = min(chain, default=None)
         strays = [
             key
-            for key in self._listed(f"{self.table}/")
+            for key in listed
             if key.endswith(".parquet")
             and key not in known
             and parse_repair_key(key) is None
