@@ -639,7 +639,8 @@ def test_a_stray_file_readers_see_with_a_version_newer_than_the_source_is_flagge
     # THEN the audit must not call the lake whole
     found = _audit(conn, lake, "item", audit.AuditSettings(horizon_days=None))
     assert found.newer_in_lake == 1, found
-    assert found.stray == 1 and found.examples["stray"] == [stray]
+    assert found.stray == 1
+    assert found.examples["stray"] == [stray]
     assert not found.whole
 
 

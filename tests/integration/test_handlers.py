@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.lakecheck import lake_keys, read_file
+from tests.lambda_context import EVENTS, Context
 from totes_ingest.errors import InvalidEvent
 from totes_ingest.handlers import aggregate, get_last_ingest_time, query_to_parquet, start_run
 from totes_ingest.handlers import commit_table as commit_handler
@@ -18,19 +18,6 @@ from totes_ingest.local.dburl import Connect
 from totes_ingest.local.seed import seed
 
 pytestmark = pytest.mark.integration
-
-EVENTS = Path(__file__).resolve().parents[2] / "events"
-
-
-class Context:
-    function_name = "test"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:eu-west-2:123456789012:function:test"
-    aws_request_id = "00000000-0000-0000-0000-000000000000"
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 60_000
 
 
 def event(name: str) -> dict[str, Any]:

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.lambda_context import EVENTS, Context
 from totes_ingest.audit_summary import summarize
 from totes_ingest.errors import InvalidEvent
 from totes_ingest.handlers import audit_summary
 
 pytestmark = pytest.mark.unit
-
-EVENTS = Path(__file__).resolve().parents[2] / "events"
-
-
-class Context:
-    function_name = "test"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:eu-west-2:123456789012:function:test"
-    aws_request_id = "00000000-0000-0000-0000-000000000000"
 
 
 def _whole(table: str, **counts: int) -> dict[str, Any]:
