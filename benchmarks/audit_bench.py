@@ -39,7 +39,12 @@ for _name, _value in {
     os.environ.setdefault(_name, _value)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract_bench import _create_database, _sales_order_ddl, _with_database  # noqa: E402
+from extract_bench import (  # noqa: E402
+    ORDER_VALUES,
+    _create_database,
+    _sales_order_ddl,
+    _with_database,
+)
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TABLE = "sales_order"
@@ -49,13 +54,7 @@ DAYS = 365
 FILL = f"""
 INSERT INTO {TABLE}
 SELECT g,
-       1 + abs(hashint8(g)) % 500,
-       1 + abs(hashint8(g + 1)) % 20,
-       1 + abs(hashint8(g + 2)) % 20,
-       1000 + abs(hashint8(g + 3)) % 99001,
-       round(2 + (abs(hashint8(g + 4)) % 201) / 100.0, 2),
-       1 + abs(hashint8(g + 5)) % 3,
-       to_char(date '2025-11-03' + (g % 365)::int, 'YYYY-MM-DD'),
+{ORDER_VALUES}       to_char(date '2025-11-03' + (g % 365)::int, 'YYYY-MM-DD'),
        to_char(date '2025-11-04' + (g % 365)::int, 'YYYY-MM-DD'),
        1 + abs(hashint8(g + 7)) % 30,
        CAST(:start AS timestamp) + (g - 1) * (interval '{DAYS} days' / CAST(:rows AS bigint)),

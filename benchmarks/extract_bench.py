@@ -49,16 +49,19 @@ WIDE_TABLE = "wide_row"
 # Realistic ToteSys values (see docs/totesys-schema.md), deterministic per row id:
 # foreign keys, amounts and prices drawn by a hash of the id (no pattern an encoding
 # could exploit that real orders would not have), ids and timestamps rising with jitter.
-FILL = f"""
-INSERT INTO {TABLE}
-SELECT g,
+# design, staff, counterparty, units, unit price, currency: drawn by a hash of the id g.
+ORDER_VALUES = """\
        1 + abs(hashint8(g)) % 500,
        1 + abs(hashint8(g + 1)) % 20,
        1 + abs(hashint8(g + 2)) % 20,
        1000 + abs(hashint8(g + 3)) % 99001,
        round(2 + (abs(hashint8(g + 4)) % 201) / 100.0, 2),
        1 + abs(hashint8(g + 5)) % 3,
-       to_char(date '2022-11-03' + (g / 1100)::int, 'YYYY-MM-DD'),
+"""
+FILL = f"""
+INSERT INTO {TABLE}
+SELECT g,
+{ORDER_VALUES}       to_char(date '2022-11-03' + (g / 1100)::int, 'YYYY-MM-DD'),
        to_char(date '2022-11-03' + (g / 1100 + 1 + abs(hashint8(g + 6)) % 30)::int,
                'YYYY-MM-DD'),
        1 + abs(hashint8(g + 7)) % 30,
