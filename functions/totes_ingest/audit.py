@@ -389,13 +389,6 @@ class _Audit:
             keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
         return sorted(keys)
 
-    def _repair_objects(self) -> list[str]:
-        return [
-            key
-            for key in self._listed(f"{self.table}/")
-            if (parsed := parse_repair_key(key)) is not None and parsed[0] == self.table
-        ]
-
     def _tombstones(self) -> Iterator[pa.Table]:
         for key in self._listed(tombstone_prefix(self.table)):
             if not is_tombstone_key(key, self.table):
@@ -410,11 +403,12 @@ class _Audit:
 
     # -- the audit ----------------------------------------------------------------------
 
-    def _chain_and_strays(self, since: datetime | None) -> tuple[list[str], list[str]]:
-        """The committed keys whose window reaches ``since`` (newest first), and the
-        objects under the table's prefix that readers of ``table/**/*.parquet`` take for
-        its data but neither the commit protocol nor an audit wrote ("stray"), among those
-        no older than the oldest of those keys (all of them for ``--full``).
+    def _objects(self, since: datetime | None) -> tuple[list[str], list[str], list[str]]:
+        """The table's objects to read, from one listing of its prefix: the committed keys
+        whose window reaches ``since`` (newest first), the audits' repair objects, and the
+        objects that readers of ``table/**/*.parquet`` take for its data but neither the
+        commit protocol nor an audit wrote ("stray"), among those no older than the oldest
+        of those keys (all of them for ``--full``).
 
         Listed before the chain is walked: a key committed meanwhile is then either not
         listed or, its claim being written before it, found in the chain; never stray."""
@@ -426,26 +420,30 @@ class _Audit:
                 self.lake.committed(self.table, ahead=FILES_AHEAD),
             )
         ]
-        known = set(chain)
+        repairs = [
+            key
+            for key in listed
+            if (parsed := parse_repair_key(key)) is not None and parsed[0] == self.table
+        ]
+        known = {*chain, *repairs}
         oldest = min(chain, default=None)
         strays = [
             key
             for key in listed
             if key.endswith(".parquet")
             and key not in known
-            and parse_repair_key(key) is None
             and (since is None or oldest is None or key > oldest)
         ]
-        return chain, strays
+        return chain, repairs, strays
 
     def run(self, since: datetime | None, bound: datetime) -> None:
-        chain, strays = self._chain_and_strays(since)
+        chain, repairs, strays = self._objects(since)
         self.report.stray = len(strays)
         for key in strays[:_EXAMPLES]:
             self.report.example("stray", key)
         history = lake_version_batches(self.lake, self.source, since, None, keys=chain)
         repaired = lake_version_batches(
-            self.lake, self.source, since, None, keys=[*self._repair_objects(), *strays]
+            self.lake, self.source, since, None, keys=[*repairs, *strays]
         )
         # One spill of both: each partition's file is written once (a second spill of a
         # kind would start its files again, dropping the committed versions).
