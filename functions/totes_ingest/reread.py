@@ -292,6 +292,14 @@ def _whole(column: pa.ChunkedArray) -> pa.Array:
     return column.combine_chunks()
 
 
+# The portable mapping of interval (pg_types): PostgreSQL's own three fields.
+_INTERVAL_FIELDS: Final = ("months", "days", "microseconds")
+
+
+def _is_interval(kind: pa.DataType) -> bool:
+    return pa.types.is_struct(kind) and tuple(f.name for f in kind) == _INTERVAL_FIELDS
+
+
 def key_text(array: pa.Array, table: str) -> pa.Array:
     """A key column of the lake as the text :func:`key_text_sql` has PostgreSQL write."""
     kind = array.type
@@ -302,10 +310,10 @@ def key_text(array: pa.Array, table: str) -> pa.Array:
         return pa.array([None if v is None else str(uuid.UUID(bytes=v)) for v in values])
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         return pa.array([None if v is None else v.hex() for v in array.to_pylist()], pa.string())
-    if pa.types.is_struct(kind) and [f.name for f in kind] == ["months", "days", "microseconds"]:
+    if _is_interval(kind):
         return pa.array(
             [
-                None if v is None else f"{v['months']},{v['days']},{v['microseconds']}"
+                None if v is None else ",".join(str(v[f]) for f in _INTERVAL_FIELDS)
                 for v in array.to_pylist()
             ],
             pa.string(),
@@ -332,16 +340,13 @@ def key_values(text: pa.Array, arrow_type: pa.DataType, table: str) -> pa.Array:
         )
     if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
         return pa.array([None if v is None else bytes.fromhex(v) for v in values], arrow_type)
-    if pa.types.is_struct(arrow_type) and [f.name for f in arrow_type] == [
-        "months",
-        "days",
-        "microseconds",
-    ]:
-        fields = [None if v is None else [int(n) for n in v.split(",")] for v in values]
+    if _is_interval(arrow_type):
         return pa.array(
             [
-                None if f is None else dict(zip(("months", "days", "microseconds"), f, strict=True))
-                for f in fields
+                None
+                if v is None
+                else dict(zip(_INTERVAL_FIELDS, map(int, v.split(",")), strict=True))
+                for v in values
             ],
             arrow_type,
         )
