@@ -7,6 +7,7 @@ documented defaults here, never fake values.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Final, Literal
 
@@ -35,9 +36,12 @@ MAX_CONCURRENCY: Final = "MAX_CONCURRENCY"
 # consecutive sub-windows (window_plan.py). One cursor value is never split: a value held
 # by more rows is a window of its own, above the bound (WARNING, OversizedWindowRows).
 MAX_WINDOW_ROWS: Final = "MAX_WINDOW_ROWS"
-# Seconds a step may spend before it hands the rest on (below the function's timeout):
-# PlanWindows stops cutting (the run's chain ends at the last cut, the next run goes on),
-# CommitTable stops committing (the state machine invokes it again for the rest).
+# Sub-windows of one table staged at once by the Distributed Map (its MaxConcurrencyPath).
+STAGE_CONCURRENCY: Final = "STAGE_CONCURRENCY"
+# Seconds a step may spend before it hands the rest on (and never past the function's
+# timeout less STEP_TIME_MARGIN): QueryToParquet's planning stops cutting (the run's chain
+# ends at the last cut, the next run goes on), CommitWindows stops committing (the state
+# machine invokes it again for the rest).
 STEP_TIME_BUDGET_SECONDS: Final = "STEP_TIME_BUDGET_SECONDS"
 
 # The schema every table name is resolved in (never the search path).
@@ -93,6 +97,9 @@ DEFAULT_MAX_CONCURRENCY: Final = 4
 # 115 MB of sales_order Parquet in /tmp: far inside the 900 s timeout and 2 GB of /tmp.
 DEFAULT_MAX_WINDOW_ROWS: Final = 10_000_000
 DEFAULT_STEP_TIME_BUDGET_SECONDS: Final = 600.0
+DEFAULT_STAGE_CONCURRENCY: Final = 4
+# What a step keeps, below its function's timeout, to return its hand-over.
+STEP_TIME_MARGIN_SECONDS: Final = 30.0
 DEFAULT_AUDIT_HORIZON_DAYS: Final = 7.0
 DEFAULT_AUDIT_PARTITION_KEYS: Final = 1_000_000
 DEFAULT_AUDIT_LEASE_SECONDS: Final = 960.0  # the audit function's 900 s timeout, and a minute
@@ -185,11 +192,26 @@ def max_window_rows() -> int:
     return value
 
 
+def stage_concurrency() -> int:
+    value = int(os.environ.get(STAGE_CONCURRENCY, DEFAULT_STAGE_CONCURRENCY))
+    if not 1 <= value <= 10_000:  # a Distributed Map's most
+        raise ValueError(f"{STAGE_CONCURRENCY} must be 1 to 10000, not {value}")
+    return value
+
+
 def step_time_budget_seconds() -> float:
     value = float(os.environ.get(STEP_TIME_BUDGET_SECONDS, DEFAULT_STEP_TIME_BUDGET_SECONDS))
     if value <= 0:
         raise ValueError(f"{STEP_TIME_BUDGET_SECONDS} must be positive, not {value}")
     return value
+
+
+def step_deadline(remaining_ms: int) -> float:
+    """The ``time.monotonic()`` instant a step hands over by: its time budget, or the
+    function's remaining time (``context.get_remaining_time_in_millis()``) less a margin
+    for the hand-over itself, whichever comes first."""
+    remaining = max(remaining_ms / 1000 - STEP_TIME_MARGIN_SECONDS, 0.0)
+    return time.monotonic() + min(step_time_budget_seconds(), remaining)
 
 
 def audit_horizon_days() -> float:

@@ -79,6 +79,13 @@ def staging_key(table: str, start: datetime | None, end: datetime, run_id: str) 
     return f"{STAGING_PREFIX}{table}/{stamp(start)}-{stamp(end)}-{run_id}.parquet"
 
 
+def plan_key(table: str, run_id: str) -> str:
+    """Where a run keeps the plan of a table's window cut into sub-windows (sub_windows)."""
+    if not is_valid_run_id(run_id):
+        raise ValueError(f"not a valid run id: {run_id!r}")
+    return f"{STAGING_PREFIX}{table}/plan-{run_id}.json"
+
+
 def claim_key(table: str, start: datetime | None) -> str:
     return f"{CLAIMS_PREFIX}{table}/{stamp(start)}.json"
 

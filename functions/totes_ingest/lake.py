@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal, TypeVar
 
@@ -101,6 +101,7 @@ class StagedWindow:
     end: datetime
     rows: int
     cursor: CursorRange
+    size: int = 0  # bytes, when read from the object's head
 
 
 def read_staged(key: str, metadata: dict[str, str], table: str) -> StagedWindow | None:
@@ -475,7 +476,7 @@ class Lake:
                 table=table,
                 window=window.label,
             )
-        return staged
+        return replace(staged, size=int((head or {}).get("ContentLength", 0)))
 
     # -- the protocol ----------------------------------------------------------------
 

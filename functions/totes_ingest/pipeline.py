@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -24,14 +25,15 @@ from totes_ingest import config
 from totes_ingest.cursor import CursorRange, cursor_range
 from totes_ingest.db_errors import source_errors
 from totes_ingest.end_bound import EndBound, commit_safe_end_time
-from totes_ingest.errors import InvalidEvent, SourceError, UnsupportedColumnType
+from totes_ingest.errors import InvalidEvent, LakeError, SourceError, UnsupportedColumnType
 from totes_ingest.extract import extract_window
 from totes_ingest.format_time import format_time
-from totes_ingest.generate_file_key import staging_key
+from totes_ingest.generate_file_key import plan_key, staging_key
 from totes_ingest.lake import Lake, staged_metadata
 from totes_ingest.observability import logger, put_metric
 from totes_ingest.run_summary import aggregate as aggregate  # the step, re-exported
 from totes_ingest.source import SourceTable, resolve_table
+from totes_ingest.sub_windows import PLAN_INDEX, footer_schema, load_plan, save_plan
 from totes_ingest.validation import validate_event
 from totes_ingest.window import Window
 from totes_ingest.write_to_s3 import write_to_s3
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
 Payload = dict[str, Any]
 
 COLUMNS_METADATA = "columns"
+# The most sub-windows one run plans for a table (the rest is the next run's): the
+# Distributed Map's results, an index each, stay far below 256 KB.
+MAX_PLAN_WINDOWS = 10_000
 _MAX_SIGNATURE_BYTES = 1700  # S3 user metadata: 2 KB in all (lake.staged_metadata)
 
 
@@ -82,6 +87,8 @@ class StageSettings:
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS
     schema: str = config.DEFAULT_SOURCE_SCHEMA
     type_profile: config.TypeProfile = config.DEFAULT_TYPE_PROFILE
+    max_window_rows: int = config.DEFAULT_MAX_WINDOW_ROWS
+    stage_concurrency: int = config.DEFAULT_STAGE_CONCURRENCY
 
     @classmethod
     def from_environment(cls) -> StageSettings:
@@ -90,6 +97,8 @@ class StageSettings:
             reread_lag_seconds=config.reread_lag_seconds(),
             schema=config.source_schema(),
             type_profile=config.type_profile(),
+            max_window_rows=config.max_window_rows(),
+            stage_concurrency=config.stage_concurrency(),
         )
 
 
@@ -190,14 +199,39 @@ def stage_table(
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS,
     schema: str = config.DEFAULT_SOURCE_SCHEMA,
     type_profile: config.TypeProfile = config.DEFAULT_TYPE_PROFILE,
+    max_window_rows: int = config.DEFAULT_MAX_WINDOW_ROWS,
+    stage_concurrency: int = config.DEFAULT_STAGE_CONCURRENCY,
+    deadline: float | None = None,
 ) -> Payload:
     """Extract the window's rows to Parquet and upload it to the run's staging key.
 
-    Handlers pass ``**vars(StageSettings.from_environment())``.
+    A window not yet planned (GetLastIngestTime's output) is planned first
+    (:func:`plan_windows`): cut into more than one sub-window, it is not extracted here but
+    saved as a plan for the Distributed Map (``sub_windows``), and the output says so
+    (``windows`` > 1). A sub-window of a plan is staged even when it holds no rows, so
+    that the plan's chain stays whole. ``deadline`` (``time.monotonic()``) bounds the
+    planning. Handlers pass ``**vars(StageSettings.from_environment())``.
     """
     window = Window.from_payload(payload)
     table = window.table
-    empty = {**payload, "rows": 0, "bytes": 0, "staging_key": None}
+    empty = {**payload, "rows": 0, "bytes": 0, "staging_key": None, "windows": 1}
+    if not window.is_empty and window.cursor is None and window.staged_by is None:
+        subs = plan_windows(
+            payload,
+            conn,
+            lake,
+            max_window_rows=max_window_rows,
+            reread_lag_seconds=reread_lag_seconds,
+            schema=schema,
+            max_windows=MAX_PLAN_WINDOWS,
+            deadline=deadline,
+        )
+        if len(subs) > 1:
+            key_columns = resolve_table(conn, table, schema).key
+            plan = save_plan(lake, payload, subs, key_columns)
+            return {**plan, "stage_concurrency": stage_concurrency}
+        payload = subs[0]
+        window = Window.from_payload(payload)
     if window.is_empty:
         reason = window.hold or "another run already moved the watermark past this run's end"
         logger.warning(
@@ -208,7 +242,7 @@ def stage_table(
         return empty
     if window.staged_by is not None:  # staged by an earlier run: verified, not re-read
         staged = lake.verify_staged(window)
-        return {**payload, "rows": staged.rows, "bytes": 0, "staging_key": staged.key}
+        return {**empty, "rows": staged.rows, "staging_key": staged.key}
     source = resolve_table(conn, table, schema)
     # A sub-window of a plan (plan_windows) comes with its cursor range fixed.
     rng = window.cursor or _cursor_range(conn, source, window, reread_lag_seconds)
@@ -232,7 +266,8 @@ def stage_table(
             in_lake=in_lake,
             type_profile=type_profile,
         )
-        if result.rows == 0:
+        in_plan = PLAN_INDEX in payload  # its chain needs it, empty or not
+        if result.rows == 0 and not in_plan:
             logger.warning("No new rows", extra={"table": table, "window": window.label})
             _freshness(table, window.end)
             return empty
@@ -262,6 +297,7 @@ def stage_table(
         "bytes": result.bytes,
         "staging_key": key,
         "catalog": catalog,
+        "windows": 1,
     }
 
 
@@ -288,6 +324,7 @@ def plan_windows(
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS,
     schema: str = config.DEFAULT_SOURCE_SCHEMA,
     max_windows: int | None = None,
+    deadline: float | None = None,
 ) -> list[Payload]:
     """The window of ``payload`` (GetLastIngestTime's output) cut into consecutive
     sub-windows of at most ``max_window_rows`` rows each (window_plan), in chain order:
@@ -322,7 +359,13 @@ def plan_windows(
     if reused:  # the re-read belongs to the chain's first window: the reused one
         rng = CursorRange(rng.start, rng.end)
     cut = cut_points(
-        conn, source, rng, max_window_rows, table=window.table, max_windows=max_windows
+        conn,
+        source,
+        rng,
+        max_window_rows,
+        table=window.table,
+        max_windows=max_windows,
+        deadline=deadline,
     )
     instants = cut_instants(
         conn,
@@ -427,7 +470,7 @@ def commit_table(
         put_metric("BytesWritten", MetricUnit.Bytes, int(payload.get("bytes", 0)), window.table)
         _freshness(window.table, window.end)
         if catalog is not None and payload.get("catalog"):
-            _sync_catalog(catalog, lake, window, payload["catalog"])
+            sync_catalog(catalog, lake, window, payload["catalog"])
     else:
         logger.warning(
             "Skipped commit",
@@ -442,7 +485,7 @@ def commit_table(
     }
 
 
-def _sync_catalog(catalog: GlueCatalog, lake: Lake, window: Window, spec: Any) -> None:
+def sync_catalog(catalog: GlueCatalog, lake: Lake, window: Window, spec: Any) -> None:
     """The Glue tables of ``window.table`` from the columns QueryToParquet read."""
     from totes_ingest.generate_file_key import claim_key
     from totes_ingest.lake_views import table_columns_of
@@ -457,3 +500,55 @@ def _sync_catalog(catalog: GlueCatalog, lake: Lake, window: Window, spec: Any) -
         return window.end if initial is None else initial.end
 
     catalog.sync(columns, first_day)
+
+
+def commit_windows(
+    payload: Mapping[str, Any],
+    lake: Lake,
+    catalog: GlueCatalog | None = None,
+    *,
+    deadline: float | None = None,
+) -> Payload:
+    """CommitWindows: commit the plan's staged sub-windows in chain order, from
+    ``payload["committed"]`` on (see ``sub_windows``): the table's result, as
+    :func:`commit_table`'s, or ``status: "partial"`` when ``deadline`` (``time.monotonic()``)
+    came first, for the next call to go on from."""
+    items = load_plan(lake, payload)
+    table = items[0]["table"]
+    first = payload.get("committed", 0)
+    if not isinstance(first, int) or not 0 <= first < len(items):
+        raise InvalidEvent("step input's committed is not an index of its plan", table=table)
+    rows = int(payload.get("rows_committed", 0))
+    result: Payload = {"table": table, "status": "empty", "key": None, "rows": 0, "reason": None}
+    for i in range(first, len(items)):
+        if deadline is not None and i > first and time.monotonic() > deadline:
+            logger.info(
+                "Time budget reached: the next call commits the rest",
+                extra={"table": table, "committed": i, "windows": len(items)},
+            )
+            return {**payload, "status": "partial", "committed": i, "rows_committed": rows}
+        window = Window.from_payload(items[i])
+        try:
+            staged = lake.verify_staged(window)
+        except LakeError as e:
+            raise LakeError(
+                f"sub-window {i + 1} of {len(items)} was not staged (see the StageWindows "
+                f"map run): {i} committed, the next run resumes there; {e}",
+                table=table,
+                window=window.label,
+            ) from e
+        result = commit_table({**items[i], "rows": staged.rows, "bytes": staged.size}, lake)
+        if result["status"] != "written":  # another run holds the chain from here
+            return {**result, "rows": rows}
+        rows += staged.rows
+    key_columns = payload.get("key_columns")
+    if catalog is not None and result["key"] is not None and isinstance(key_columns, list):
+        spec = catalog_columns(table, footer_schema(lake, result["key"], table), tuple(key_columns))
+        if spec is not None:
+            sync_catalog(catalog, lake, Window.from_payload(items[-1]), spec)
+    lake.delete(plan_key(table, items[0]["run_id"]), table=table)  # done with: the chain holds it
+    logger.info(
+        "Committed sub-windows",
+        extra={"table": table, "windows": len(items) - first, "rows": rows, "key": result["key"]},
+    )
+    return {**result, "rows": rows}

@@ -72,7 +72,7 @@ S3_GRANTS: dict[str, set[tuple[str, str]]] = {
 # absence it must see as 404 (S3 checks ListBucket with s3:prefix = the missing key).
 LIST_PREFIXES: dict[str, set[str]] = {
     "GetLastIngestTime": {"*/", "_claims/*", "_staging/*", TABLE_KEYS},
-    "QueryToParquet": {"*/", "_claims/*", TABLE_KEYS},
+    "QueryToParquet": {"*/", "_claims/*", "_staging/*", TABLE_KEYS},
     "CommitTable": {"_claims/*", "_staging/*", TABLE_KEYS},
     "AuditTable": {"*/", "_claims/*", "_audit/*", TABLE_KEYS},
 }
@@ -240,6 +240,35 @@ def test_the_state_machine_may_invoke_exactly_its_five_functions(
     invokes = {r for a, r in grants(transformed, "StateMachineRole") if a.startswith("lambda:")}
 
     assert invokes == {f"{step}Function.Arn" for step in INGEST_STEPS}
+
+
+def test_the_state_machine_may_run_its_own_map_children_and_touch_only_staging(
+    transformed: dict[str, Any],
+) -> None:
+    machine = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
+    own = {
+        (a, r)
+        for a, r in grants(transformed, "StateMachineRole")
+        if a.startswith(("states:", "s3:"))
+    }
+
+    assert transformed["Resources"]["IngestStateMachine"]["Properties"]["StateMachineName"] == {
+        "Fn::Sub": "${AWS::StackName}-ingest"
+    }
+    assert own == {
+        ("states:StartExecution", f"{machine}:stateMachine:${{AWS::StackName}}-ingest"),
+        ("states:DescribeExecution", f"{machine}:execution:${{AWS::StackName}}-ingest/*"),
+        ("states:StopExecution", f"{machine}:execution:${{AWS::StackName}}-ingest/*"),
+        *(
+            (action, "arn:${AWS::Partition}:s3:::IngestBucket/_staging/*")
+            for action in (
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:AbortMultipartUpload",
+                "s3:ListMultipartUploadParts",
+            )
+        ),
+    }
 
 
 def test_the_audit_state_machine_may_invoke_exactly_its_three_functions(

@@ -112,7 +112,7 @@ def test_every_lambda_the_asl_invokes_is_a_function_of_the_template(
         for name, arn in invoked.items()
     }
 
-    assert len(invoked) == len(INGEST_FUNCTIONS)
+    assert {"StageWindow", "CommitWindows"} <= set(invoked)  # a function's second state each
     assert all(t["Fn::GetAtt"][1] == "Arn" for t in targets.values())
     assert {t["Fn::GetAtt"][0] for t in targets.values()} == set(INGEST_FUNCTIONS) <= functions
 

@@ -1,5 +1,10 @@
 """CommitTable: commit the staged object to ``table/yyyy/mm/dd/hhmmssffffff.parquet``,
-then keep the table's Glue catalog (when ``GLUE_DATABASE`` is set)."""
+then keep the table's Glue catalog (when ``GLUE_DATABASE`` is set).
+
+The state machine's CommitWindows state calls it too, with a plan of sub-windows
+(``plan`` in the event): it then commits them in chain order within the step's time
+budget (``pipeline.commit_windows``).
+"""
 
 from __future__ import annotations
 
@@ -22,4 +27,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     bucket = config.ingest_bucket()
     database = config.glue_database()
     catalog = None if database is None else GlueCatalog(glue_client(), database, bucket)
-    return pipeline.commit_table(event, Lake(s3_client(), bucket), catalog)
+    lake = Lake(s3_client(), bucket)
+    if "plan" in event:
+        deadline = config.step_deadline(context.get_remaining_time_in_millis())
+        return pipeline.commit_windows(event, lake, catalog, deadline=deadline)
+    return pipeline.commit_table(event, lake, catalog)

@@ -1,4 +1,5 @@
-"""QueryToParquet: stream the table's window into a staged Parquet object."""
+"""QueryToParquet: stream the table's window into a staged Parquet object (or, when it
+holds more than MAX_WINDOW_ROWS rows, save its plan of sub-windows for StageWindows)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     conn = connect_to_db()
     try:
         settings = pipeline.StageSettings.from_environment()
-        return pipeline.stage_table(event, conn, lake, **vars(settings))
+        deadline = config.step_deadline(context.get_remaining_time_in_millis())
+        return pipeline.stage_table(event, conn, lake, **vars(settings), deadline=deadline)
     finally:
         close_db_connection(conn)
