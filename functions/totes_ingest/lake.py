@@ -127,6 +127,14 @@ def read_staged(key: str, metadata: dict[str, str], table: str) -> StagedWindow 
     return StagedWindow(key, run_id, start, end, rows, cursor)
 
 
+def longest_from(
+    staged: list[StagedWindow], start: datetime | None, cursor_start: datetime | None
+) -> StagedWindow | None:
+    """Of ``staged``, the longest window continuing the chain at ``start``/``cursor_start``."""
+    follows = [s for s in staged if s.start == start and s.cursor.start == cursor_start]
+    return max(follows, key=lambda s: (s.end, s.key), default=None)
+
+
 @dataclass(frozen=True)
 class Claim:
     """One window's claim to follow the watermark ``start``."""
@@ -427,19 +435,13 @@ class Lake:
                 return watermark
         raise LakeError("claim chain did not settle", table=table)
 
-    def staged_window(
-        self,
-        table: str,
-        start: datetime | None,
-        cursor_start: datetime | None,
-        end_limit: datetime,
-    ) -> StagedWindow | None:
-        """A staged, uncommitted window that can follow the watermark ``start`` (whose
-        cursor ends at ``cursor_start``) and ends by ``end_limit``: its metadata complete,
-        agreeing with its key and continuing the cursor chain. The longest such window;
-        None if there is none. Its rows are then committed without extracting them again.
-        """
-        prefix = f"{STAGING_PREFIX}{table}/{stamp(start)}-"
+    def staged_windows(
+        self, table: str, start: datetime | None, end_limit: datetime
+    ) -> list[StagedWindow]:
+        """The staged, uncommitted windows of ``table`` inside ``[start, end_limit]``
+        (``start`` None: from the beginning), each with its metadata complete and agreeing
+        with its key. One listing of the table's staging folder, one HEAD a candidate."""
+        prefix = f"{STAGING_PREFIX}{table}/"
         paginator = self.s3.get_paginator("list_objects_v2")
         with lake_errors("list", table=table):
             keys = [
@@ -450,18 +452,34 @@ class Lake:
             ]
         found: list[StagedWindow] = []
         for key in keys:
-            head = self._head(key, table=table)
-            if head is None:
+            bounds = key.removeprefix(prefix).split("-", 2)[:2]
+            try:
+                low, high = (parse_stamp(b) for b in bounds)
+            except ValueError:
                 continue
-            staged = read_staged(key, dict(head.get("Metadata", {})), table)
-            if (
-                staged is not None
-                and staged.start == start
-                and staged.end <= end_limit
-                and staged.cursor.start == cursor_start
-            ):
+            if high is None or high > end_limit:
+                continue
+            if start is not None and (low is None or low < start):
+                continue
+            head = self._head(key, table=table)
+            staged = (
+                None if head is None else read_staged(key, dict(head.get("Metadata", {})), table)
+            )
+            if staged is not None:
                 found.append(staged)
-        return max(found, key=lambda s: (s.end, s.key), default=None)
+        return found
+
+    def staged_window(
+        self,
+        table: str,
+        start: datetime | None,
+        cursor_start: datetime | None,
+        end_limit: datetime,
+    ) -> StagedWindow | None:
+        """The longest staged, uncommitted window that can follow the watermark ``start``
+        (whose cursor ends at ``cursor_start``) and ends by ``end_limit``: its rows are
+        then committed without extracting them again. None if there is none."""
+        return longest_from(self.staged_windows(table, start, end_limit), start, cursor_start)
 
     def verify_staged(self, window: Window) -> StagedWindow:
         """The staged object ``window`` commits, checked against the window (LakeError if

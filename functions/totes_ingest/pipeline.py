@@ -29,7 +29,7 @@ from totes_ingest.errors import InvalidEvent, LakeError, SourceError, Unsupporte
 from totes_ingest.extract import extract_window
 from totes_ingest.format_time import format_time
 from totes_ingest.generate_file_key import plan_key, staging_key
-from totes_ingest.lake import Lake, staged_metadata
+from totes_ingest.lake import Lake, StagedWindow, longest_from, staged_metadata
 from totes_ingest.observability import logger, put_metric
 from totes_ingest.run_summary import aggregate as aggregate  # the step, re-exported
 from totes_ingest.source import SourceTable, resolve_table
@@ -330,73 +330,110 @@ def plan_windows(
     sub-windows of at most ``max_window_rows`` rows each (window_plan), in chain order:
     one payload per sub-window, each with its cursor range fixed, for :func:`stage_table`.
 
-    Only the first keeps the re-read overlap (the later ones start where this plan's
-    previous sub-window ends, which the lake does not hold yet). With ``lake``, windows
-    staged but never committed by an earlier run that continue the chain from the
-    watermark come first, reused (``staged_by``): they are not extracted again.
+    With ``lake``, windows staged but never committed by earlier runs that continue the
+    chain are reused (``staged_by``), not extracted again: at the watermark, and after a
+    gap (a sub-window whose staging failed), which is planned to end where the next
+    staged window starts. Only the chain's first sub-window keeps the re-read overlap
+    (the later ones start where an earlier one of this plan ends). ``max_windows`` and
+    ``deadline`` (``time.monotonic()``) end the plan early, at a cut of the gap being
+    planned: the rest is the next run's.
     """
-    from totes_ingest.window_plan import cut_instants, cut_points
-
     window = Window.from_payload(payload)
     if window.is_empty:
         return [{**payload, **window.to_payload()}]
-    reused: list[Payload] = []
-    while lake is not None:
-        found = lake.staged_window(window.table, window.start, window.cursor_start, window.end)
-        if found is None:
-            break
-        sub = replace(window, end=found.end, staged_by=found.run_id).with_cursor(found.cursor)
-        reused.append({**payload, **sub.to_payload()})
-        logger.info(
-            "Reusing a staged window",
-            extra={"table": window.table, "window": sub.label, "staged_by": found.run_id},
+    staged = [] if lake is None else lake.staged_windows(window.table, window.start, window.end)
+    source: SourceTable | None = None
+    subs: list[Payload] = []
+    while True:
+        found = longest_from(staged, window.start, window.cursor_start)
+        if found is not None:
+            sub = replace(window, end=found.end, staged_by=found.run_id).with_cursor(found.cursor)
+            subs.append({**payload, **sub.to_payload()})
+            logger.info(
+                "Reusing a staged window",
+                extra={"table": window.table, "window": sub.label, "staged_by": found.run_id},
+            )
+            window = window.with_watermark(found.end, window.last_key, found.cursor.end)
+            continue
+        if window.start is not None and window.start >= window.end:
+            break  # reused up to the end
+        nxt = _next_staged(staged, window)
+        source = source or resolve_table(conn, window.table, schema)
+        gap = window if nxt is None else replace(window, end=nxt[0])
+        rng = _cursor_range(conn, source, gap, reread_lag_seconds)
+        if nxt is not None:  # the gap ends where the staged window's cursor starts
+            rng = CursorRange(rng.start, nxt[1], rng.reread_from)
+        if subs:  # the re-read belongs to the chain's first window
+            rng = CursorRange(rng.start, rng.end)
+        planned, truncated = _cut(
+            conn, source, gap, rng, max_window_rows, max_windows=max_windows, deadline=deadline
         )
-        window = window.with_watermark(found.end, window.last_key, found.cursor.end)
-    if reused and window.start is not None and window.start >= window.end:
-        return reused
-    source = resolve_table(conn, window.table, schema)
-    rng = _cursor_range(conn, source, window, reread_lag_seconds)
-    if reused:  # the re-read belongs to the chain's first window: the reused one
-        rng = CursorRange(rng.start, rng.end)
+        subs += [{**payload, **sub.to_payload()} for sub in planned]
+        if truncated or nxt is None:
+            break
+        window = window.with_watermark(nxt[0], window.last_key, nxt[1])
+    logger.info("Planned windows", extra={"table": window.table, "windows": len(subs)})
+    return subs
+
+
+def _next_staged(staged: list[StagedWindow], window: Window) -> tuple[datetime, datetime] | None:
+    """Where the first staged window after ``window``'s start begins: (instant, cursor)."""
+    starts = [
+        (s.start, s.cursor.start)
+        for s in staged
+        if s.start is not None
+        and s.cursor.start is not None
+        and (window.start is None or s.start > window.start)
+        and (window.cursor_start is None or s.cursor.start > window.cursor_start)
+    ]
+    return min(starts, default=None)
+
+
+def _cut(
+    conn: Any,
+    source: SourceTable,
+    window: Window,
+    rng: CursorRange,
+    max_window_rows: int,
+    *,
+    max_windows: int | None,
+    deadline: float | None,
+) -> tuple[list[Window], bool]:
+    """``window`` (its cursor range ``rng``) cut into sub-windows; whether the cut stopped
+    early (then the last sub-window ends at its last cut, not at ``window.end``)."""
+    from totes_ingest.window_plan import cut_instants, cut_points
+
+    table = window.table
     cut = cut_points(
         conn,
         source,
         rng,
         max_window_rows,
-        table=window.table,
+        table=table,
         max_windows=max_windows,
         deadline=deadline,
     )
     instants = cut_instants(
-        conn,
-        source,
-        window.source_timezone,
-        cut.values,
-        window.start,
-        window.end,
-        table=window.table,
+        conn, source, window.source_timezone, cut.values, window.start, window.end, table=table
     )
     ends = [*instants] if cut.truncated else [*instants, window.end]
     cursor_ends = [*cut.values] if cut.truncated else [*cut.values, rng.end]
-    subs: list[Payload] = []
+    subs: list[Window] = []
     start, cursor_start = window.start, rng.start
     for i, (end, cursor_end) in enumerate(zip(ends, cursor_ends, strict=True)):
         reread = rng.reread_from if i == 0 else None
         sub = window.with_watermark(start, window.last_key, cursor_start)
-        sub = replace(sub, end=end).with_cursor(CursorRange(cursor_start, cursor_end, reread))
-        subs.append({**payload, **sub.to_payload()})
+        subs.append(
+            replace(sub, end=end).with_cursor(CursorRange(cursor_start, cursor_end, reread))
+        )
         start, cursor_start = end, cursor_end
     for i in cut.oversized:
         logger.warning(
             "A window above MAX_WINDOW_ROWS: one cursor value holds more rows",
-            extra={"table": window.table, "window": subs[i]["cursor"], "max": max_window_rows},
+            extra={"table": table, "window": subs[i].label, "max": max_window_rows},
         )
-        put_metric("OversizedWindowRows", MetricUnit.Count, 1, window.table)
-    logger.info(
-        "Planned windows",
-        extra={"table": window.table, "windows": len(subs), "truncated": cut.truncated},
-    )
-    return reused + subs
+        put_metric("OversizedWindowRows", MetricUnit.Count, 1, table)
+    return subs, cut.truncated
 
 
 def _cursor_range(
@@ -533,7 +570,7 @@ def commit_windows(
         except LakeError as e:
             raise LakeError(
                 f"sub-window {i + 1} of {len(items)} was not staged (see the StageWindows "
-                f"map run): {i} committed, the next run resumes there; {e}",
+                f"map run): {i} committed, the next run resumes there",
                 table=table,
                 window=window.label,
             ) from e

@@ -176,3 +176,171 @@ def test_a_kill_between_two_sub_window_commits_resumes_without_re_extracting(
             .to_pylist()
         )
     assert sorted(ids) == list(range(1, len(values) + 2))
+
+
+# --- a plan: saved by QueryToParquet, staged item by item, committed in chain order ---
+
+
+def _planned(conn: Any, s3: Any, n: int, max_rows: int, run_id: str = "run-plan") -> Any:
+    from tests.conftest import BUCKET
+    from totes_ingest import pipeline
+    from totes_ingest.lake import Lake
+
+    _table(conn, [T0 + timedelta(milliseconds=i) for i in range(n)])
+    lake = Lake(s3, BUCKET)
+    payload = {
+        "table": "t",
+        "run_id": run_id,
+        "end_time": "2026-01-02 00:00:00.000000",
+        "source_timezone": "UTC",
+        "hold": None,
+    }
+    found = pipeline.find_watermark(payload, lake)
+    plan = pipeline.stage_table(found, conn, lake, row_group_rows=1024, max_window_rows=max_rows)
+    return lake, plan
+
+
+def _stage_all(conn: Any, lake: Any, plan: Any, skip: tuple[int, ...] = ()) -> list[Any]:
+    from totes_ingest import pipeline
+    from totes_ingest.sub_windows import load_plan
+
+    items = load_plan(lake, plan)
+    for i, item in enumerate(items):
+        if i not in skip:
+            pipeline.stage_table(item, conn, lake, row_group_rows=1024)
+    return items
+
+
+def test_a_window_above_the_bound_is_saved_as_a_plan_and_committed_in_order(
+    conn: Any, s3: Any
+) -> None:
+    from tests.lakecheck import lake_keys, read_file, table_files
+    from totes_ingest import pipeline
+
+    lake, plan = _planned(conn, s3, 2500, 500)
+    assert plan["windows"] == 5
+    assert plan["key_columns"] == ["id"]
+    assert plan["plan"]["key"] == "_staging/t/plan-run-plan.json"
+    assert not [k for k in lake_keys(s3) if k.endswith(".parquet")]  # nothing extracted yet
+    items = _stage_all(conn, lake, plan)
+    assert [item["plan_index"] for item in items] == list(range(5))
+
+    result = pipeline.commit_windows(plan, lake)
+
+    files = table_files(s3, "t")
+    assert result == {
+        "table": "t",
+        "status": "written",
+        "key": "t/2026/01/02/000000000000.parquet",
+        "rows": 2500,
+        "reason": None,
+    }
+    assert len(files) == 5
+    assert files[-1] == result["key"]
+    ids = [i for key in files for i in read_file(s3, key).column("id").to_pylist()]
+    assert sorted(ids) == list(range(1, 2501))
+    assert lake_keys(s3, "_staging/") == []  # staged objects committed, plan deleted
+
+
+def test_a_sub_window_not_staged_stops_the_chain_there_and_the_next_run_resumes(
+    conn: Any, s3: Any
+) -> None:
+    from tests.lakecheck import read_file, table_files
+    from totes_ingest import pipeline
+    from totes_ingest.errors import LakeError
+
+    lake, plan = _planned(conn, s3, 2500, 500)
+    items = _stage_all(conn, lake, plan, skip=(2,))
+
+    with pytest.raises(LakeError, match=r"sub-window 3 of 5 was not staged.*table=t; window=\[2026"):
+        pipeline.commit_windows(plan, lake)
+
+    assert len(table_files(s3, "t")) == 2
+    mark = lake.resolve_watermark("t")
+    assert mark.end is not None and pipeline.Window.from_payload(items[1]).end == mark.end
+    # the next run plans from there, reusing the two staged sub-windows after the gap
+    again = {**plan, "run_id": "run-next", "end_time": "2026-01-03 00:00:00.000000"}
+    again = pipeline.find_watermark(again, lake)
+    subs = pipeline.plan_windows(again, conn, lake, max_window_rows=500)
+    assert [s.get("staged_by") for s in subs] == [None, "run-plan", "run-plan", None]
+    gap = subs[0]["cursor"]  # the gap, planned again (with the run's re-read overlap)
+    assert (gap["start"], gap["end"]) == (items[2]["cursor"]["start"], items[2]["cursor"]["end"])
+    assert subs[3]["start_time"] == items[4]["end_time"]  # then what is new since: nothing
+    for sub in subs[:3]:
+        out = pipeline.stage_table(sub, conn, lake, row_group_rows=1024)
+        assert (out["bytes"] == 0) == bool(sub.get("staged_by"))  # reused: not extracted
+        assert pipeline.commit_table(out, lake)["status"] == "written"
+    ids = [i for key in table_files(s3, "t") for i in read_file(s3, key).column("id").to_pylist()]
+    assert sorted(ids) == list(range(1, 2501))
+
+
+def test_at_its_time_budget_commit_windows_hands_the_rest_to_its_next_call(
+    conn: Any, s3: Any
+) -> None:
+    from tests.lakecheck import table_files
+    from totes_ingest import pipeline
+
+    lake, plan = _planned(conn, s3, 1500, 500)
+    _stage_all(conn, lake, plan)
+
+    partial = pipeline.commit_windows(plan, lake, deadline=0.0)  # long past
+
+    assert partial["status"] == "partial"
+    assert partial["committed"] == 1  # one commit a call at least: it always progresses
+    assert len(table_files(s3, "t")) == 1
+    partial = pipeline.commit_windows(partial, lake, deadline=0.0)
+    assert partial["committed"] == 2
+    done = pipeline.commit_windows(partial, lake)
+    assert (done["status"], done["rows"]) == ("written", 1500)
+    assert len(table_files(s3, "t")) == 3
+
+
+def test_a_sub_window_emptied_after_planning_is_committed_empty_and_the_chain_holds(
+    conn: Any, s3: Any
+) -> None:
+    from tests.lakecheck import read_file, table_files
+    from totes_ingest import pipeline
+    from totes_ingest.sub_windows import load_plan
+
+    lake, plan = _planned(conn, s3, 1500, 500)
+    middle = load_plan(lake, plan)[1]["cursor"]
+    conn.run(
+        "DELETE FROM t WHERE last_updated >= CAST(:a AS timestamp) "
+        "AND last_updated < CAST(:b AS timestamp)",
+        a=middle["start"],
+        b=middle["end"],
+    )
+    _stage_all(conn, lake, plan)
+
+    result = pipeline.commit_windows(plan, lake)
+
+    files = table_files(s3, "t")
+    assert (result["status"], result["rows"], len(files)) == ("written", 1000, 3)
+    assert read_file(s3, files[1]).num_rows == 0
+    assert read_file(s3, files[1]).schema.names == ["id", "last_updated"]
+
+
+def test_a_plan_that_is_not_the_tables_own_is_refused_naming_the_table(
+    conn: Any, s3: Any
+) -> None:
+    import json
+
+    from tests.conftest import BUCKET
+    from totes_ingest import pipeline
+    from totes_ingest.errors import InvalidEvent, LakeError
+
+    lake, plan = _planned(conn, s3, 1500, 500)
+    with pytest.raises(InvalidEvent, match="plan"):
+        pipeline.commit_windows({**plan, "plan": {"key": "_staging/x/plan-run-plan.json"}}, lake)
+    key = plan["plan"]["key"]
+    items = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    for forged in (
+        [{**items[0], "table": "other"}, *items[1:]],
+        [{**items[0], "run_id": "run-other"}, *items[1:]],
+        [items[1], items[0], items[2]],
+        [{k: v for k, v in items[0].items() if k != "cursor"}, *items[1:]],
+        {"not": "a list"},
+    ):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(forged).encode())
+        with pytest.raises(LakeError, match=r"plan .*table=t"):
+            pipeline.commit_windows(plan, lake)
