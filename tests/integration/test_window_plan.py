@@ -321,9 +321,7 @@ def test_a_sub_window_emptied_after_planning_is_committed_empty_and_the_chain_ho
     assert read_file(s3, files[1]).schema.names == ["id", "last_updated"]
 
 
-def test_a_plan_that_is_not_the_tables_own_is_refused_naming_the_table(
-    conn: Any, s3: Any
-) -> None:
+def test_a_plan_that_is_not_the_tables_own_is_refused_naming_the_table(conn: Any, s3: Any) -> None:
     import json
 
     from tests.conftest import BUCKET
