@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,44 +10,18 @@ import boto3
 import pytest
 
 from tests.conftest import REGION, SECRET_NAME
+from tests.e2e.conftest import Captured
 from tests.lakecheck import duplicated_versions, lake_keys, mismatches, table_files
 from totes_ingest.local.dburl import Connect
 from totes_ingest.local.runner import ExecutionResult, run_state_machine
 from totes_ingest.local.seed import seed
 from totes_ingest.local.simulate import simulate
 from totes_ingest.local.totesys import TABLES
-from totes_ingest.observability import logger as ingest_logger
 
 pytestmark = pytest.mark.e2e
 
 EVENTS = "events/state_machine_input.json"
 TIMEOUT_S = 120
-
-
-class Captured(logging.Handler):
-    """Every log line of the pipeline, formatted as it would reach CloudWatch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(ingest_logger._logger.handlers[0].formatter)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines]
-
-    def at(self, level: str) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r["level"] == level]
-
-
-@pytest.fixture
-def logs() -> Iterator[Captured]:
-    handler = Captured()
-    ingest_logger._logger.addHandler(handler)
-    yield handler
-    ingest_logger._logger.removeHandler(handler)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tests.e2e.test_state_machine import Captured, logs  # noqa: F401 - the fixture
+from tests.e2e.conftest import Captured
 from tests.lakecheck import duplicated_versions, lake_keys, mismatches, read_file, table_files
 from totes_ingest import config, pipeline
 from totes_ingest.local.runner import ExecutionResult, run_state_machine
@@ -67,7 +67,7 @@ def test_tables_above_the_bound_land_as_chains_of_windows_every_row_once(
     assert isinstance(output, dict)
     for table in TABLES:
         files = table_files(s3, table)
-        ((count,),) = source.run(f"SELECT count(*) FROM {table}")  # noqa: S608
+        ((count,),) = source.run(f"SELECT count(*) FROM {table}")
         assert output[table] == files[-1]  # the newest key, as with one window
         assert len(files) >= math.ceil(count / 1000)
         assert all(read_file(s3, key).num_rows <= 1000 for key in files)
