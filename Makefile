@@ -29,7 +29,7 @@ LAMBDA_STRIP := bin pyarrow/tests pyarrow/include pyarrow/includes pyarrow/src \
 LAMBDA_FUNCTIONS := StartRunFunction GetLastIngestTimeFunction QueryToParquetFunction \
 	CommitTableFunction AggregateFunction AuditTableFunction AuditSummaryFunction
 
-.PHONY: install tools run seed simulate test unit readers infra lint typecheck bench bench-audit bench-reread chaos \
+.PHONY: install tools run seed simulate test unit readers infra lint typecheck bench bench-audit bench-scale bench-reread chaos \
 	clean diagram lock lock-sam build lambda-deps lambda-code build-DependenciesLayer \
 	$(addprefix build-,$(LAMBDA_FUNCTIONS))
 
@@ -120,6 +120,9 @@ bench: $(STAMP) ## Time the extract against DuckDB, ConnectorX, ADBC, the seed's
 
 bench-audit: $(STAMP) ## The audit's time and peak RSS at 1M and 10M rows with a year of daily files (moto_server)
 	$(PY) benchmarks/audit_bench.py $(ARGS)
+
+bench-scale: $(STAMP) ## An initial load of 20M sales_order rows through the state machine: one window vs MAX_WINDOW_ROWS 2M
+	$(PY) benchmarks/scale_bench.py $(ARGS)
 
 bench-reread: $(STAMP) ## What the re-read overlap costs a run at 10, 10,000 and 1,000,000 changed rows
 	$(PY) benchmarks/reread_bench.py $(ARGS)

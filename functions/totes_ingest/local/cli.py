@@ -447,11 +447,18 @@ def describe_task(
             f"run {result.get('run_id')}: {_count(len(result.get('tables') or []), 'table')}, "
             f"rows last updated before {result.get('end_time')} {took}"
         )
+    if step == "QueryToParquet" and int(result.get("windows") or 1) > 1:
+        return f"{table}: cut into {result['windows']} sub-windows, staged in parallel {took}"
+    if step == "QueryToParquet" and "plan_index" in payload and verbose:
+        rows = f"{result.get('rows'):,} rows"
+        return f"{table}: sub-window {payload['plan_index'] + 1} staged, {rows} {took}"
     if step == "QueryToParquet" and result.get("rows") == 0:
         return f"{table}: no new rows since {payload.get('start_time') or 'the beginning'} {took}"
     if step == "CommitTable":
         if result.get("status") == "written":
             return f"{table}: {result.get('rows'):,} rows -> {result.get('key')} {took}"
+        if result.get("status") == "partial":
+            return f"{table}: {result.get('committed')} sub-windows committed, more to come {took}"
         return f"{table}: {result.get('status')} ({result.get('reason')}) {took}"
     if verbose:
         return f"{table or '-'}: {step} done {took}"
