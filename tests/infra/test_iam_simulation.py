@@ -409,3 +409,39 @@ def test_audit_table_may_not_write_a_windows_key_a_claim_or_staging(
         ("s3:PutObject", f"{bucket}/currency/2026/11/25/090000000001-repair-0.parquet", None)
     )
     assert not allows(("s3:ListBucket", bucket, None))
+
+
+def test_query_to_parquet_may_plan_and_stage_sub_windows_and_commit_table_commit_them(
+    s3: Any, recorder: Recorder, transformed: dict[str, Any], totesys_settings: dict[str, Any]
+) -> None:
+    from totes_ingest.generate_file_key import generate_file_key
+    from totes_ingest.sub_windows import footer_schema, load_plan
+
+    # GIVEN a table whose window holds more rows than the bound
+    conn = pg8000.native.Connection(**{k: v for k, v in totesys_settings.items() if v != ""})
+    lake = Lake(s3, BUCKET)
+    for minute in range(6):
+        conn.run(
+            "INSERT INTO currency (currency_code, created_at, last_updated) VALUES ('GBP', :t, :t)",
+            t=datetime(2026, 11, 25, 8, minute),
+        )
+    start = payload("currency", end_time=format_time(T0), start_time=None, cursor_start=None)
+    try:
+        # WHEN QueryToParquet plans it and stages its sub-windows
+        recorder.calls.clear()
+        plan = pipeline.stage_table(start, conn, lake, row_group_rows=1024, max_window_rows=2)
+        assert denied(transformed, "QueryToParquet", recorder) == []
+        items = load_plan(lake, plan)  # the Distributed Map's read, not the function's
+        recorder.calls.clear()
+        for item in items:
+            pipeline.stage_table(item, conn, lake, row_group_rows=1024)
+    finally:
+        conn.close()
+    assert plan["windows"] == 3
+    assert denied(transformed, "QueryToParquet", recorder) == []
+
+    # AND CommitWindows commits them (and reads the newest file's footer for Glue)
+    recorder.calls.clear()
+    assert pipeline.commit_windows(plan, lake)["status"] == "written"
+    footer_schema(lake, generate_file_key("currency", T0), "currency")
+    assert denied(transformed, "CommitTable", recorder) == []
