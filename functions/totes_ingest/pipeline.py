@@ -214,7 +214,6 @@ def stage_table(
     """
     window = Window.from_payload(payload)
     table = window.table
-    empty = {**payload, "rows": 0, "bytes": 0, "staging_key": None, "windows": 1}
     if not window.is_empty and window.cursor is None and window.staged_by is None:
         subs = plan_windows(
             payload,
@@ -232,6 +231,7 @@ def stage_table(
             return {**plan, "stage_concurrency": stage_concurrency}
         payload = subs[0]
         window = Window.from_payload(payload)
+    empty = {**payload, "rows": 0, "bytes": 0, "staging_key": None, "windows": 1}
     if window.is_empty:
         reason = window.hold or "another run already moved the watermark past this run's end"
         logger.warning(

@@ -343,3 +343,31 @@ def test_a_plan_that_is_not_the_tables_own_is_refused_naming_the_table(conn: Any
         s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(forged).encode())
         with pytest.raises(LakeError, match=r"plan .*table=t"):
             pipeline.commit_windows(plan, lake)
+
+
+def test_a_single_window_staged_by_a_run_that_failed_to_commit_is_reused_and_committed(
+    conn: Any, s3: Any
+) -> None:
+    from tests.conftest import BUCKET
+    from tests.lakecheck import read_file, table_files
+    from totes_ingest import pipeline
+    from totes_ingest.lake import Lake
+
+    _table(conn, [T0 + timedelta(seconds=i) for i in range(20)])
+    lake = Lake(s3, BUCKET)
+    base = {"table": "t", "source_timezone": "UTC", "hold": None}
+    first = {**base, "run_id": "run-a", "end_time": "2026-01-02 00:00:00.000000"}
+    staged = pipeline.stage_table(
+        pipeline.find_watermark(first, lake), conn, lake, row_group_rows=64
+    )
+    assert staged["rows"] == 20  # and its commit never happened
+    second = {**base, "run_id": "run-b", "end_time": "2026-01-02 00:00:00.000000"}
+
+    reused = pipeline.stage_table(
+        pipeline.find_watermark(second, lake), conn, lake, row_group_rows=64
+    )
+
+    assert (reused["staged_by"], reused["bytes"], reused["windows"]) == ("run-a", 0, 1)
+    assert pipeline.commit_table(reused, lake)["status"] == "written"
+    (key,) = table_files(s3, "t")
+    assert read_file(s3, key).num_rows == 20
