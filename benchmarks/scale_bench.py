@@ -93,6 +93,19 @@ def main() -> None:
         if measured.rows != args.rows:
             raise SystemExit(f"{label}: the lake holds {measured.rows} rows, not {args.rows}")
         print(measured.line(), flush=True)
+    # The local process holds moto's bucket (every staged and committed byte) in memory:
+    # QueryToParquet's own peak is its extract's, measured alone in a process of its own.
+    print("\n| QueryToParquet's extract alone | rows | wall | peak RSS | Parquet |")
+    print("|---|---:|---:|---:|---:|")
+    ((cut,),) = _sql(
+        url,
+        f"SELECT last_updated FROM {TABLE} ORDER BY last_updated OFFSET {args.window_rows} LIMIT 1",
+    )
+    for label, end in (("a bounded window", str(cut)), ("the one window", "2100-01-01 00:00:00")):
+        rows, seconds, peak, size = _extract(url, end)
+        print(
+            f"| {label} | {rows:,} | {seconds:.1f} s | {peak:.0f} MB | {size:.0f} MB |", flush=True
+        )
 
 
 def _run(url: str, label: str, window_rows: int, stage_concurrency: int) -> Measured:
@@ -132,6 +145,32 @@ def _run(url: str, label: str, window_rows: int, stage_concurrency: int) -> Meas
         shutil.rmtree(lake, ignore_errors=True)
 
 
+def _extract(url: str, end: str) -> tuple[int, float, float, float]:
+    """extract_to_parquet of ``[beginning, end)`` in a child process: rows, s, MB, MB."""
+    with tempfile.TemporaryDirectory(prefix="totes-scale-") as workdir:
+        out = Path(workdir) / "window.parquet"
+        command = [sys.executable, __file__, "--extract", url, end, str(out)]
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert process.stdout is not None
+        rows = int(process.stdout.read().strip() or 0)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit("the extract failed")
+        return rows, seconds, usage.ru_maxrss / 1024, out.stat().st_size / 1e6
+
+
+def _extract_worker(url: str, end: str, out: str) -> None:
+    import pg8000.native
+
+    from totes_ingest.extract import extract_to_parquet
+    from totes_ingest.local.dburl import settings_from_url
+
+    conn = pg8000.native.Connection(**{k: v for k, v in settings_from_url(url).items() if v != ""})
+    print(extract_to_parquet(conn, TABLE, None, end, Path(out)).rows)
+
+
 def _rows(keys: list[Path]) -> int:
     import pyarrow.parquet as pq
 
@@ -160,4 +199,7 @@ def _sql(url: str, sql: str) -> list[list[object]]:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--extract"]:
+        _extract_worker(*sys.argv[2:5])
+    else:
+        main()
