@@ -13,7 +13,7 @@ from __future__ import annotations
 import pathlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import pg8000.native
@@ -29,6 +29,10 @@ from totes_ingest.pg_types import Plan
 Compression = Literal["zstd", "snappy"]
 COMPRESSION: Compression = "zstd"
 _QUEUED_CHUNKS = 4  # chunks that may wait for the writer: with the row group, bounds memory
+
+
+class _Stopped(Exception):
+    """Raised into an extra connection's COPY when another COPY has failed."""
 
 
 class ParquetSink:
@@ -53,7 +57,10 @@ class ParquetSink:
         self.table = table
         self.window = window
         self.rows = 0
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # the writer's
+        self.copy_error: BaseException | None = None  # the first COPY's to fail
+        self.stopped = threading.Event()  # a COPY failed: the others stop
+        self._lock = threading.Lock()
         # A bounded queue: the COPY waits for the writer rather than filling memory.
         self.chunks: queue.Queue[Chunk | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
 
@@ -66,17 +73,40 @@ class ParquetSink:
         their rows land in the one file. Callers rely on this (a window's rows plus rows
         re-read by ctid into the same snapshot's file), so keep it when changing the sink.
         """
+        return self.run_parallel([(self.conn, copy)], then)
+
+    def run_parallel(
+        self,
+        copies: Sequence[tuple[pg8000.native.Connection, Callable[[CopyStream], object]]],
+        then: Callable[[], Any],
+    ) -> tuple[int, Any]:
+        """:meth:`run` with one ``copy`` a connection, all at once: the first on this
+        thread, each other on a thread of its own, every stream feeding the one bounded
+        queue (so the one writer, and the memory bound, are the same as for one COPY).
+
+        Rows of different connections interleave chunk by chunk in the file. If a COPY
+        fails, the other connections' streams stop at their next chunk (raising inside
+        their COPY: the caller closes those connections) and the first one's chunks are
+        dropped unwritten; the first error is raised.
+        """
         thread = threading.Thread(target=self._consume, name="parquet-writer", daemon=True)
         thread.start()
+        readers: list[threading.Thread] = []
         try:
-            stream = CopyStream(
-                self.conn, self.chunks.put, len(self.plans), copy_stream.CHUNK_BYTES
-            )
             try:
-                copy(stream)
-                stream.flush()
+                for conn, copy in copies[1:]:
+                    reader = threading.Thread(
+                        target=self._read, args=(conn, copy), name="copy-reader", daemon=True
+                    )
+                    reader.start()
+                    readers.append(reader)
+                self._copy(*copies[0])
             finally:
+                for reader in readers:
+                    reader.join()
                 self.chunks.put(None)
+            if self.copy_error is not None:
+                raise self.copy_error
             then_result = then()
         finally:
             thread.join()
@@ -84,11 +114,48 @@ class ParquetSink:
             raise self._translated(self.error) from self.error
         return self.rows, then_result
 
+    def _copy(self, conn: pg8000.native.Connection, copy: Callable[[CopyStream], object]) -> None:
+        """One connection's COPY statements into a stream of their own (this thread)."""
+        stream = CopyStream(conn, self._emit_first, len(self.plans), copy_stream.CHUNK_BYTES)
+        try:
+            copy(stream)
+            stream.flush()
+        except BaseException as e:
+            self._failed(e)
+            raise
+
+    def _read(self, conn: pg8000.native.Connection, copy: Callable[[CopyStream], object]) -> None:
+        """An extra connection's COPY, on its own thread; its error goes to run_parallel."""
+        stream = CopyStream(conn, self._emit_other, len(self.plans), copy_stream.CHUNK_BYTES)
+        try:
+            copy(stream)
+            stream.flush()
+        except _Stopped:
+            pass
+        except BaseException as e:  # handed to the first thread by run_parallel()
+            self._failed(e)
+
+    def _failed(self, error: BaseException) -> None:
+        with self._lock:
+            if self.copy_error is None:
+                self.copy_error = error
+            self.stopped.set()
+
+    def _emit_first(self, chunk: Chunk) -> None:
+        if not self.stopped.is_set():  # else: dropped, the COPY runs to its end
+            self.chunks.put(chunk)
+
+    def _emit_other(self, chunk: Chunk) -> None:
+        if self.stopped.is_set():
+            raise _Stopped
+        self.chunks.put(chunk)
+
     def _consume(self) -> None:
         try:
             self._write_parquet()
         except BaseException as e:  # handed to the main thread by run()
             self.error = e
+            self.stopped.set()  # extra connections stop; the first one's chunks are dropped
             while self.chunks.get() is not None:  # drain, so the COPY ends cleanly
                 pass
 

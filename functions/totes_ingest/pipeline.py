@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,6 +82,7 @@ class StageSettings:
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS
     schema: str = config.DEFAULT_SOURCE_SCHEMA
     type_profile: config.TypeProfile = config.DEFAULT_TYPE_PROFILE
+    extract_connections: int = config.DEFAULT_EXTRACT_CONNECTIONS
 
     @classmethod
     def from_environment(cls) -> StageSettings:
@@ -90,6 +91,7 @@ class StageSettings:
             reread_lag_seconds=config.reread_lag_seconds(),
             schema=config.source_schema(),
             type_profile=config.type_profile(),
+            extract_connections=config.extract_connections(),
         )
 
 
@@ -190,10 +192,13 @@ def stage_table(
     reread_lag_seconds: float = config.DEFAULT_REREAD_LAG_SECONDS,
     schema: str = config.DEFAULT_SOURCE_SCHEMA,
     type_profile: config.TypeProfile = config.DEFAULT_TYPE_PROFILE,
+    extract_connections: int = config.DEFAULT_EXTRACT_CONNECTIONS,
+    connect: Callable[[], Any] | None = None,
 ) -> Payload:
     """Extract the window's rows to Parquet and upload it to the run's staging key.
 
-    Handlers pass ``**vars(StageSettings.from_environment())``.
+    Handlers pass ``**vars(StageSettings.from_environment())``; ``connect`` opens the
+    extract's extra connections when ``extract_connections`` > 1 (without it, one).
     """
     window = Window.from_payload(payload)
     table = window.table
@@ -231,6 +236,8 @@ def stage_table(
             row_group_rows=row_group_rows,
             in_lake=in_lake,
             type_profile=type_profile,
+            connections=extract_connections,
+            connect=connect,
         )
         if result.rows == 0:
             logger.warning("No new rows", extra={"table": table, "window": window.label})

@@ -22,6 +22,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     conn = connect_to_db()
     try:
         settings = pipeline.StageSettings.from_environment()
-        return pipeline.stage_table(event, conn, lake, **vars(settings))
+        return pipeline.stage_table(event, conn, lake, **vars(settings), connect=connect_to_db)
     finally:
         close_db_connection(conn)
