@@ -81,9 +81,12 @@ def extract_to_parquet(
     *,
     row_group_rows: int | None = None,
     type_profile: Profile = "portable",
+    connections: int = 1,
+    connect: Connect | None = None,
 ) -> ExtractResult:
     """Write the rows of ``public.table`` with ``last_updated`` in ``[start_time, end_time)``
     to ``path`` as Parquet, schema from the catalog; ``start_time=None`` is from the start.
+    ``connections`` and ``connect``: as :func:`extract_window`'s.
 
     The bounds are cursor values, compared as the column's own values (no re-read
     overlap): the pipeline itself calls :func:`extract_window`.
@@ -99,6 +102,8 @@ def extract_to_parquet(
         path,
         row_group_rows=row_group_rows,
         type_profile=type_profile,
+        connections=connections,
+        connect=connect,
     )
 
 
