@@ -1,11 +1,11 @@
 """The threaded Parquet sink: chunks of binary COPY tuples in, one Parquet file out.
 
-A writer thread decodes each chunk of whole tuples with numpy (each column by its plan
-from ``pg_types``, typed by the catalog, never inferred) and writes zstd row groups of
-at most ``row_group_rows`` rows and about ``ROW_GROUP_BYTES`` of Arrow data, whichever
-comes first: memory is bounded by both, whatever the width of a row. The COPY thread and
-the writer overlap (numpy and pyarrow release the GIL), and a bounded queue makes the
-COPY wait for the writer rather than fill memory.
+A decoder thread decodes each chunk of whole tuples with numpy (each column by its plan
+from ``pg_types``, typed by the catalog, never inferred) and a writer thread writes zstd
+row groups of at most ``row_group_rows`` rows and about ``ROW_GROUP_BYTES`` of Arrow
+data, whichever comes first: memory is bounded by both, whatever the width of a row. The
+COPY thread, the decoder and the writer overlap (numpy and pyarrow release the GIL), and
+bounded queues make each wait for the next rather than fill memory.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pathlib
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import pg8000.native
@@ -28,7 +28,8 @@ from totes_ingest.pg_types import Plan
 
 Compression = Literal["zstd", "snappy"]
 COMPRESSION: Compression = "zstd"
-_QUEUED_CHUNKS = 4  # chunks that may wait for the writer: with the row group, bounds memory
+_QUEUED_CHUNKS = 4  # chunks that may wait for a decoder: with the row group, bounds memory
+_QUEUED_BATCHES = 2  # decoded chunks that may wait for the writer
 
 
 class _Stopped(Exception):
@@ -57,12 +58,15 @@ class ParquetSink:
         self.table = table
         self.window = window
         self.rows = 0
-        self.error: BaseException | None = None  # the writer's
+        self.error: BaseException | None = None  # the first decoder's or the writer's
         self.copy_error: BaseException | None = None  # the first COPY's to fail
-        self.stopped = threading.Event()  # a COPY failed: the others stop
+        self.stopped = threading.Event()  # something failed: the others stop
         self._lock = threading.Lock()
-        # A bounded queue: the COPY waits for the writer rather than filling memory.
+        # Bounded queues: the COPY waits for the decoders, the decoders for the writer,
+        # rather than filling memory.
         self.chunks: queue.Queue[Chunk | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
+        self.batches: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
+        self._decoding = 0  # decoders the writer has not yet seen finish
 
     def run(self, copy: Callable[[CopyStream], object], then: Callable[[], Any]) -> tuple[int, Any]:
         """Call ``copy`` with the stream to COPY into, then ``then`` while the last rows
@@ -84,13 +88,22 @@ class ParquetSink:
         thread, each other on a thread of its own, every stream feeding the one bounded
         queue (so the one writer, and the memory bound, are the same as for one COPY).
 
-        Rows of different connections interleave chunk by chunk in the file. If a COPY
-        fails, the other connections' streams stop at their next chunk (raising inside
-        their COPY: the caller closes those connections) and the first one's chunks are
-        dropped unwritten; the first error is raised.
+        Chunks are decoded on one thread a connection (numpy and pyarrow release the GIL
+        for the bulk of it) and written by one more, so decoding overlaps the Parquet
+        encoding; with one connection the rows keep the COPY's order. Rows of different
+        connections interleave chunk by chunk. If anything fails, the other connections'
+        streams stop at their next chunk (raising inside their COPY: the caller closes
+        those connections) and the first one's chunks are dropped unwritten; the first
+        error is raised.
         """
+        self._decoding = len(copies)
+        decoders = [
+            threading.Thread(target=self._decode, name="parquet-decoder", daemon=True)
+            for _ in copies
+        ]
         thread = threading.Thread(target=self._consume, name="parquet-writer", daemon=True)
-        thread.start()
+        for started in (*decoders, thread):
+            started.start()
         readers: list[threading.Thread] = []
         try:
             try:
@@ -104,12 +117,14 @@ class ParquetSink:
             finally:
                 for reader in readers:
                     reader.join()
-                self.chunks.put(None)
+                for _ in decoders:
+                    self.chunks.put(None)
             if self.copy_error is not None:
                 raise self.copy_error
             then_result = then()
         finally:
-            thread.join()
+            for joined in (*decoders, thread):
+                joined.join()
         if self.error is not None:
             raise self._translated(self.error) from self.error
         return self.rows, then_result
@@ -150,20 +165,47 @@ class ParquetSink:
             raise _Stopped
         self.chunks.put(chunk)
 
+    def _decode(self) -> None:
+        """Decode chunks into record batches for the writer, until its end of input."""
+        try:
+            while (chunk := self.chunks.get()) is not None:
+                if not self.stopped.is_set():
+                    self.batches.put(self._decoded(chunk))
+        except BaseException as e:  # handed to the main thread by run_parallel()
+            self._failed_writing(e)
+            while self.chunks.get() is not None:  # drain, so the COPY ends cleanly
+                pass
+        finally:
+            self.batches.put(None)
+
     def _consume(self) -> None:
         try:
             self._write_parquet()
-        except BaseException as e:  # handed to the main thread by run()
-            self.error = e
-            self.stopped.set()  # extra connections stop; the first one's chunks are dropped
-            while self.chunks.get() is not None:  # drain, so the COPY ends cleanly
+        except BaseException as e:  # handed to the main thread by run_parallel()
+            self._failed_writing(e)
+            for _ in self._decoded_batches():  # drain, so the decoders end cleanly
                 pass
+
+    def _failed_writing(self, error: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = error
+            self.stopped.set()  # extra connections stop; the first one's chunks are dropped
+
+    def _decoded_batches(self) -> Iterator[pa.RecordBatch]:
+        """The decoders' batches, until every decoder has finished."""
+        while self._decoding:
+            batch = self.batches.get()
+            if batch is None:
+                self._decoding -= 1
+            else:
+                yield batch
 
     def _write_parquet(self) -> None:
         with pq.ParquetWriter(self.path, self.schema, **writer_options(self.schema)) as writer:
             pending: list[pa.RecordBatch] = []
-            while (chunk := self.chunks.get()) is not None:
-                pending.append(self._decoded(chunk))
+            for batch in self._decoded_batches():
+                pending.append(batch)
                 if sum(b.nbytes for b in pending) >= self.row_group_bytes:
                     pending = self._flush(writer, pending, keep_partial=False)
                 elif sum(b.num_rows for b in pending) >= self.row_group_rows:
