@@ -10,6 +10,7 @@ bounded queues make each wait for the next rather than fill memory.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import queue
 import threading
@@ -88,18 +89,19 @@ class ParquetSink:
         thread, each other on a thread of its own, every stream feeding the one bounded
         queue (so the one writer, and the memory bound, are the same as for one COPY).
 
-        Chunks are decoded on one thread a connection (numpy and pyarrow release the GIL
-        for the bulk of it) and written by one more, so decoding overlaps the Parquet
-        encoding; with one connection the rows keep the COPY's order. Rows of different
+        Chunks are decoded on one thread a connection, up to one a CPU (numpy and pyarrow
+        release the GIL for the bulk of it), and written by one more, so decoding overlaps
+        the Parquet encoding; with one connection the rows keep the COPY's order. Rows of different
         connections interleave chunk by chunk. If anything fails, the other connections'
         streams stop at their next chunk (raising inside their COPY: the caller closes
         those connections) and the first one's chunks are dropped unwritten; the first
         error is raised.
         """
-        self._decoding = len(copies)
+        # One decoder a connection, up to one a CPU: more only add memory.
+        self._decoding = max(1, min(len(copies), os.cpu_count() or 1))
         decoders = [
             threading.Thread(target=self._decode, name="parquet-decoder", daemon=True)
-            for _ in copies
+            for _ in range(self._decoding)
         ]
         thread = threading.Thread(target=self._consume, name="parquet-writer", daemon=True)
         for started in (*decoders, thread):
