@@ -5,6 +5,8 @@ keys) with N rows generated server-side, then times each approach as a whole chi
 process (wall time, and peak RSS from ``wait4``), at N and at 4N rows, round robin:
 
 - ours: ``totes_ingest.extract.extract_to_parquet`` (pg8000 binary COPY -> Arrow -> Parquet)
+- ours-N (``--approaches ours,ours-2,ours-4,...``): the same on N connections sharing one
+  snapshot, each copying a ctid range of the table (``EXTRACT_CONNECTIONS``)
 - duckdb: DuckDB with its postgres extension, ``COPY (SELECT ... WHERE last_updated ...)
   TO 'x.parquet' (FORMAT parquet, COMPRESSION zstd)``
 - connectorx: ``connectorx.read_sql(..., return_type="arrow")`` -> ``pq.write_table``
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -90,6 +92,7 @@ class Measurement:
     parquet_mb: float | None
     best_seconds: float | None = None
     paired: float | None = None  # median over rounds of ours / this, same round
+    vs_duckdb: float | None = None  # ours and ours-N: median over rounds of this / duckdb
 
 
 def main() -> None:
@@ -102,7 +105,7 @@ def main() -> None:
     parser.add_argument("--approaches", default=",".join(APPROACHES))
     parser.add_argument("--wide-rows", type=int, help="instead: ours' peak RSS on N wide rows")
     parser.add_argument("--row-bytes", type=int, default=16384, help="bytes a wide row")
-    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=_worker, help=argparse.SUPPRESS)
     parser.add_argument("--table", default=TABLE, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compression", default=None, help="ours: zstd or snappy")
@@ -113,6 +116,20 @@ def main() -> None:
         _bench_wide(args)
     else:
         _bench(args)
+
+
+def _worker(name: str) -> str:
+    if name not in WORKERS and _connections(name) is None:
+        raise argparse.ArgumentTypeError(f"unknown approach {name!r}")
+    return name
+
+
+def _connections(approach: str) -> int | None:
+    """N of ``ours-N``; 1 for ``ours``; None for a peer."""
+    if approach == "ours":
+        return 1
+    name, _, count = approach.partition("-")
+    return int(count) if name == "ours" and count.isdigit() and int(count) >= 1 else None
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -135,7 +152,10 @@ def _bench(args: argparse.Namespace) -> None:
                     runs[approach].append(_measure(approach, url, TABLE, args.compression))
                     print(_line(runs[approach][-1], rows), file=sys.stderr)
         for approach, measured in runs.items():
-            measurements.append(_summary(approach, rows, measured, runs.get("ours")))
+            summary = _summary(approach, rows, measured, runs.get("ours"))
+            if "duckdb" in runs and _connections(approach):
+                summary = replace(summary, vs_duckdb=_paired(measured, runs["duckdb"]))
+            measurements.append(summary)
     print(_markdown(measurements, args))
 
 
@@ -168,12 +188,14 @@ def _summary(
     seconds = statistics.median_low([m.seconds for m in measured])
     median = next(m for m in measured if m.seconds == seconds)
     peak = max((m.peak_rss_mb or 0.0 for m in measured), default=0.0) or None
-    paired = None
-    if ours:
-        ratios = [o.seconds / m.seconds for o, m in zip(ours, measured, strict=False)]
-        paired = statistics.median(ratios)
+    paired = _paired(ours, measured) if ours else None
     best = min(m.seconds for m in measured)
     return Measurement(approach, rows, seconds, peak, median.parquet_mb, best, paired)
+
+
+def _paired(a: list[Measurement], b: list[Measurement]) -> float:
+    """The median of the round-by-round ratios a / b."""
+    return statistics.median(x.seconds / y.seconds for x, y in zip(a, b, strict=False))
 
 
 def _measure(approach: str, url: str, table: str, compression: str | None) -> Measurement:
@@ -209,7 +231,8 @@ def _measure(approach: str, url: str, table: str, compression: str | None) -> Me
 def _work(approach: str, url: str, table: str, out: Path, compression: str | None) -> None:
     """One approach, in this (child) process: the parent measures it from outside."""
     window = f"SELECT * FROM {table} WHERE last_updated < TIMESTAMP '{END_TIME}'"
-    if approach == "ours":
+    connections = _connections(approach)
+    if connections is not None:
         import pg8000.native
 
         from totes_ingest import extract, parquet_sink
@@ -219,7 +242,15 @@ def _work(approach: str, url: str, table: str, out: Path, compression: str | Non
             parquet_sink.COMPRESSION = compression  # type: ignore[assignment]
         settings = {k: v for k, v in settings_from_url(url).items() if v != ""}
         conn = pg8000.native.Connection(**settings)
-        extract.extract_to_parquet(conn, table, None, END_TIME, out)
+        extract.extract_to_parquet(
+            conn,
+            table,
+            None,
+            END_TIME,
+            out,
+            connections=connections,
+            connect=lambda: pg8000.native.Connection(**settings),
+        )
         conn.close()
     elif approach == "duckdb":
         import duckdb
@@ -337,17 +368,18 @@ def _markdown(measurements: list[Measurement], args: argparse.Namespace) -> str:
         f" load average at the end {os.getloadavg()[0]:.2f}.",
         "",
         "| rows | approach | wall time (median) | best | peak RSS | Parquet"
-        " | ours / this (median of pairs) |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        " | ours / this (median of pairs) | this / duckdb (median of pairs) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in measurements:
         best = m.best_seconds or m.seconds
         rss = f"{m.peak_rss_mb:.0f} MB" if m.peak_rss_mb else "-"
         size = f"{m.parquet_mb:.1f} MB" if m.parquet_mb else "-"
         paired = f"{m.paired:.2f}" if m.paired is not None else "-"
+        vs_duckdb = f"{m.vs_duckdb:.2f}" if m.vs_duckdb is not None else "-"
         lines.append(
             f"| {m.rows:,} | {m.approach} | {m.seconds:.2f} s | {best:.2f} s | {rss}"
-            f" | {size} | {paired} |"
+            f" | {size} | {paired} | {vs_duckdb} |"
         )
     lines.append("")
     for rows in sorted({m.rows for m in measurements}):

@@ -30,6 +30,10 @@ END_TIME_SAFETY_MARGIN_SECONDS: Final = "END_TIME_SAFETY_MARGIN_SECONDS"
 # Rows per Parquet row group: the unit of streaming and so the bound on memory.
 ROW_GROUP_ROWS: Final = "ROW_GROUP_ROWS"
 STATEMENT_TIMEOUT_MS: Final = "STATEMENT_TIMEOUT_MS"
+# Connections one extract reads a table with, each a disjoint ctid range of its blocks in
+# one exported snapshot (extract.py); 1: one connection. More pays only with spare cores
+# on both ends (benchmarks/RESULTS.md).
+EXTRACT_CONNECTIONS: Final = "EXTRACT_CONNECTIONS"
 # Tables ingested at once: StartRun hands it to the Map (MaxConcurrencyPath).
 MAX_CONCURRENCY: Final = "MAX_CONCURRENCY"
 # The most rows one window holds: a longer pending range is cut at cursor values into
@@ -92,6 +96,7 @@ DEFAULT_ROW_GROUP_ROWS: Final = 131_072
 # wide rows bound memory too.
 DEFAULT_ROW_GROUP_BYTES: Final = 16 << 20
 DEFAULT_STATEMENT_TIMEOUT_MS: Final = 600_000
+DEFAULT_EXTRACT_CONNECTIONS: Final = 1
 DEFAULT_MAX_CONCURRENCY: Final = 4
 # About 10-20 s of extract at the rate measured here (0.5-1M rows/s, docs/deploy.md) and
 # 115 MB of sales_order Parquet in /tmp: far inside the 900 s timeout and 2 GB of /tmp.
@@ -152,6 +157,13 @@ def row_group_rows() -> int:
 
 def statement_timeout_ms() -> int:
     return int(os.environ.get(STATEMENT_TIMEOUT_MS, DEFAULT_STATEMENT_TIMEOUT_MS))
+
+
+def extract_connections() -> int:
+    value = int(os.environ.get(EXTRACT_CONNECTIONS, DEFAULT_EXTRACT_CONNECTIONS))
+    if value < 1:
+        raise ValueError(f"{EXTRACT_CONNECTIONS} must be at least 1, not {value}")
+    return value
 
 
 def max_concurrency() -> int:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +32,7 @@ from totes_ingest import config
 from totes_ingest.config import TypeProfile as Profile
 from totes_ingest.cursor import CursorRange
 from totes_ingest.db_errors import source_errors
-from totes_ingest.errors import ReconciliationError
+from totes_ingest.errors import IngestError, ReconciliationError, SourceError
 from totes_ingest.format_time import parse_time
 from totes_ingest.generate_new_entry_query import validated_time
 from totes_ingest.identifiers import quote_ident
@@ -39,6 +41,8 @@ from totes_ingest.window import Window
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from totes_ingest.copy_stream import CopyStream
 
 # The session settings the text of ``::text`` casts may depend on, fixed for the
 # transaction (SET LOCAL); the binary forms depend on none.
@@ -50,6 +54,12 @@ SESSION_SETTINGS = (
     "SET LOCAL bytea_output = 'hex'",
 )
 _SRC = "_totes_src"
+_BEGIN = "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
+# Relations stored as a heap of blocks (tables, materialized views): ctid ranges split them.
+_HEAP_KINDS = ("r", "m")
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+Connect = Callable[[], pg8000.native.Connection]
 
 
 @dataclass(frozen=True)
@@ -71,9 +81,12 @@ def extract_to_parquet(
     *,
     row_group_rows: int | None = None,
     type_profile: Profile = "portable",
+    connections: int = 1,
+    connect: Connect | None = None,
 ) -> ExtractResult:
     """Write the rows of ``public.table`` with ``last_updated`` in ``[start_time, end_time)``
     to ``path`` as Parquet, schema from the catalog; ``start_time=None`` is from the start.
+    ``connections`` and ``connect``: as :func:`extract_window`'s.
 
     The bounds are cursor values, compared as the column's own values (no re-read
     overlap): the pipeline itself calls :func:`extract_window`.
@@ -89,6 +102,8 @@ def extract_to_parquet(
         path,
         row_group_rows=row_group_rows,
         type_profile=type_profile,
+        connections=connections,
+        connect=connect,
     )
 
 
@@ -101,6 +116,8 @@ def extract_window(
     row_group_rows: int | None = None,
     in_lake: pa.Table | None = None,
     type_profile: Profile = "portable",
+    connections: int = 1,
+    connect: Connect | None = None,
 ) -> ExtractResult:
     """Write the rows of ``window``'s cursor range to ``path`` as Parquet.
 
@@ -109,6 +126,11 @@ def extract_window(
     and counted, in one snapshot. ``conn`` must not be inside a transaction: the extract
     runs its own read-only snapshot and leaves the session as it found it. On any error
     the file is removed. ``type_profile`` picks the type mapping (``pg_types``).
+
+    With ``connections`` > 1, ``connect`` opens that many less one more connections,
+    which import ``conn``'s snapshot (``pg_export_snapshot``) and each COPY a disjoint
+    ctid range of the table's blocks into the same file; they are closed before this
+    returns. A partitioned table or a view has no ctid ranges: one connection reads it.
     """
     # Imported here, not above: a step that writes no Parquet imports this module through
     # the pipeline, and so loads neither pyarrow nor numpy (tests/unit/test_cold_start.py).
@@ -125,13 +147,13 @@ def extract_window(
         raise ValueError(f"row_group_rows must be positive, not {group_rows}")
     if in_transaction(conn):
         raise ValueError("extract_to_parquet needs a connection outside any transaction")
+    if connections < 1:
+        raise ValueError(f"connections must be at least 1, not {connections}")
     cursor = f"{_SRC}.{quote_ident(CURSOR_COLUMN)}"
     db = _Db(conn, table, label)
+    others: list[_Db] = []
     try:
-        db.run(
-            "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
-            + "; ".join(SESSION_SETTINGS)
-        )
+        db.run(_BEGIN + "; ".join(SESSION_SETTINGS))
         columns = table_columns(
             conn, table, window=label, relation=source.relation, profile=type_profile
         )
@@ -140,23 +162,32 @@ def extract_window(
         select = ", ".join(p.expr for p in plans)
         rows_of = f"SELECT {select} FROM {source.relation} AS {_SRC} WHERE "  # nosec B608
         predicate = window.cursor.predicate(source, cursor)
-        copies = [f"COPY ({rows_of}{predicate}) TO STDOUT (FORMAT binary)"]
+        ranges = _block_ranges(db, source, connections if connect else 1)
+        if len(ranges) > 1 and connect is not None:
+            others = _import_snapshot(db, connect, len(ranges) - 1)
+        copies = [
+            [f"COPY ({rows_of}{_within(block, predicate)}) TO STDOUT (FORMAT binary)"]
+            for block in ranges
+        ]
         extra = _reread(db, window.cursor, source, schema, in_lake)
         if extra:
             from totes_ingest.reread import ctid_predicate  # only then: it imports boto3
 
-            copies.append(
+            copies[0].append(  # on the first connection, after its range
                 f"COPY ({rows_of}{ctid_predicate(extra, _SRC)}) TO STDOUT (FORMAT binary)"
             )
-        widen_read_buffer(conn)
+        readers = (db, *others)
+        for each in readers:
+            widen_read_buffer(each.conn)
         sink = ParquetSink(conn, path, schema, plans, group_rows, table, label)
         count = f"SELECT count(*) FROM {source.relation} AS {_SRC} WHERE {predicate}"  # nosec B608
-        written, ((counted,),) = sink.run(
-            lambda stream: [db.run(sql, stream=stream) for sql in copies],
+        written, ((counted,),) = sink.run_parallel(
+            [(each.conn, each.copier(sqls)) for each, sqls in zip(readers, copies, strict=True)],
             # the same snapshot, counted while the writer thread finishes the file
             then=lambda: db.run(count),
         )
-        db.run("COMMIT")
+        for each in (*others, db):
+            each.run("COMMIT")
         counted += len(extra)
         if written != counted:
             raise ReconciliationError(
@@ -168,6 +199,9 @@ def extract_window(
         db.rollback_quietly()
         path.unlink(missing_ok=True)
         raise
+    finally:
+        for other in others:
+            other.close_quietly()
     return ExtractResult(rows=written, bytes=path.stat().st_size, schema=schema, reread=len(extra))
 
 
@@ -221,6 +255,73 @@ def source_alias() -> str:
     return _SRC
 
 
+def _block_ranges(db: _Db, source: SourceTable, connections: int) -> list[str | None]:
+    """The ctid predicates of ``connections`` disjoint ranges of the table's blocks that
+    together cover it (``[None]``: the whole table, one connection).
+
+    The size is read in the snapshot, but a relation only grows while it is read: the
+    last range is open-ended, so a block added since is still covered (its rows are not
+    in the snapshot anyway). Ranges are whole blocks, so the server runs TID Range Scans
+    (PostgreSQL 14+; older servers filter a sequential scan, still exact).
+    """
+    if connections == 1:
+        return [None]
+    ((kind, blocks),) = db.run(
+        "SELECT c.relkind::text, pg_relation_size(c.oid) / current_setting('block_size')::int8"
+        " FROM pg_catalog.pg_class AS c WHERE c.oid = :oid",
+        oid=source.oid,
+    )
+    if kind not in _HEAP_KINDS:
+        from totes_ingest.observability import logger  # only here: Powertools' import
+
+        logger.info(
+            "No ctid ranges: one connection",
+            extra={"table": source.name, "relkind": kind, "window": db.window},
+        )
+        return [None]
+    count = min(connections, int(blocks))
+    if count <= 1:
+        return [None]
+    bounds = [int(blocks) * i // count for i in range(1, count)]
+    lower = [f"{_SRC}.ctid >= '({b},0)'::tid" for b in bounds]
+    upper = [f"{_SRC}.ctid < '({b},0)'::tid" for b in bounds]
+    return [upper[0], *(f"{a} AND {b}" for a, b in zip(lower, upper[1:], strict=False)), lower[-1]]
+
+
+def _within(block: str | None, predicate: str) -> str:
+    return predicate if block is None else f"{block} AND ({predicate})"
+
+
+def _import_snapshot(db: _Db, connect: Connect, count: int) -> list[_Db]:
+    """``count`` more connections inside ``db``'s snapshot (exported, then imported).
+
+    On any error the ones opened so far are closed.
+    """
+    ((snapshot,),) = db.run("SELECT pg_export_snapshot()")
+    if not _SNAPSHOT_ID.fullmatch(str(snapshot)):  # interpolated: SET takes no parameters
+        raise SourceError(f"unexpected snapshot id {snapshot!r}", table=db.table, window=db.window)
+    others: list[_Db] = []
+    try:
+        for _ in range(count):
+            other = _Db(_connected(connect, db.table, db.window), db.table, db.window)
+            others.append(other)
+            other.run(
+                f"{_BEGIN}SET TRANSACTION SNAPSHOT '{snapshot}'; " + "; ".join(SESSION_SETTINGS)
+            )
+    except BaseException:
+        for other in others:
+            other.close_quietly()
+        raise
+    return others
+
+
+def _connected(connect: Connect, table: str, window: str) -> pg8000.native.Connection:
+    try:
+        return connect()
+    except IngestError as e:
+        raise type(e)(f"extra extract connection: {e}", table=table, window=window) from e
+
+
 def _reread(
     db: _Db, cursor: CursorRange, source: SourceTable, schema: pa.Schema, in_lake: pa.Table | None
 ) -> list[str]:
@@ -250,6 +351,15 @@ class _Db:
     def run(self, sql: str, **kwargs: Any) -> Any:
         with source_errors("extract", table=self.table, window=self.window):
             return self.conn.run(sql, **kwargs)
+
+    def copier(self, sqls: list[str]) -> Callable[[CopyStream], object]:
+        """Run ``sqls`` (COPY statements) into the stream, one after another."""
+        return lambda stream: [self.run(sql, stream=stream) for sql in sqls]
+
+    def close_quietly(self) -> None:
+        """Close the connection (an extra one the extract opened), whatever its state."""
+        with contextlib.suppress(pg8000.exceptions.Error, OSError):
+            self.conn.close()
 
     def rollback_quietly(self) -> None:
         """End the transaction if the connection is still usable; a dead one is left be."""

@@ -76,6 +76,7 @@ import pyarrow as pa
 from totes_ingest.config import TYPE_PROFILES, TypeProfile
 from totes_ingest.errors import UnsupportedColumnType
 from totes_ingest.pg_binary import (
+    Int64s,
     Values,
     array_elements,
     fixed,
@@ -279,6 +280,7 @@ _INT64 = np.iinfo(np.int64)
 _LAST_MICROS = _INT64.max - _EPOCH_MICROS  # PostgreSQL's microseconds that Arrow can hold
 _DAY_MICROS = 86_400_000_000
 _INT64_DIGITS = 18  # numeric(p, s) with p up to this is decoded from its binary form
+_HORNER_DIGITS = 4  # base-10000 digits read as one int64 at once (16 decimal digits)
 _POW10 = np.array([10**i for i in range(_INT64_DIGITS + 1)], dtype=np.int64)
 _NUMERIC_NEG, _NUMERIC_NAN, _NUMERIC_PINF, _NUMERIC_NINF = 0x4000, 0xC000, 0xD000, 0xF000
 
@@ -385,25 +387,60 @@ def _small_decimal(arrow_type: pa.DataType, values: Values) -> pa.Array:
     unscaled int64 (exact: every value of the column has at most p digits, s after the
     point), then widened to Arrow's 128-bit decimal. NaN and infinities are refused."""
     valid = ~values.nulls
-    digits = values.big_endian(">i2").astype(np.int64)
-    weight = values.big_endian(">i2", 2).astype(np.int64)
-    sign = values.big_endian(">u2", 4)
+    # The header, in one gather: digit count, weight, sign and display scale (16 bits each).
+    header = values.big_endian(">u8")
+    digits = np.where(valid, header >> 48, 0).astype(np.int64)
+    weight = ((header >> 32) & 0xFFFF).astype(np.uint16).view(np.int16).astype(np.int64)
+    sign = (header >> 16) & 0xFFFF
     _refuse(valid & (sign == _NUMERIC_NAN), "NaN")
     _refuse(valid & ((sign == _NUMERIC_PINF) | (sign == _NUMERIC_NINF)), "an infinity")
-    unscaled = np.zeros(len(values), dtype=np.int64)
-    for k in range(int(digits[valid].max(initial=0))):
-        has = valid & (digits > k)
-        digit = np.where(has, values.big_endian(">i2", 8 + 2 * k), 0).astype(np.int64)
-        exponent = 4 * (weight - k) + arrow_type.scale  # of ten, for this digit
-        up = _POW10[np.clip(exponent, 0, _INT64_DIGITS)]
-        down = _POW10[np.clip(-exponent, 0, _INT64_DIGITS)]
-        if np.any(digit % down):
-            raise ValueError(f"more fractional digits than the scale {arrow_type.scale}")
-        unscaled += digit * up // down
+    most = int(digits.max(initial=0))
+    if most <= _HORNER_DIGITS:
+        unscaled = _unscaled_horner(values, digits, weight, most, arrow_type.scale)
+    else:
+        unscaled = _unscaled_by_digit(values, digits, weight, most, arrow_type.scale)
     unscaled = np.where(sign == _NUMERIC_NEG, -unscaled, unscaled)
     halves = np.empty((len(values), 2), dtype=np.int64)  # little-endian 128-bit
     halves[:, 0], halves[:, 1] = unscaled, unscaled >> 63
     return pa.Array.from_buffers(arrow_type, len(values), [validity(values), pa.py_buffer(halves)])
+
+
+def _unscaled_horner(
+    values: Values, digits: Int64s, weight: Int64s, most: int, scale: int
+) -> Int64s:
+    """The unscaled values of numerics of at most 4 base-10000 digits (16 decimal digits:
+    no int64 overflow): the digits read as one integer, then scaled by a power of ten
+    once a value (the rows' digits are aligned at their last)."""
+    whole = np.zeros(len(values), dtype=np.int64)
+    for k in range(most):
+        has = digits > k
+        digit = values.big_endian(">i2", 8 + 2 * k).astype(np.int64)
+        whole = np.where(has, whole * 10_000 + digit, whole)
+    exponent = 4 * (weight - digits + 1) + scale  # of ten, for the last digit
+    up = _POW10[np.clip(exponent, 0, _INT64_DIGITS)]
+    down = _POW10[np.clip(-exponent, 0, _INT64_DIGITS)]
+    quotient, remainder = np.divmod(whole, down)
+    if np.any(remainder):
+        raise ValueError(f"more fractional digits than the scale {scale}")
+    result: Int64s = quotient * up
+    return result
+
+
+def _unscaled_by_digit(
+    values: Values, digits: Int64s, weight: Int64s, most: int, scale: int
+) -> Int64s:
+    """The unscaled values, digit by digit (any number of digits, no overflow on the way)."""
+    unscaled = np.zeros(len(values), dtype=np.int64)
+    for k in range(most):
+        has = digits > k
+        digit = np.where(has, values.big_endian(">i2", 8 + 2 * k), 0).astype(np.int64)
+        exponent = 4 * (weight - k) + scale  # of ten, for this digit
+        up = _POW10[np.clip(exponent, 0, _INT64_DIGITS)]
+        down = _POW10[np.clip(-exponent, 0, _INT64_DIGITS)]
+        if np.any(digit % down):
+            raise ValueError(f"more fractional digits than the scale {scale}")
+        unscaled += digit * up // down
+    return unscaled
 
 
 def _date(arrow_type: pa.DataType) -> Decode:

@@ -13,7 +13,7 @@ import hashlib
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,6 +89,7 @@ class StageSettings:
     type_profile: config.TypeProfile = config.DEFAULT_TYPE_PROFILE
     max_window_rows: int = config.DEFAULT_MAX_WINDOW_ROWS
     stage_concurrency: int = config.DEFAULT_STAGE_CONCURRENCY
+    extract_connections: int = config.DEFAULT_EXTRACT_CONNECTIONS
 
     @classmethod
     def from_environment(cls) -> StageSettings:
@@ -99,6 +100,7 @@ class StageSettings:
             type_profile=config.type_profile(),
             max_window_rows=config.max_window_rows(),
             stage_concurrency=config.stage_concurrency(),
+            extract_connections=config.extract_connections(),
         )
 
 
@@ -201,6 +203,8 @@ def stage_table(
     type_profile: config.TypeProfile = config.DEFAULT_TYPE_PROFILE,
     max_window_rows: int = config.DEFAULT_MAX_WINDOW_ROWS,
     stage_concurrency: int = config.DEFAULT_STAGE_CONCURRENCY,
+    extract_connections: int = config.DEFAULT_EXTRACT_CONNECTIONS,
+    connect: Callable[[], Any] | None = None,
     deadline: float | None = None,
 ) -> Payload:
     """Extract the window's rows to Parquet and upload it to the run's staging key.
@@ -210,7 +214,8 @@ def stage_table(
     saved as a plan for the Distributed Map (``sub_windows``), and the output says so
     (``windows`` > 1). A sub-window of a plan is staged even when it holds no rows, so
     that the plan's chain stays whole. ``deadline`` (``time.monotonic()``) bounds the
-    planning. Handlers pass ``**vars(StageSettings.from_environment())``.
+    planning. Handlers pass ``**vars(StageSettings.from_environment())``; ``connect`` opens
+    the extract's extra connections when ``extract_connections`` > 1 (without it, one).
     """
     window = Window.from_payload(payload)
     table = window.table
@@ -265,6 +270,8 @@ def stage_table(
             row_group_rows=row_group_rows,
             in_lake=in_lake,
             type_profile=type_profile,
+            connections=extract_connections,
+            connect=connect,
         )
         in_plan = PLAN_INDEX in payload  # its chain needs it, empty or not
         if result.rows == 0 and not in_plan:

@@ -595,3 +595,33 @@ def test_types_without_a_faithful_mapping_are_refused(
 ) -> None:
     with pytest.raises(UnsupportedColumnType, match=r"'v'.*table=t"):
         _round_trip(conn, tmp_path, column_type, [])
+
+
+@pytest.mark.parametrize(
+    "column_type", ["numeric(10, 2)", "numeric(18, 9)", "numeric(18, 0)", "numeric(5, 5)"]
+)
+def test_every_constrained_numeric_value_is_exact(
+    conn: pg8000.native.Connection, tmp_path: Path, column_type: str
+) -> None:
+    # GIVEN values of every magnitude and digit count the type holds (few digits: read as
+    # one integer; many: digit by digit), signs, zero and NULL
+    precision, scale = (int(x) for x in column_type[8:-1].split(","))
+    conn.run(
+        f"CREATE TABLE t (id serial PRIMARY KEY, v {column_type},"
+        " last_updated timestamp NOT NULL DEFAULT '2024-01-01')"
+    )
+    conn.run(
+        "INSERT INTO t (v) SELECT CASE WHEN g % 97 = 0 THEN NULL ELSE"
+        " round(((abs(hashint8(g)) % 2000000) / 1000000.0 - 1)"
+        " * ten ^ ((abs(hashint8(g + 1)) % (CAST(:p AS int) + 1)) - CAST(:s AS int))"
+        " * (1 - ten ^ (-CAST(:s AS int) - 3)), CAST(:s AS int)) END"
+        " FROM CAST(10 AS numeric) AS ten, generate_series(1, 5000) AS g",
+        p=precision,
+        s=scale,
+    )
+    path = tmp_path / "t.parquet"
+    extract_to_parquet(conn, "t", None, END, path)
+    got = pq.read_table(path).sort_by("id").column("v").to_pylist()
+    # THEN each is the server's own value, digit for digit
+    assert got == [None if t is None else Decimal(t) for t in _server_text(conn)]
+    assert len({v for v in got if v is not None}) > 1000

@@ -24,6 +24,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     try:
         settings = pipeline.StageSettings.from_environment()
         deadline = config.step_deadline(context.get_remaining_time_in_millis())
-        return pipeline.stage_table(event, conn, lake, **vars(settings), deadline=deadline)
+        return pipeline.stage_table(
+            event, conn, lake, **vars(settings), connect=connect_to_db, deadline=deadline
+        )
     finally:
         close_db_connection(conn)
