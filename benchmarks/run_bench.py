@@ -50,9 +50,11 @@ END_TIME = "2100-01-01 00:00:00"
 
 @dataclass(frozen=True)
 class Child:
-    """One child process: its wall time, peak RSS and what it printed (JSON)."""
+    """One child process: its wall time, CPU (user + system), peak RSS and what it printed
+    (JSON)."""
 
     seconds: float
+    cpu_seconds: float
     peak_mb: float
     output: Any
 
@@ -103,7 +105,7 @@ def _measure_run(url: str, tables: int) -> Child:
 
 
 def _child(command: list[str]) -> Child:
-    """Run ``command`` to its end: wall time, peak RSS (``wait4``) and its stdout as JSON."""
+    """Run ``command`` to its end: wall time, CPU and peak RSS (``wait4``), stdout as JSON."""
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL, cwd=REPO)
@@ -113,7 +115,8 @@ def _child(command: list[str]) -> Child:
             raise SystemExit(f"{command[:5]} failed with status {status}")
         out.seek(0)
         printed = json.loads(out.read() or b"null")
-    return Child(seconds, usage.ru_maxrss / 1024, printed)  # ru_maxrss: kB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return Child(seconds, cpu, usage.ru_maxrss / 1024, printed)  # ru_maxrss: kB on Linux
 
 
 def _extract_all(url: str, out: Path) -> dict[str, dict[str, float]]:
@@ -178,8 +181,8 @@ def _report(extracts: list[Child], runs: list[Child], rows: int, args: argparse.
         f" ({os.cpu_count()} CPUs, Python {platform.python_version()}), {len(runs)} rounds,"
         f" medians; load average at the end {os.getloadavg()[0]:.2f}; {rows:,} rows.",
         "",
-        "| | median wall | min-max | peak RSS (median) |",
-        "|---|---:|---:|---:|",
+        "| | median wall | min-max | CPU (median) | peak RSS (median) |",
+        "|---|---:|---:|---:|---:|",
         _row("sum of the 11 extracts (in-process)", sums, None),
         _row("extracts' process (imports included)", [e.seconds for e in extracts], extracts),
         _row("`totes-ingest run`, empty lake", [r.seconds for r in runs], runs),
@@ -195,9 +198,10 @@ def _report(extracts: list[Child], runs: list[Child], rows: int, args: argparse.
 
 def _row(label: str, seconds: list[float], children: list[Child] | None) -> str:
     peak = f"{statistics.median(c.peak_mb for c in children):.0f} MB" if children else "-"
+    cpu = f"{statistics.median(c.cpu_seconds for c in children):.2f} s" if children else "-"
     return (
         f"| {label} | {statistics.median(seconds):.2f} s"
-        f" | {min(seconds):.2f}-{max(seconds):.2f} s | {peak} |"
+        f" | {min(seconds):.2f}-{max(seconds):.2f} s | {cpu} | {peak} |"
     )
 
 
