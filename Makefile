@@ -29,7 +29,7 @@ LAMBDA_STRIP := bin pyarrow/tests pyarrow/include pyarrow/includes pyarrow/src \
 LAMBDA_FUNCTIONS := StartRunFunction GetLastIngestTimeFunction QueryToParquetFunction \
 	CommitTableFunction AggregateFunction AuditTableFunction AuditSummaryFunction
 
-.PHONY: install tools run seed simulate test unit readers infra lint typecheck bench bench-audit bench-scale bench-reread chaos \
+.PHONY: install tools run seed simulate test unit readers infra lint typecheck bench bench-audit bench-scale bench-reread bench-run chaos \
 	clean diagram lock lock-sam build lambda-deps lambda-code build-DependenciesLayer \
 	$(addprefix build-,$(LAMBDA_FUNCTIONS))
 
@@ -126,6 +126,9 @@ bench-scale: $(STAMP) ## An initial load of 20M sales_order rows through the sta
 
 bench-reread: $(STAMP) ## What the re-read overlap costs a run at 10, 10,000 and 1,000,000 changed rows
 	$(PY) benchmarks/reread_bench.py $(ARGS)
+
+bench-run: $(STAMP) ## A whole `totes-ingest run` of the 11 tables at seed scale 100 against the sum of their extracts
+	$(PY) benchmarks/run_bench.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check functions tests benchmarks statemachine

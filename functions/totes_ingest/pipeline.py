@@ -26,7 +26,6 @@ from totes_ingest.cursor import CursorRange, cursor_range
 from totes_ingest.db_errors import source_errors
 from totes_ingest.end_bound import EndBound, commit_safe_end_time
 from totes_ingest.errors import InvalidEvent, LakeError, SourceError, UnsupportedColumnType
-from totes_ingest.extract import extract_window
 from totes_ingest.format_time import format_time
 from totes_ingest.generate_file_key import plan_key, staging_key
 from totes_ingest.lake import Lake, StagedWindow, longest_from, staged_metadata
@@ -260,6 +259,8 @@ def stage_table(
         from totes_ingest.reread import lake_versions  # here: it imports pyarrow
 
         in_lake = lake_versions(lake, source, rng.reread_from, rng.start)
+    from totes_ingest.extract import extract_window  # here: it imports pg8000
+
     with tempfile.TemporaryDirectory(prefix="totes-") as workdir:
         path = Path(workdir) / f"{table}.parquet"
         result = extract_window(

@@ -1,9 +1,11 @@
 """Cold starts: what each Lambda handler imports (its import graph, not its timing).
 
-A step that writes no Parquet loads neither pyarrow nor numpy; Aggregate, which touches
-neither the database nor S3, loads neither driver; no handler loads the X-Ray SDK before
-its first traced invocation (observability.LazyTracer). Each handler is imported in a fresh
-interpreter, as a cold Lambda would.
+A step that writes no Parquet loads neither pyarrow nor numpy; a step that never connects
+to the database (GetLastIngestTime, CommitTable) does not load pg8000; Aggregate, which
+touches neither the database nor S3, loads neither driver; no handler loads the X-Ray SDK
+before its first traced invocation (observability.LazyTracer), nor anything of the local
+runner (moto, DuckDB, PyYAML). Each handler is imported in a fresh interpreter, as a cold
+Lambda would.
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import pytest
 pytestmark = pytest.mark.unit
 
 PARQUET = {"pyarrow", "numpy"}
-DRIVERS = {"pg8000", "boto3"}
+DATABASE = {"pg8000"}
+DRIVERS = DATABASE | {"boto3"}
 TRACING = {"aws_xray_sdk"}
+LOCAL = {"moto", "duckdb", "yaml"}  # the local runner's, never a Lambda's
 HANDLERS = {
-    "start_run": PARQUET | TRACING,
-    "get_last_ingest_time": PARQUET | TRACING,
-    "query_to_parquet": TRACING,  # it writes Parquet, but loads pyarrow only when it runs
-    "commit_table": PARQUET | TRACING,
-    "aggregate": PARQUET | DRIVERS | TRACING,
-    "audit_table": TRACING,  # the audit reads and writes Parquet
-    "audit_summary": PARQUET | DRIVERS | TRACING,
+    "start_run": PARQUET | TRACING | LOCAL,
+    "get_last_ingest_time": PARQUET | DATABASE | TRACING | LOCAL,
+    # it writes Parquet, but loads pyarrow only when it runs
+    "query_to_parquet": TRACING | LOCAL,
+    "commit_table": PARQUET | DATABASE | TRACING | LOCAL,
+    "aggregate": PARQUET | DRIVERS | TRACING | LOCAL,
+    "audit_table": TRACING | LOCAL,  # the audit reads and writes Parquet
+    "audit_summary": PARQUET | DRIVERS | TRACING | LOCAL,
 }
 
 
