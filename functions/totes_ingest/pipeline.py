@@ -242,7 +242,8 @@ def stage_table(
         return empty
     if window.staged_by is not None:  # staged by an earlier run: verified, not re-read
         staged = lake.verify_staged(window)
-        return {**empty, "rows": staged.rows, "staging_key": staged.key}
+        # The reused window's own payload (its end, cursor, staged_by), not the run's.
+        return {**payload, "rows": staged.rows, "bytes": 0, "staging_key": staged.key, "windows": 1}
     source = resolve_table(conn, table, schema)
     # A sub-window of a plan (plan_windows) comes with its cursor range fixed.
     rng = window.cursor or _cursor_range(conn, source, window, reread_lag_seconds)
