@@ -28,7 +28,7 @@ from totes_ingest.end_bound import EndBound, commit_safe_end_time
 from totes_ingest.errors import InvalidEvent, LakeError, SourceError, UnsupportedColumnType
 from totes_ingest.extract import extract_window
 from totes_ingest.format_time import format_time
-from totes_ingest.generate_file_key import plan_key, staging_key
+from totes_ingest.generate_file_key import claim_key, staging_key
 from totes_ingest.lake import Lake, staged_metadata
 from totes_ingest.observability import logger, put_metric
 from totes_ingest.run_summary import aggregate as aggregate  # the step, re-exported
@@ -488,7 +488,6 @@ def commit_table(
 
 def sync_catalog(catalog: GlueCatalog, lake: Lake, window: Window, spec: Any) -> None:
     """The Glue tables of ``window.table`` from the columns QueryToParquet read."""
-    from totes_ingest.generate_file_key import claim_key
     from totes_ingest.lake_views import table_columns_of
 
     try:
@@ -529,25 +528,35 @@ def commit_windows(
             )
             return {**payload, "status": "partial", "committed": i, "rows_committed": rows}
         window = Window.from_payload(items[i])
-        try:
-            staged = lake.verify_staged(window)
-        except LakeError as e:
-            raise LakeError(
-                f"sub-window {i + 1} of {len(items)} was not staged (see the StageWindows "
-                f"map run): {i} committed, the next run resumes there; {e}",
-                table=table,
-                window=window.label,
-            ) from e
-        result = commit_table({**items[i], "rows": staged.rows, "bytes": staged.size}, lake)
+        # Already claimed: by this very window (a retried call, or an overlapping run
+        # reusing the same staged window committed it, its staged object now gone) or
+        # by another (the commit is skipped). Either way the claim, not the staged
+        # object, settles it.
+        claimed = lake.read_claim(claim_key(table, window.start), table=table)
+        if claimed is not None:
+            rows_in, size = claimed.rows, 0
+        else:
+            try:
+                staged = lake.verify_staged(window)
+            except LakeError as e:
+                raise LakeError(
+                    f"sub-window {i + 1} of {len(items)} was not staged (see the StageWindows "
+                    f"map run): {i} committed, the next run resumes there; {e}",
+                    table=table,
+                    window=window.label,
+                ) from e
+            rows_in, size = staged.rows, staged.size
+        result = commit_table({**items[i], "rows": rows_in, "bytes": size}, lake)
         if result["status"] != "written":  # another run holds the chain from here
             return {**result, "rows": rows}
-        rows += staged.rows
+        rows += rows_in
     key_columns = payload.get("key_columns")
     if catalog is not None and result["key"] is not None and isinstance(key_columns, list):
         spec = catalog_columns(table, footer_schema(lake, result["key"], table), tuple(key_columns))
         if spec is not None:
             sync_catalog(catalog, lake, Window.from_payload(items[-1]), spec)
-    lake.delete(plan_key(table, items[0]["run_id"]), table=table)  # done with: the chain holds it
+    # The plan stays (the staging lifecycle rule expires it): a retry of this call after
+    # it succeeded (a lost response) reads it again and finds every claim its own.
     logger.info(
         "Committed sub-windows",
         extra={"table": table, "windows": len(items) - first, "rows": rows, "key": result["key"]},
