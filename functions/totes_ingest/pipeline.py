@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 Payload = dict[str, Any]
 
 COLUMNS_METADATA = "columns"
+# A sub-window's staged objects of reused windows, not committed yet, that its re-read
+# overlap reaches (plan_windows): their versions count as the lake's.
+REREAD_STAGED = "reread_staged"
 # The most sub-windows one run plans for a table (the rest is the next run's): the
 # Distributed Map's results, an index each, stay far below 256 KB.
 MAX_PLAN_WINDOWS = 10_000
@@ -255,7 +258,13 @@ def stage_table(
     if rng.reread_from is not None and rng.start is not None:
         from totes_ingest.reread import lake_versions  # here: it imports pyarrow
 
-        in_lake = lake_versions(lake, source, rng.reread_from, rng.start)
+        staged_too = payload.get(REREAD_STAGED) or []
+        if not isinstance(staged_too, list) or not all(
+            isinstance(key, str) and key.startswith(f"{config.STAGING_PREFIX}{table}/")
+            for key in staged_too
+        ):
+            raise InvalidEvent(f"step input's {REREAD_STAGED} is malformed", table=table)
+        in_lake = lake_versions(lake, source, rng.reread_from, rng.start, staged=staged_too)
     with tempfile.TemporaryDirectory(prefix="totes-") as workdir:
         path = Path(workdir) / f"{table}.parquet"
         result = extract_window(
@@ -342,12 +351,14 @@ def plan_windows(
     if window.is_empty:
         return [{**payload, **window.to_payload()}]
     reused: list[Payload] = []
+    reused_keys: list[tuple[str, datetime]] = []  # (staged object, its cursor end)
     while lake is not None:
         found = lake.staged_window(window.table, window.start, window.cursor_start, window.end)
         if found is None:
             break
         sub = replace(window, end=found.end, staged_by=found.run_id).with_cursor(found.cursor)
         reused.append({**payload, **sub.to_payload()})
+        reused_keys.append((found.key, found.cursor.end))
         logger.info(
             "Reusing a staged window",
             extra={"table": window.table, "window": sub.label, "staged_by": found.run_id},
@@ -357,8 +368,13 @@ def plan_windows(
         return reused
     source = resolve_table(conn, window.table, schema)
     rng = _cursor_range(conn, source, window, reread_lag_seconds)
-    if reused:  # the re-read belongs to the chain's first window: the reused one
-        rng = CursorRange(rng.start, rng.end)
+    # The re-read of the part after the reused windows reaches into them: rows a writer
+    # the end bound missed (or a fall-back's repeated hour) made visible since they were
+    # staged. Their versions are not committed yet, so the re-read is told of their
+    # staged objects too (REREAD_STAGED): it takes only what none of them holds.
+    reread_staged = [
+        key for key, end in reused_keys if rng.reread_from is not None and end > rng.reread_from
+    ]
     cut = cut_points(
         conn,
         source,
@@ -386,6 +402,8 @@ def plan_windows(
         sub = window.with_watermark(start, window.last_key, cursor_start)
         sub = replace(sub, end=end).with_cursor(CursorRange(cursor_start, cursor_end, reread))
         subs.append({**payload, **sub.to_payload()})
+        if i == 0 and reread_staged:
+            subs[0][REREAD_STAGED] = reread_staged
         start, cursor_start = end, cursor_end
     for i in cut.oversized:
         logger.warning(
