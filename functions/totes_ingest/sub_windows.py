@@ -14,6 +14,13 @@ a child execution; CommitWindows then commits them in chain order
   next run resumes from it, reusing the staged objects after it that still continue the
   chain (``plan_windows``);
 - a commit skipped because another run committed from the same watermark stops it too;
+  a sub-window whose claim is already its own (a retried call, an overlapping run that
+  reused the same staged window) is committed: the claim settles it, not the staged
+  object its commit deleted;
+- the plan is checked to be a chain from the step input's watermark before anything is
+  committed (a forged or spoiled plan is a LakeError naming the table), and stays in
+  ``_staging/`` after the last commit (the lifecycle rule expires it), so that a retry
+  answers the same;
 - a step that reaches its time budget returns ``status: "partial"`` with the index to go
   on from, and the state machine calls it again: it is never killed mid-chain.
 

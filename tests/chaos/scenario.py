@@ -53,9 +53,9 @@ class SmallWindows:
     """MAX_WINDOW_ROWS and STEP_TIME_BUDGET_SECONDS of the rounds (see the module)."""
 
     first_round_rows: int = 2500  # the seeded tables: up to 6 sub-windows each
-    round_rows: tuple[int, ...] = (5, 15, 40)
+    round_rows: tuple[int, ...] = (3, 8, 20)
     short_budget_s: float = 0.05
-    short_budget_rate: float = 0.3
+    short_budget_rate: float = 0.5
 
     def apply(self, rng: random.Random | None, first: bool = False) -> None:
         """Set the handlers' variables for the next round (``rng`` None: the clean runs)."""
@@ -74,9 +74,11 @@ class Rounds:
     overlapping_rounds: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     timed_out: list[str] = field(default_factory=list)
+    durations_s: list[float] = field(default_factory=list)  # each round's longest execution
 
     def add(self, results: list[ExecutionResult]) -> None:
         self.rounds += 1
+        self.durations_s.append(max((r.duration_s for r in results), default=0.0))
         self.overlapping_rounds += len(results) > 1
         for result in results:
             self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
@@ -168,7 +170,9 @@ class ChaosReport:
                 f"in all; the source's clock fell back an hour at {self.fall_back} UTC",
                 f"writers: {', '.join(STYLES)}",
                 f"rounds {rounds.rounds} ({rounds.overlapping_rounds} with overlapping "
-                f"executions); executions {statuses}; final clean runs {finals}",
+                f"executions); executions {statuses}; final clean runs {finals} "
+                f"({', '.join(f'{r.duration_s:.1f}' for r in self.final)} s)",
+                f"rounds took {', '.join(f'{d:.1f}' for d in rounds.durations_s)} s",
                 f"writers: transactions committed {writers.committed}, rolled back "
                 f"{writers.rolled_back}, aborted {writers.aborted}; row versions committed "
                 f"{sum(writers.versions.values())}",

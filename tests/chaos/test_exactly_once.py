@@ -13,9 +13,9 @@ by CommitWindows, with faults in planning, in the map's children, between two su
 commits and in the plan object itself).
 
 Every decision comes from one seed, printed first; ``TOTES_CHAOS_SEED=<seed>`` replays
-the same plan. The default test runs 25 s of chaos in all (13 s whole, 12 s small, about
-60 s with set-up and catch-up); the ``slow`` one runs ``TOTES_CHAOS_SECONDS`` (default
-240) of each and is meant for ``make chaos``.
+the same plan. The default test runs 25 s of chaos in all (13 s whole, 12 s small: about
+40 s and 50 s with set-up and catch-up); the ``slow`` one runs ``TOTES_CHAOS_SECONDS``
+(default 240) of each and is meant for ``make chaos``.
 """
 
 from __future__ import annotations
