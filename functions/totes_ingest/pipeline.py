@@ -353,6 +353,16 @@ def plan_windows(
     reused: list[Payload] = []
     reused_keys: list[tuple[str, datetime]] = []  # (staged object, its cursor end)
     while lake is not None:
+        # Reused windows count towards the plan's bounds too: the rest is the next run's.
+        if reused and (
+            (max_windows is not None and len(reused) >= max_windows)
+            or (deadline is not None and time.monotonic() > deadline)
+        ):
+            logger.info(
+                "Reused windows fill the plan: the next run goes on",
+                extra={"table": window.table, "windows": len(reused)},
+            )
+            return reused
         found = lake.staged_window(window.table, window.start, window.cursor_start, window.end)
         if found is None:
             break
@@ -381,7 +391,7 @@ def plan_windows(
         rng,
         max_window_rows,
         table=window.table,
-        max_windows=max_windows,
+        max_windows=None if max_windows is None else max_windows - len(reused),
         deadline=deadline,
     )
     instants = cut_instants(

@@ -219,6 +219,26 @@ def test_a_run_whose_end_is_before_a_reused_windows_end_reuses_only_what_fits(
     assert_chain(s3, lake)
 
 
+def test_reused_windows_count_towards_the_plans_bound_on_windows(
+    conn: Any, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an earlier run's five staged sub-windows, none committed
+    make_table(conn, millis(1500))
+    lake = Lake(s3, BUCKET)
+    stage_all(conn, lake, query(conn, lake, watermark(lake, "a", END), 300), 300)
+    later = END + timedelta(hours=1)
+    # WHEN the next runs may plan three windows at most
+    monkeypatch.setattr(pipeline, "MAX_PLAN_WINDOWS", 3)
+    for run in "bcd":
+        planned = query(conn, lake, watermark(lake, run, later), 300)
+        # THEN each reuses what fits, the next run going on from there
+        assert planned["windows"] <= 3
+        run_through(conn, lake, watermark(lake, run, later), 300)
+    assert lake.resolve_watermark(TABLE).end == later
+    assert_exactly_once(conn, s3)
+    assert_chain(s3, lake)
+
+
 # -- failures and retries of CommitWindows --------------------------------------------
 
 
