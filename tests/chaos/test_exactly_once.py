@@ -27,7 +27,7 @@ import pytest
 
 from tests.chaos.audit import LogTally
 from tests.chaos.scenario import SmallWindows, run_chaos
-from totes_ingest import config
+from totes_ingest import config, pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -42,6 +42,7 @@ def _windows(name: str, monkeypatch: pytest.MonkeyPatch) -> SmallWindows | None:
         return None
     policy = SmallWindows()
     # Restored after the test (the rounds set them for each round).
+    monkeypatch.setattr(pipeline, "MAX_PLAN_WINDOWS", pipeline.MAX_PLAN_WINDOWS)
     monkeypatch.setenv(config.MAX_WINDOW_ROWS, str(policy.first_round_rows))
     monkeypatch.setenv(
         config.STEP_TIME_BUDGET_SECONDS, str(config.DEFAULT_STEP_TIME_BUDGET_SECONDS)
