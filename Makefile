@@ -70,7 +70,7 @@ simulate: $(STAMP)
 test: $(STAMP) tools ## The whole test suite (without the long soak: see chaos)
 	$(PY) -m pytest -m "not slow" -n auto --dist loadgroup $(ARGS)
 
-chaos: $(STAMP) ## Long chaos soak (TOTES_CHAOS_SECONDS, default 240; TOTES_CHAOS_SEED replays a plan) and the audit's mutation checks
+chaos: $(STAMP) ## Long chaos soak, whole windows then small ones (TOTES_CHAOS_SECONDS each, default 240; TOTES_CHAOS_SEED replays a plan) and the audit's mutation checks
 	$(PY) -m pytest -m slow -s tests/chaos $(ARGS)
 
 unit: $(STAMP)

@@ -27,7 +27,7 @@ from totes_ingest.db_errors import source_errors
 from totes_ingest.end_bound import EndBound, commit_safe_end_time
 from totes_ingest.errors import InvalidEvent, LakeError, SourceError, UnsupportedColumnType
 from totes_ingest.format_time import format_time
-from totes_ingest.generate_file_key import plan_key, staging_key
+from totes_ingest.generate_file_key import claim_key, staging_key
 from totes_ingest.lake import Lake, StagedWindow, longest_from, staged_metadata
 from totes_ingest.observability import logger, put_metric
 from totes_ingest.run_summary import aggregate as aggregate  # the step, re-exported
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 Payload = dict[str, Any]
 
 COLUMNS_METADATA = "columns"
+# A sub-window's staged objects of reused windows, not committed yet, that its re-read
+# overlap reaches (plan_windows): their versions count as the lake's.
+REREAD_STAGED = "reread_staged"
 # The most sub-windows one run plans for a table (the rest is the next run's): the
 # Distributed Map's results, an index each, stay far below 256 KB.
 MAX_PLAN_WINDOWS = 10_000
@@ -246,7 +249,8 @@ def stage_table(
         return empty
     if window.staged_by is not None:  # staged by an earlier run: verified, not re-read
         staged = lake.verify_staged(window)
-        return {**empty, "rows": staged.rows, "staging_key": staged.key}
+        # The reused window's own payload (its end, cursor, staged_by), not the run's.
+        return {**payload, "rows": staged.rows, "bytes": 0, "staging_key": staged.key, "windows": 1}
     source = resolve_table(conn, table, schema)
     # A sub-window of a plan (plan_windows) comes with its cursor range fixed.
     rng = window.cursor or _cursor_range(conn, source, window, reread_lag_seconds)
@@ -258,7 +262,13 @@ def stage_table(
     if rng.reread_from is not None and rng.start is not None:
         from totes_ingest.reread import lake_versions  # here: it imports pyarrow
 
-        in_lake = lake_versions(lake, source, rng.reread_from, rng.start)
+        staged_too = payload.get(REREAD_STAGED) or []
+        if not isinstance(staged_too, list) or not all(
+            isinstance(key, str) and key.startswith(f"{config.STAGING_PREFIX}{table}/")
+            for key in staged_too
+        ):
+            raise InvalidEvent(f"step input's {REREAD_STAGED} is malformed", table=table)
+        in_lake = lake_versions(lake, source, rng.reread_from, rng.start, staged=staged_too)
     from totes_ingest.extract import extract_window  # here: it imports pg8000
 
     with tempfile.TemporaryDirectory(prefix="totes-") as workdir:
@@ -341,10 +351,12 @@ def plan_windows(
     With ``lake``, windows staged but never committed by earlier runs that continue the
     chain are reused (``staged_by``), not extracted again: at the watermark, and after a
     gap (a sub-window whose staging failed), which is planned to end where the next
-    staged window starts. Only the chain's first sub-window keeps the re-read overlap
-    (the later ones start where an earlier one of this plan ends). ``max_windows`` and
-    ``deadline`` (``time.monotonic()``) end the plan early, at a cut of the gap being
-    planned: the rest is the next run's.
+    staged window starts. The gap's first sub-window keeps the re-read overlap, told of
+    the reused staged objects it reaches (``REREAD_STAGED``), but never below the cursor
+    range an earlier gap of this plan covers (its rows are in no object yet, and are read
+    by its own extract); the sub-windows cut from one gap start where an earlier one
+    ends, and have none. ``max_windows`` and ``deadline`` (``time.monotonic()``) end the
+    plan early: the rest is the next run's.
     """
     window = Window.from_payload(payload)
     if window.is_empty:
@@ -352,11 +364,24 @@ def plan_windows(
     staged = [] if lake is None else lake.staged_windows(window.table, window.start, window.end)
     source: SourceTable | None = None
     subs: list[Payload] = []
+    reused: list[tuple[str, datetime]] = []  # the reused staged objects, their cursor ends
+    planned: datetime | None = None  # where the cursor range planned so far ends
     while True:
         found = longest_from(staged, window.start, window.cursor_start)
         if found is not None:
+            # Reused windows count towards the plan's bounds too: the rest is the next run's.
+            if subs and (
+                (max_windows is not None and len(subs) >= max_windows)
+                or (deadline is not None and time.monotonic() > deadline)
+            ):
+                logger.info(
+                    "Reused windows fill the plan: the next run goes on",
+                    extra={"table": window.table, "windows": len(subs)},
+                )
+                break
             sub = replace(window, end=found.end, staged_by=found.run_id).with_cursor(found.cursor)
             subs.append({**payload, **sub.to_payload()})
+            reused.append((found.key, found.cursor.end))
             logger.info(
                 "Reusing a staged window",
                 extra={"table": window.table, "window": sub.label, "staged_by": found.run_id},
@@ -371,17 +396,37 @@ def plan_windows(
         rng = _cursor_range(conn, source, gap, reread_lag_seconds)
         if nxt is not None:  # the gap ends where the staged window's cursor starts
             rng = CursorRange(rng.start, nxt[1], rng.reread_from)
-        if subs:  # the re-read belongs to the chain's first window
-            rng = CursorRange(rng.start, rng.end)
-        planned, truncated = _cut(
-            conn, source, gap, rng, max_window_rows, max_windows=max_windows, deadline=deadline
+        if planned is not None:  # no re-read of this plan's own rows: in no object yet
+            rng = _reread_above(rng, planned)
+        # The gap's re-read reaches into the reused windows before it: rows a writer the
+        # end bound missed (or a fall-back's repeated hour) made visible since they were
+        # staged. Their versions are not committed yet, so the re-read is told of their
+        # staged objects too (REREAD_STAGED): it takes only what none of them holds.
+        reread_staged = [
+            key for key, end in reused if rng.reread_from is not None and end > rng.reread_from
+        ]
+        left = None if max_windows is None else max(max_windows - len(subs), 1)
+        cut, truncated = _cut(
+            conn, source, gap, rng, max_window_rows, max_windows=left, deadline=deadline
         )
-        subs += [{**payload, **sub.to_payload()} for sub in planned]
+        items = [{**payload, **sub.to_payload()} for sub in cut]
+        if reread_staged:
+            items[0][REREAD_STAGED] = reread_staged
+        subs += items
+        planned = cut[-1].cursor.end if cut[-1].cursor is not None else planned
         if truncated or nxt is None:
             break
         window = window.with_watermark(nxt[0], window.last_key, nxt[1])
     logger.info("Planned windows", extra={"table": window.table, "windows": len(subs)})
     return subs
+
+
+def _reread_above(rng: CursorRange, low: datetime) -> CursorRange:
+    """``rng`` with its re-read overlap starting no lower than ``low``."""
+    if rng.reread_from is None or rng.start is None:
+        return rng
+    reread = max(rng.reread_from, low)
+    return CursorRange(rng.start, rng.end, reread if reread < rng.start else None)
 
 
 def _next_staged(staged: list[StagedWindow], window: Window) -> tuple[datetime, datetime] | None:
@@ -532,7 +577,6 @@ def commit_table(
 
 def sync_catalog(catalog: GlueCatalog, lake: Lake, window: Window, spec: Any) -> None:
     """The Glue tables of ``window.table`` from the columns QueryToParquet read."""
-    from totes_ingest.generate_file_key import claim_key
     from totes_ingest.lake_views import table_columns_of
 
     try:
@@ -573,25 +617,35 @@ def commit_windows(
             )
             return {**payload, "status": "partial", "committed": i, "rows_committed": rows}
         window = Window.from_payload(items[i])
-        try:
-            staged = lake.verify_staged(window)
-        except LakeError as e:
-            raise LakeError(
-                f"sub-window {i + 1} of {len(items)} was not staged (see the StageWindows "
-                f"map run): {i} committed, the next run resumes there",
-                table=table,
-                window=window.label,
-            ) from e
-        result = commit_table({**items[i], "rows": staged.rows, "bytes": staged.size}, lake)
+        # Already claimed: by this very window (a retried call, or an overlapping run
+        # reusing the same staged window committed it, its staged object now gone) or
+        # by another (the commit is skipped). Either way the claim, not the staged
+        # object, settles it.
+        claimed = lake.read_claim(claim_key(table, window.start), table=table)
+        if claimed is not None:
+            rows_in, size = claimed.rows, 0
+        else:
+            try:
+                staged = lake.verify_staged(window)
+            except LakeError as e:
+                raise LakeError(
+                    f"sub-window {i + 1} of {len(items)} was not staged (see the StageWindows "
+                    f"map run): {i} committed, the next run resumes there",
+                    table=table,
+                    window=window.label,
+                ) from e
+            rows_in, size = staged.rows, staged.size
+        result = commit_table({**items[i], "rows": rows_in, "bytes": size}, lake)
         if result["status"] != "written":  # another run holds the chain from here
             return {**result, "rows": rows}
-        rows += staged.rows
+        rows += rows_in
     key_columns = payload.get("key_columns")
     if catalog is not None and result["key"] is not None and isinstance(key_columns, list):
         spec = catalog_columns(table, footer_schema(lake, result["key"], table), tuple(key_columns))
         if spec is not None:
             sync_catalog(catalog, lake, Window.from_payload(items[-1]), spec)
-    lake.delete(plan_key(table, items[0]["run_id"]), table=table)  # done with: the chain holds it
+    # The plan stays (the staging lifecycle rule expires it): a retry of this call after
+    # it succeeded (a lost response) reads it again and finds every claim its own.
     logger.info(
         "Committed sub-windows",
         extra={"table": table, "windows": len(items) - first, "rows": rows, "key": result["key"]},

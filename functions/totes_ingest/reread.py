@@ -78,10 +78,21 @@ class S3RangeFile(io.RawIOBase):
         return len(chunk)
 
 
-def lake_versions(lake: Lake, table: SourceTable, since: datetime, before: datetime) -> pa.Table:
+def lake_versions(
+    lake: Lake,
+    table: SourceTable,
+    since: datetime,
+    before: datetime,
+    *,
+    staged: Iterable[str] = (),
+) -> pa.Table:
     """``(key columns as text, cursor)`` of the lake's versions with a cursor value in
-    ``[since, before)``, from the committed files whose range reaches ``since``."""
-    parts = list(lake_version_batches(lake, table, since, before))
+    ``[since, before)``, from the committed files whose range reaches ``since``, and from
+    the ``staged`` objects (windows to be committed before this one). A staged object
+    gone was committed (read next, from the history) or will never be (nor this one)."""
+    present = [key for key in staged if lake.exists(key, table=table.name)]
+    parts = list(lake_version_batches(lake, table, since, before, keys=present))
+    parts += lake_version_batches(lake, table, since, before)
     if not parts:
         return _empty(table)
     return pa.concat_tables(parts)

@@ -14,6 +14,13 @@ a child execution; CommitWindows then commits them in chain order
   next run resumes from it, reusing the staged objects after it that still continue the
   chain (``plan_windows``);
 - a commit skipped because another run committed from the same watermark stops it too;
+  a sub-window whose claim is already its own (a retried call, an overlapping run that
+  reused the same staged window) is committed: the claim settles it, not the staged
+  object its commit deleted;
+- the plan is checked to be a chain from the step input's watermark before anything is
+  committed (a forged or spoiled plan is a LakeError naming the table), and stays in
+  ``_staging/`` after the last commit (the lifecycle rule expires it), so that a retry
+  answers the same;
 - a step that reaches its time budget returns ``status: "partial"`` with the index to go
   on from, and the state machine calls it again: it is never killed mid-chain.
 
@@ -82,12 +89,30 @@ def load_plan(lake: Lake, payload: Mapping[str, Any]) -> list[Payload]:
         items = None
     if not isinstance(items, list) or not items:
         raise LakeError(f"plan {key} is not a list of sub-windows", table=table)
+    # The chain the plan must be: from the step input's watermark (instant and cursor
+    # value), each sub-window starting where the one before ends, none past the run's end.
+    start, cursor_start = window.start, window.cursor_start
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or item.get(PLAN_INDEX) != i:
+        index = item.get(PLAN_INDEX) if isinstance(item, dict) else None
+        if type(index) is not int or index != i:
             raise LakeError(f"plan {key}: item {i} is not sub-window {i}", table=table)
-        sub = Window.from_payload(item)
+        try:
+            sub = Window.from_payload(item)
+        except InvalidEvent as e:
+            raise LakeError(f"plan {key}: item {i} is malformed: {e}", table=table) from e
         if sub.table != table or sub.run_id != window.run_id or sub.cursor is None:
             raise LakeError(f"plan {key}: item {i} is not a sub-window of it", table=table)
+        if (
+            sub.start != start
+            or sub.cursor.start != cursor_start
+            or sub.end > window.end
+            or (sub.start is not None and sub.start >= sub.end)
+        ):
+            raise LakeError(
+                f"plan {key}: item {i} does not continue the chain from the watermark",
+                table=table,
+            )
+        start, cursor_start = sub.end, sub.cursor.end
     return items
 
 

@@ -50,6 +50,9 @@ class TaskTally:
         self.rows_written = 0
         self.skipped = 0  # lost the claim to an overlapping execution
         self.overtaken = 0  # the watermark had already passed this run's end
+        self.plans = 0  # windows cut into sub-windows (QueryToParquet saved a plan)
+        self.sub_windows = 0  # in those plans
+        self.partial = 0  # CommitWindows calls that handed over at their time budget
         self.last_end_time: str | None = None
 
     def __call__(self, report: TaskReport) -> None:
@@ -69,12 +72,17 @@ class TaskTally:
                 start, end = result.get("start_time"), result.get("end_time")
                 if start is not None and end is not None and start >= end:
                     self.overtaken += 1
+                if int(result.get("windows", 1)) > 1:
+                    self.plans += 1
+                    self.sub_windows += int(result["windows"])
             elif report.function == "CommitTableFunction":
                 if result.get("status") == "written":
                     self.written += 1
                     self.rows_written += int(result.get("rows", 0))
                 elif result.get("status") == "skipped":
                     self.skipped += 1
+                elif result.get("status") == "partial":
+                    self.partial += 1
 
 
 _INJECTED = re.compile(r"chaos: |: (SlowDown|InternalError|AccessDenied)\b")

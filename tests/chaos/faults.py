@@ -3,10 +3,19 @@
 Three kinds:
 
 - **step faults**: a pipeline step or a commit-protocol operation (``pipeline.start_run``,
-  ``pipeline.find_watermark``, ``pipeline.stage_table``, ``Lake.commit``, ``Lake._finish``)
+  ``pipeline.find_watermark``, ``pipeline.stage_table``, ``pipeline.plan_windows``,
+  ``pipeline.commit_windows``, ``Lake.commit``, ``Lake._finish``, ``Lake.verify_staged``)
   raises either *before* doing its work or *after* it succeeded (the work is done, the
   caller never hears of it). The error is one the ASL retries (SourceUnavailable,
-  LakeUnavailable) or :class:`ChaosCrash`, which it does not.
+  LakeUnavailable) or :class:`ChaosCrash`, which it does not. With windows cut into
+  sub-windows (MAX_WINDOW_ROWS): a StageWindow child fails as ``stage_table`` does (its
+  subject is ``table#index``), and CommitWindows dies between two sub-window commits when
+  ``Lake.commit`` fails after its work or ``Lake.verify_staged`` (checked before each
+  commit) fails before it.
+- **plan faults**: a saved plan of sub-windows (``_staging/<table>/plan-<run>.json``)
+  vanishes or is spoiled, right after QueryToParquet writes it (the Map reads it next) or
+  just before CommitWindows reads it: deleted, not JSON, two items swapped, another run's,
+  a middle item dropped (the chain has a gap), or its last items dropped.
 - **S3 faults**: a request of the handlers' S3 clients fails with SlowDown or
   InternalError (retried by the ASL) or AccessDenied (not retried), before reaching the
   bucket or after the bucket carried it out (a lost response); botocore's own retries
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import random
 import threading
 import time
@@ -49,6 +59,7 @@ from totes_ingest.handlers import commit_table, get_last_ingest_time, query_to_p
 from totes_ingest.lake import Lake
 from totes_ingest.local import runner
 from totes_ingest.local.dburl import connect
+from totes_ingest.sub_windows import PLAN_INDEX
 
 Moment = Literal["before", "after"]
 
@@ -66,12 +77,13 @@ class Intensity:
     s3_rate: float  # chance that one S3 request fails
     kill_interval_s: tuple[float, float] | None  # pause between session kills
     ghost_rate: float = 0.0  # chance that a task's handler also runs as a ghost
+    plan_rate: float = 0.0  # chance that a saved plan vanishes or is spoiled
     s3_delay_s: tuple[float, float] = (0.05, 1.0)  # how long a held-up S3 request waits
 
 
 CALM = Intensity("calm", 0.0, 0.0, None)
-LIGHT = Intensity("light", 0.05, 0.01, (1.0, 3.0), ghost_rate=0.02)
-HEAVY = Intensity("heavy", 0.15, 0.04, (0.3, 1.2), ghost_rate=0.05)
+LIGHT = Intensity("light", 0.05, 0.01, (1.0, 3.0), ghost_rate=0.02, plan_rate=0.05)
+HEAVY = Intensity("heavy", 0.15, 0.04, (0.3, 1.2), ghost_rate=0.05, plan_rate=0.15)
 GHOST_DELAY_S = (0.0, 1.5)
 
 _STAGING_EVENTS = {"PutObject": "put", "CompleteMultipartUpload": "put", "DeleteObject": "delete"}
@@ -101,6 +113,7 @@ class FaultPlan:
         self._reached: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._started = time.monotonic()
+        self._clean_s3: Any = None  # set by install: plans are spoiled through it
 
     def _draw(self, site: str, subject: str) -> random.Random | None:
         """The random source of this call of ``site``, or None when faults are off."""
@@ -226,6 +239,49 @@ class FaultPlan:
             operation,
         )
 
+    # -- plan faults -------------------------------------------------------------------
+
+    def spoiling(
+        self, site: str, function: Callable[..., Any], plan_of: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        """``function``, whose plan (``plan_of(args, result)``: its payload, with the plan's
+        bucket and key) vanishes or is spoiled at random: after the call when ``plan_of``
+        reads the result, else before it."""
+
+        @functools.wraps(function)
+        def spoiled(*args: Any, **kwargs: Any) -> Any:
+            before = plan_of(args, None)
+            if before is not None:
+                self._spoil(site, before)
+            result = function(*args, **kwargs)
+            after = plan_of(args, result)
+            if before is None and after is not None:
+                self._spoil(site, after)
+            return result
+
+        return spoiled
+
+    def _spoil(self, site: str, payload: Mapping[str, Any]) -> None:
+        plan = payload.get("plan")
+        if not isinstance(plan, Mapping) or self._clean_s3 is None:
+            return
+        rng = self._draw(f"plan {site}", str(payload.get("table", "run")))
+        if rng is None or rng.random() >= self.intensity.plan_rate:
+            return
+        bucket, key = plan["bucket"], plan["key"]
+        s3 = self._clean_s3
+        how = rng.choice(_SPOILS)
+        try:
+            if how == "vanished":
+                s3.delete_object(Bucket=bucket, Key=key)
+            else:
+                items = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                s3.put_object(Bucket=bucket, Key=key, Body=_spoiled(how, items, rng))
+        except (ClientError, ValueError) as e:  # already gone (a retry, an overlap)
+            self.record(f"plan {site} {how} failed", f"{key}: {e}")
+            return
+        self.record(f"plan {site} {how}", key)
+
     # -- ghost invocations -------------------------------------------------------------
 
     def haunted(self, invoke: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
@@ -272,28 +328,81 @@ class FaultPlan:
         def table_arg(args: tuple[Any, ...]) -> str:
             return str(args[1])  # Lake methods: (self, table, ...)
 
+        def window_table(args: tuple[Any, ...]) -> str:
+            return str(args[1].table)  # Lake methods: (self, window)
+
         def payload_table(args: tuple[Any, ...]) -> str:
             payload = args[0] if args else None
             return str(payload.get("table", "run")) if isinstance(payload, Mapping) else "run"
+
+        def sub_window(args: tuple[Any, ...]) -> str:
+            # A sub-window of a plan (a StageWindow child) is a subject of its own.
+            payload = args[0] if args else None
+            if isinstance(payload, Mapping) and PLAN_INDEX in payload:
+                return f"{payload_table(args)}#{payload[PLAN_INDEX]}"
+            return payload_table(args)
 
         steps: list[
             tuple[Any, str, Callable[[tuple[Any, ...]], str], type[IngestError], type[IngestError]]
         ] = [
             (pipeline, "start_run", payload_table, SourceUnavailable, SourceUnavailable),
             (pipeline, "find_watermark", payload_table, LakeUnavailable, LakeUnavailable),
-            (pipeline, "stage_table", payload_table, SourceUnavailable, LakeUnavailable),
+            (pipeline, "stage_table", sub_window, SourceUnavailable, LakeUnavailable),
+            (pipeline, "plan_windows", payload_table, SourceUnavailable, SourceUnavailable),
+            (pipeline, "commit_windows", payload_table, LakeUnavailable, LakeUnavailable),
             (Lake, "commit", table_arg, LakeUnavailable, LakeUnavailable),
             (Lake, "_finish", table_arg, LakeUnavailable, LakeUnavailable),
+            (Lake, "verify_staged", window_table, LakeUnavailable, LakeUnavailable),
         ]
         for owner, name, subject_of, before, after in steps:
             original = getattr(owner, name)
             monkeypatch.setattr(
                 owner, name, self.wrap_step(name, original, subject_of, before, after)
             )
+        # Plans spoiled once written (QueryToParquet's output names it), or just before
+        # CommitWindows reads one (its input names it); on a client faults never touch.
+        self._clean_s3 = aws.s3_client()
+        monkeypatch.setattr(
+            pipeline,
+            "save_plan",
+            self.spoiling("saved", pipeline.save_plan, lambda args, result: result),
+        )
+        monkeypatch.setattr(
+            pipeline,
+            "commit_windows",
+            self.spoiling(
+                "read", pipeline.commit_windows, lambda args, result: None if result else args[0]
+            ),
+        )
         monkeypatch.setattr(runner, "invoke_handler", self.haunted(runner.invoke_handler))
         faulty_client = self.faulty_s3_client(aws.s3_client)
         for module in (aws, get_last_ingest_time, query_to_parquet, commit_table):
             monkeypatch.setattr(module, "s3_client", faulty_client)
+
+
+# How a plan is spoiled: each but the last is refused by CommitWindows (or the Map cannot
+# read it); a plan that lost its last items is a shorter chain, committed as such.
+_SPOILS = ("vanished", "not JSON", "swapped", "another run's", "gap", "truncated")
+
+
+def _spoiled(how: str, items: list[Any], rng: random.Random) -> bytes:
+    items = copy.deepcopy(items)
+    n = len(items)
+    if how == "not JSON":
+        return json.dumps(items).encode()[: rng.randrange(1, 40)]
+    if how == "swapped" and n > 1:
+        i = rng.randrange(n - 1)
+        items[i], items[i + 1] = items[i + 1], items[i]
+    elif how == "another run's":
+        for item in items:
+            item["run_id"] = "run-" + "f" * 32
+    elif how == "gap" and n > 2:
+        del items[rng.randrange(1, n - 1)]
+        for i, item in enumerate(items):
+            item[PLAN_INDEX] = i
+    elif how == "truncated" and n > 1:
+        del items[rng.randrange(1, n) :]
+    return json.dumps(items).encode()
 
 
 def _table_of(key: str) -> str:

@@ -5,10 +5,18 @@ Rounds follow each other until the chaos period is over: each round picks an int
 (calm, light, heavy; the first is heavy and ingests the whole seeded database), one to
 three executions (half the rounds overlap), their tables (all, or a random subset)
 and how far apart they start (0-1.5 s). Everything is drawn from the seed.
+
+With :class:`SmallWindows`, each round also draws MAX_WINDOW_ROWS (small enough that the
+busy tables' few hundred new row versions are cut into several sub-windows each round:
+plans, the StageWindows map, CommitWindows) and, now and then, a step time budget so
+short that planning stops early (the plan ends at its last cut) and CommitWindows hands
+over after a sub-window or two (``partial``). The clean runs at the end use the first
+round's bound and no budget.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,7 +31,7 @@ from tests.chaos.machine import LocalDeployment
 from tests.chaos.writers import STYLES, Writers, WriterStats
 from tests.clock import fall_back_zone
 from tests.conftest import BUCKET
-from totes_ingest import config
+from totes_ingest import config, pipeline
 from totes_ingest.audit import AuditSettings, TableAudit, audit_tables
 from totes_ingest.format_time import parse_time
 from totes_ingest.lake import Lake
@@ -40,6 +48,32 @@ EXECUTION_TIMEOUT_S = 180.0
 FINAL_RUNS = 3
 
 
+_DEFAULT_PLAN_WINDOWS = pipeline.MAX_PLAN_WINDOWS
+
+
+@dataclass(frozen=True)
+class SmallWindows:
+    """MAX_WINDOW_ROWS and STEP_TIME_BUDGET_SECONDS of the rounds (see the module)."""
+
+    first_round_rows: int = 2500  # the seeded tables: up to 6 sub-windows each
+    round_rows: tuple[int, ...] = (3, 8, 20)
+    short_budget_s: float = 0.05
+    short_budget_rate: float = 0.5
+    # A backlog left by failed rounds, cut at a few rows a window, would make thousands
+    # of sub-windows: the rounds' plans stop at this many (the rest is the next run's).
+    max_plan_windows: int = 40
+
+    def apply(self, rng: random.Random | None, first: bool = False) -> None:
+        """Set the handlers' variables for the next round (``rng`` None: the clean runs;
+        the caller restores ``pipeline.MAX_PLAN_WINDOWS`` after the test)."""
+        rows = self.first_round_rows if first or rng is None else rng.choice(self.round_rows)
+        os.environ[config.MAX_WINDOW_ROWS] = str(rows)
+        pipeline.MAX_PLAN_WINDOWS = self.max_plan_windows if rng else _DEFAULT_PLAN_WINDOWS
+        short = rng is not None and rng.random() < self.short_budget_rate
+        budget = self.short_budget_s if short else config.DEFAULT_STEP_TIME_BUDGET_SECONDS
+        os.environ[config.STEP_TIME_BUDGET_SECONDS] = str(budget)
+
+
 @dataclass
 class Rounds:
     """What the chaos phase did."""
@@ -48,9 +82,11 @@ class Rounds:
     overlapping_rounds: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     timed_out: list[str] = field(default_factory=list)
+    durations_s: list[float] = field(default_factory=list)  # each round's longest execution
 
     def add(self, results: list[ExecutionResult]) -> None:
         self.rounds += 1
+        self.durations_s.append(max((r.duration_s for r in results), default=0.0))
         self.overlapping_rounds += len(results) > 1
         for result in results:
             self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
@@ -65,13 +101,19 @@ def _tables(rng: random.Random) -> list[str]:
 
 
 def _chaos_rounds(
-    machine: LocalDeployment, plan: FaultPlan, rng: random.Random, seconds: float
+    machine: LocalDeployment,
+    plan: FaultPlan,
+    rng: random.Random,
+    seconds: float,
+    windows: SmallWindows | None = None,
 ) -> Rounds:
     """Rounds of one to three overlapping executions until ``seconds`` have passed."""
     done = Rounds()
     deadline = time.monotonic() + seconds
     intensities: list[Intensity] = [CALM, LIGHT, HEAVY]
     while time.monotonic() < deadline:
+        if windows is not None:
+            windows.apply(rng, first=done.rounds == 0)
         # The first round ingests the whole seeded database, under heavy fire.
         plan.intensity = HEAVY if done.rounds == 0 else rng.choices(intensities, (1, 3, 3))[0]
         count = rng.choices((1, 2, 3), (5, 4, 1))[0]
@@ -136,7 +178,9 @@ class ChaosReport:
                 f"in all; the source's clock fell back an hour at {self.fall_back} UTC",
                 f"writers: {', '.join(STYLES)}",
                 f"rounds {rounds.rounds} ({rounds.overlapping_rounds} with overlapping "
-                f"executions); executions {statuses}; final clean runs {finals}",
+                f"executions); executions {statuses}; final clean runs {finals} "
+                f"({', '.join(f'{r.duration_s:.1f}' for r in self.final)} s)",
+                f"rounds took {', '.join(f'{d:.1f}' for d in rounds.durations_s)} s",
                 f"writers: transactions committed {writers.committed}, rolled back "
                 f"{writers.rolled_back}, aborted {writers.aborted}; row versions committed "
                 f"{sum(writers.versions.values())}",
@@ -149,6 +193,8 @@ class ChaosReport:
                 f"commits reported written {tasks.written} ({tasks.rows_written} row "
                 f"versions); tables skipped because of overlaps: claim lost {tasks.skipped}, "
                 f"watermark already past the run's end {tasks.overtaken}",
+                f"plans {tasks.plans} ({tasks.sub_windows} sub-windows); CommitWindows "
+                f"handed over at its time budget {tasks.partial} times",
                 "pipeline warnings and criticals:",
                 *(f"  {n:5d}  {message}" for message, n in sorted(self.logs.messages.items())),
                 f"lake: {audit.files} files, {audit.versions} row versions ({self.seeded_rows} "
@@ -198,8 +244,10 @@ def run_chaos(
     monkeypatch: pytest.MonkeyPatch,
     seed_value: int,
     seconds: float,
+    windows: SmallWindows | None = None,
 ) -> ChaosReport:
-    """Seed, write, run under faults for ``seconds``, catch up cleanly, audit the lake."""
+    """Seed, write, run under faults for ``seconds``, catch up cleanly, audit the lake
+    (``windows``: with small windows, see :class:`SmallWindows`)."""
     began = time.monotonic()
     rng = random.Random(seed_value)
     plan = FaultPlan(seed_value)
@@ -218,13 +266,15 @@ def run_chaos(
             killer.start()
             plan.enabled = True
             try:
-                rounds = _chaos_rounds(machine, plan, rng, seconds)
+                rounds = _chaos_rounds(machine, plan, rng, seconds, windows)
             finally:
                 plan.enabled = False
                 plan.intensity = CALM
                 killer.stop()
                 written = writers.stop()
                 plan.join_ghosts()
+            if windows is not None:
+                windows.apply(None)
             final = _catch_up(machine, tasks, conn)
         audit = audit_lake(conn, s3, TABLES)
         verdicts = audit_tables(

@@ -195,3 +195,50 @@ def test_overlapping_executions_on_one_deployment_commit_each_window_once(
             assert duplicated_versions(s3, table) == []
     finally:
         conn.close()
+
+
+@pytest.mark.integration
+def test_each_spoiled_plan_is_refused_but_a_truncated_one(conn: Any, s3: Any) -> None:
+    import json
+    import random
+
+    from tests.chaos.faults import _SPOILS, _spoiled
+    from totes_ingest import pipeline
+    from totes_ingest.errors import LakeError
+    from totes_ingest.lake import Lake
+    from totes_ingest.sub_windows import load_plan
+
+    # GIVEN a saved plan of five sub-windows
+    conn.run("CREATE TABLE t (id serial PRIMARY KEY, last_updated timestamp NOT NULL)")
+    conn.run(
+        "INSERT INTO t (last_updated) SELECT TIMESTAMP '2026-01-01' + g * interval '1 ms' "
+        "FROM generate_series(1, 500) AS g"
+    )
+    lake = Lake(s3, BUCKET)
+    payload = {"table": "t", "run_id": "run-" + "a" * 32, "end_time": "2026-01-02 00:00:00.000000"}
+    planned = pipeline.stage_table(
+        pipeline.find_watermark({**payload, "source_timezone": "UTC", "hold": None}, lake),
+        conn,
+        lake,
+        row_group_rows=1024,
+        max_window_rows=100,
+    )
+    key = planned["plan"]["key"]
+    items = load_plan(lake, planned)
+    assert len(items) == 5
+    for how in _SPOILS:
+        # WHEN the chaos spoils it THEN CommitWindows refuses it, or reads a shorter chain
+        s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(items).encode())
+        if how == "vanished":
+            s3.delete_object(Bucket=BUCKET, Key=key)
+        else:
+            body = _spoiled(how, items, random.Random(how))
+            s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+        if how == "truncated":
+            shorter = load_plan(lake, planned)
+            assert shorter == items[: len(shorter)]
+            assert len(shorter) < len(items)
+        else:
+            with pytest.raises(LakeError) as refused:
+                load_plan(lake, planned)
+            assert refused.value.table == "t"

@@ -239,7 +239,7 @@ def test_a_window_above_the_bound_is_saved_as_a_plan_and_committed_in_order(
     assert files[-1] == result["key"]
     ids = [i for key in files for i in read_file(s3, key).column("id").to_pylist()]
     assert sorted(ids) == list(range(1, 2501))
-    assert lake_keys(s3, "_staging/") == []  # staged objects committed, plan deleted
+    assert lake_keys(s3, "_staging/") == [plan["plan"]["key"]]  # staged objects committed
 
 
 def test_a_sub_window_not_staged_stops_the_chain_there_and_the_next_run_resumes(
@@ -267,6 +267,8 @@ def test_a_sub_window_not_staged_stops_the_chain_there_and_the_next_run_resumes(
     gap = subs[0]["cursor"]  # the gap, planned again (with the run's re-read overlap)
     assert (gap["start"], gap["end"]) == (items[2]["cursor"]["start"], items[2]["cursor"]["end"])
     assert subs[3]["start_time"] == items[4]["end_time"]  # then what is new since: nothing
+    # the tail's re-read reaches into the last reused window: told of its staged object
+    assert [k.rsplit("-", 1)[-1] for k in subs[3]["reread_staged"]] == ["plan.parquet"]
     for sub in subs[:3]:
         out = pipeline.stage_table(sub, conn, lake, row_group_rows=1024)
         assert (out["bytes"] == 0) == bool(sub.get("staged_by"))  # reused: not extracted
@@ -371,3 +373,34 @@ def test_a_single_window_staged_by_a_run_that_failed_to_commit_is_reused_and_com
     assert pipeline.commit_table(reused, lake)["status"] == "written"
     (key,) = table_files(s3, "t")
     assert read_file(s3, key).num_rows == 20
+
+
+def test_two_gaps_are_planned_in_one_run_and_no_version_lands_twice(conn: Any, s3: Any) -> None:
+    from tests.lakecheck import read_file, table_files
+    from totes_ingest import pipeline
+    from totes_ingest.errors import LakeError
+
+    lake, plan = _planned(conn, s3, 2500, 500)  # five sub-windows within 2.5 s
+    items = _stage_all(conn, lake, plan, skip=(1, 3))
+    with pytest.raises(LakeError, match="sub-window 2 of 5"):
+        pipeline.commit_windows(plan, lake)
+    again = {**plan, "run_id": "run-next", "end_time": "2026-01-03 00:00:00.000000"}
+
+    subs = pipeline.plan_windows(
+        pipeline.find_watermark(again, lake), conn, lake, max_window_rows=500
+    )
+
+    assert [s.get("staged_by") for s in subs] == [None, "run-plan", None, "run-plan", None]
+    second_gap = subs[2]["cursor"]
+    # its re-read reaches no lower than the first gap's end: those rows are the first's
+    assert second_gap["reread_from"] == items[1]["cursor"]["end"]
+    between = pipeline.Window.from_payload(items[2])  # the reused window between the gaps
+    assert subs[2]["reread_staged"] == [
+        pipeline.staging_key("t", between.start, between.end, "run-plan")
+    ]
+    for sub in subs:
+        out = pipeline.stage_table(sub, conn, lake, row_group_rows=1024)
+        if out["rows"]:
+            assert pipeline.commit_table(out, lake)["status"] == "written"
+    ids = [i for key in table_files(s3, "t") for i in read_file(s3, key).column("id").to_pylist()]
+    assert sorted(ids) == list(range(1, 2501))
