@@ -229,7 +229,7 @@ class ParquetSink:
         return rest
 
     def _decoded(self, chunk: Chunk) -> pa.RecordBatch:
-        values = fields(chunk.data, chunk.starts, len(self.plans))
+        values = fields(chunk.data, chunk.starts, len(self.plans), [p.width for p in self.plans])
         arrays: list[pa.Array] = []
         for plan, column_values in zip(self.plans, values, strict=True):
             try:

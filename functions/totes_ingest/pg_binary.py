@@ -13,6 +13,7 @@ gathered into one data buffer). Which helper a column uses is the type mapping's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,10 @@ class Values:
     data: npt.NDArray[np.uint8]
     positions: Int64s
     lengths: npt.NDArray[np.int32]
+    # The same values already gathered a row at a time (``fields`` with widths): each
+    # row of ``rows`` holds this field's value at ``row_offset``.
+    rows: npt.NDArray[np.uint8] | None = None
+    row_offset: int = 0
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -58,6 +63,12 @@ class Values:
 
     def big_endian(self, dtype: str, offset: int = 0) -> npt.NDArray[Any]:
         """The ``dtype`` (``">i4"``...) value at each position (+ ``offset``), native order."""
+        rows, start = self.rows, self.row_offset + offset
+        if rows is not None and start + np.dtype(dtype).itemsize <= rows.shape[1]:
+            column = np.ndarray(
+                (len(rows),), dtype=dtype, buffer=rows, offset=start, strides=(rows.shape[1],)
+            )
+            return column.astype(np.dtype(dtype).newbyteorder("="))
         return be_at(self.data, dtype, self.positions + offset)
 
 
@@ -87,18 +98,29 @@ def rows_at(data: npt.NDArray[np.uint8], positions: Int64s, width: int) -> npt.N
     return every[positions]
 
 
-def fields(data: bytes, starts: Int64s, count: int) -> list[Values]:
+def fields(
+    data: bytes, starts: Int64s, count: int, widths: Sequence[int | None] | None = None
+) -> list[Values]:
     """The ``count`` fields of the tuples starting at ``starts`` in ``data`` (which ends
     with PADDING).
 
+    ``widths``: each field's fixed width on the wire, if it has one (None: variable). A
+    run of fixed-width fields is gathered a row at a time, lengths and values together,
+    instead of a gather a field; a run holding a NULL anywhere is walked field by field.
     Raises ValueError if a tuple does not hold ``count`` fields or overruns the buffer.
     """
     buffer = np.frombuffer(data, dtype=np.uint8)
     if len(starts) and not np.all(be_at(buffer, ">i2", starts) == count):
         raise ValueError(f"a COPY tuple does not hold {count} fields")
     position = starts + 2  # a new array: the loop below adds to it in place
-    out = []
-    for _ in range(count):
+    out: list[Values] = []
+    runs = _fixed_runs(widths, count)
+    while len(out) < count:
+        run = runs.get(len(out))
+        if run is not None and (packed := _packed_run(buffer, position, run)) is not None:
+            out.extend(packed)
+            position = position + sum(4 + w for w in run)
+            continue
         lengths = be_at(buffer, ">i4", position)
         position += 4
         out.append(Values(buffer, position, lengths))
@@ -106,6 +128,43 @@ def fields(data: bytes, starts: Int64s, count: int) -> list[Values]:
         position = np.maximum(following, position, out=following)
     if len(position) and position.max() > len(buffer) - len(PADDING):
         raise ValueError("a COPY tuple overruns its message")
+    return out
+
+
+def _fixed_runs(widths: Sequence[int | None] | None, count: int) -> dict[int, list[int]]:
+    """Where each run of consecutive fixed-width fields starts, and its widths."""
+    runs: dict[int, list[int]] = {}
+    if widths is None or len(widths) != count:
+        return runs
+    start = 0
+    while start < count:
+        stop = start
+        while stop < count and widths[stop] is not None:
+            stop += 1
+        if stop > start:
+            runs[start] = [w for w in widths[start:stop] if w is not None]
+        start = stop + 1
+    return runs
+
+
+def _packed_run(
+    buffer: npt.NDArray[np.uint8], position: Int64s, run: list[int]
+) -> list[Values] | None:
+    """The run's fields, gathered a row at a time; None if a NULL (or the buffer's end)
+    is in the way."""
+    size = sum(4 + w for w in run)
+    if not len(position) or int(position.max()) + size > len(buffer):
+        return None
+    rows = rows_at(buffer, position, size).view(np.uint8).reshape(len(position), size)
+    out, offset = [], 0
+    for width in run:
+        lengths = np.ndarray(
+            (len(rows),), dtype=">i4", buffer=rows, offset=offset, strides=(size,)
+        ).astype(np.int32)
+        if lengths.min() != width or lengths.max() != width:
+            return None
+        out.append(Values(buffer, position + offset + 4, lengths, rows, offset + 4))
+        offset += 4 + width
     return out
 
 

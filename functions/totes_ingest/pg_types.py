@@ -271,6 +271,7 @@ _FIXED_WIRE = {
     pa.float32(): ">f4",
     pa.float64(): ">f8",
 }
+_WIRE_WIDTHS = {"oid": 4, "bool": 1, "date": 4, "timestamp": 8}
 _EPOCH_DAYS = 10_957  # PostgreSQL counts from 2000-01-01, Arrow from 1970-01-01
 _EPOCH_MICROS = _EPOCH_DAYS * 86_400_000_000
 _FIRST_DAY = -719_162  # 0001-01-01, days from 1970: earlier dates are BC
@@ -294,6 +295,7 @@ class Plan:
     expr: str
     decode: Decode
     as_text: bool = False  # selected as ``::text``: an array of it is selected ``::text[]``
+    width: int | None = None  # bytes of every non-NULL value on the wire, if fixed
 
 
 def plan(column: Column, ref: str) -> Plan:
@@ -309,7 +311,14 @@ def plan(column: Column, ref: str) -> Plan:
     if kind == "numeric":
         # PostgreSQL's exact text, cast by Arrow, which refuses any rounding and NaN.
         return Plan(column, f"({ref})::text", partial(_decimal, arrow_type), as_text=True)
-    return Plan(column, ref, _DECODERS[kind](arrow_type))
+    return Plan(column, ref, _DECODERS[kind](arrow_type), width=_wire_width(kind, arrow_type))
+
+
+def _wire_width(kind: str, arrow_type: pa.DataType) -> int | None:
+    """The binary COPY width of every value of a fixed-width kind (None: variable)."""
+    if kind == "fixed":
+        return np.dtype(_FIXED_WIRE[arrow_type]).itemsize
+    return _WIRE_WIDTHS.get(kind)
 
 
 def _is_decimal(arrow_type: pa.DataType) -> bool:

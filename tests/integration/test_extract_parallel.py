@@ -3,6 +3,7 @@ sharing one exported snapshot, into one file equal to the one-connection file.""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,10 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from totes_ingest import copy_stream, parquet_sink
+from tests.lambda_context import EVENTS, Context
+from totes_ingest import config, copy_stream, parquet_sink
+from totes_ingest.db_connections import connect_to_db
 from totes_ingest.errors import ReconciliationError, SourceError, SourceUnavailable
 from totes_ingest.extract import ExtractResult, extract_to_parquet
+from totes_ingest.handlers import query_to_parquet
 from totes_ingest.local.dburl import Connect
+from totes_ingest.local.seed import seed
 
 pytestmark = pytest.mark.integration
 
@@ -287,3 +292,29 @@ def test_a_failure_to_open_an_extra_connection_closes_the_ones_opened(
     assert len(opener.opened) == 1
     assert _extras_open(conn) == 0
     assert conn.run("SELECT count(*) FROM item") == [[ROWS]]
+
+
+def test_query_to_parquet_reads_on_the_configured_connections(
+    db_secret: dict[str, Any], s3: Any, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the seeded source and EXTRACT_CONNECTIONS 3 for QueryToParquet
+    conn = connect(db_secret)
+    seed(conn, scale=1)
+    conn.close()
+    event = json.loads((EVENTS / "query_to_parquet.json").read_text())
+    opened: list[object] = []
+
+    def counted() -> pg8000.native.Connection:
+        opened.append(True)
+        return connect_to_db()
+
+    monkeypatch.setattr(query_to_parquet, "connect_to_db", counted)
+    one = query_to_parquet.lambda_handler(event, Context())
+    monkeypatch.setenv(config.EXTRACT_CONNECTIONS, "3")
+    opened.clear()
+    # WHEN the handler stages the same window again
+    three = query_to_parquet.lambda_handler(event, Context())
+    # THEN it opened its two extra connections, and staged the same rows
+    assert len(opened) == 3
+    assert three["rows"] == one["rows"] > 0
+    assert three["staging_key"] == one["staging_key"]

@@ -625,3 +625,35 @@ def test_every_constrained_numeric_value_is_exact(
     # THEN each is the server's own value, digit for digit
     assert got == [None if t is None else Decimal(t) for t in _server_text(conn)]
     assert len({v for v in got if v is not None}) > 1000
+
+
+def test_fixed_width_columns_are_exact_in_chunks_with_and_without_nulls(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    # GIVEN consecutive fixed-width columns of every kind over many chunks, NULLs in a
+    # few rows only (their chunk is walked field by field, the others a row at a time)
+    conn.run(
+        "CREATE TABLE t (id int PRIMARY KEY, a smallint, b bigint, c real, d double precision,"
+        " e boolean, f date, g timestamptz, h oid, i text, j int,"
+        " last_updated timestamp NOT NULL)"
+    )
+    conn.run(
+        "INSERT INTO t SELECT n, n % 30000, n * CAST(1000003 AS bigint), n / 7.0, n / 3.0,"
+        " n % 3 = 0,"
+        " date '2000-01-01' + n, timestamptz '2024-01-01 UTC' + n * interval '1.5 s', n,"
+        " 'x' || n, -n, timestamp '2024-01-01' + n * interval '1 ms'"
+        " FROM generate_series(1, 60000) AS n"
+    )
+    conn.run(
+        "UPDATE t SET a = NULL, c = NULL, e = NULL, g = NULL, j = NULL"
+        " WHERE id BETWEEN 40000 AND 40010"
+    )
+    path = tmp_path / "t.parquet"
+    extract_to_parquet(conn, "t", None, END, path)
+    got = pq.read_table(path).sort_by("id")
+    names = ["id", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+    # THEN every value is the server's
+    exact = ", ".join("CAST(c AS float8)" if name == "c" else name for name in names)
+    expected = conn.run(f"SELECT {exact} FROM t ORDER BY id")  # float4 widened exactly
+    columns = [got.column(name).to_pylist() for name in names]
+    assert [list(row) for row in zip(*columns, strict=True)] == expected
