@@ -736,8 +736,10 @@ def return_freed_memory() -> None:
     after the first upload the multi-megabyte buffers of a run (S3 parts, staged Parquet
     bodies, moto's copies of them), allocated on many threads, come from per-thread
     arenas that are never trimmed: a whole run kept about twice the memory it used at
-    any moment. A fixed threshold (glibc's default, ``MALLOC_MMAP_THRESHOLD_``) keeps
-    each such buffer in its own mapping, returned when freed. What runs is unchanged.
+    any moment. Setting the threshold (here to glibc's initial 128 KiB, as
+    ``MALLOC_MMAP_THRESHOLD_`` would at start-up) stops that adjustment: each such buffer
+    gets its own mapping, returned when freed, at the price of mapping it afresh (more
+    system CPU). What runs is unchanged.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
