@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     import pg8000.exceptions
 
 # The driver's exceptions, found where the connection's code loaded them: a step that
-# never connects (GetLastIngestTime, CommitTable) never imports pg8000 (about 60 ms and
-# 9 MB of a cold start), and a block that has no connection cannot raise its errors.
+# never connects (GetLastIngestTime, CommitTable) never imports pg8000 (0.02-0.03 s of
+# CPU and 2.5 MB of its cold start), and a block with no connection cannot raise them.
 _DRIVER_EXCEPTIONS = "pg8000.exceptions"
 
 # SQLSTATE classes worth a retry: connection exceptions, insufficient resources,
