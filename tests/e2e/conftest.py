@@ -1,4 +1,5 @@
-"""What the end-to-end tests share: the pipeline's log lines, as CloudWatch gets them."""
+"""What the end-to-end tests share: a seeded source, the pipeline's log lines as CloudWatch
+gets them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from totes_ingest.local.dburl import Connect
+from totes_ingest.local.seed import seed
 from totes_ingest.observability import logger as ingest_logger
 
 
@@ -36,3 +39,12 @@ def logs() -> Iterator[Captured]:
     ingest_logger._logger.addHandler(handler)
     yield handler
     ingest_logger._logger.removeHandler(handler)
+
+
+@pytest.fixture
+def source(db_secret: dict[str, Any], s3: Any, connect: Connect) -> Iterator[Any]:
+    """A seeded ToteSys database (scale 1) behind the secret, and an empty ingest bucket."""
+    conn = connect(db_secret)
+    seed(conn, scale=1)
+    yield conn
+    conn.close()

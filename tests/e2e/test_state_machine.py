@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -12,9 +11,7 @@ import pytest
 from tests.conftest import REGION, SECRET_NAME
 from tests.e2e.conftest import Captured
 from tests.lakecheck import duplicated_versions, lake_keys, mismatches, table_files
-from totes_ingest.local.dburl import Connect
 from totes_ingest.local.runner import ExecutionResult, run_state_machine
-from totes_ingest.local.seed import seed
 from totes_ingest.local.simulate import simulate
 from totes_ingest.local.totesys import TABLES
 
@@ -28,15 +25,6 @@ TIMEOUT_S = 120
 def no_safety_margin(monkeypatch: pytest.MonkeyPatch) -> None:
     """No writer runs beside these tests, so a run may read right up to the clock."""
     monkeypatch.setenv("END_TIME_SAFETY_MARGIN_SECONDS", "0")
-
-
-@pytest.fixture
-def source(db_secret: dict[str, Any], s3: Any, connect: Connect) -> Iterator[Any]:
-    """A seeded ToteSys database behind the secret, and an empty ingest bucket."""
-    conn = connect(db_secret)
-    seed(conn, scale=1)
-    yield conn
-    conn.close()
 
 
 def run(tables: list[str] | tuple[str, ...] = TABLES) -> ExecutionResult:

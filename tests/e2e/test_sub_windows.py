@@ -14,7 +14,6 @@ from tests.e2e.conftest import Captured
 from tests.lakecheck import duplicated_versions, lake_keys, mismatches, read_file, table_files
 from totes_ingest import config, pipeline
 from totes_ingest.local.runner import ExecutionResult, run_state_machine
-from totes_ingest.local.seed import seed
 from totes_ingest.local.totesys import TABLES
 
 pytestmark = pytest.mark.e2e
@@ -39,14 +38,6 @@ FROM generate_series(100001, 1100000) AS g
 def small_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("END_TIME_SAFETY_MARGIN_SECONDS", "0")
     monkeypatch.setenv(config.MAX_WINDOW_ROWS, "1000")
-
-
-@pytest.fixture
-def source(db_secret: dict[str, Any], connect: Any) -> Any:
-    conn = connect(db_secret)
-    seed(conn, scale=1)
-    yield conn
-    conn.close()
 
 
 def run(tables: list[str] | tuple[str, ...] = TABLES) -> ExecutionResult:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import BUCKET
 from tests.lambda_context import EVENTS, Context
 from totes_ingest import config, copy_stream, parquet_sink
 from totes_ingest.db_connections import connect_to_db
@@ -312,6 +313,8 @@ def test_query_to_parquet_reads_on_the_configured_connections(
     one = query_to_parquet.lambda_handler(event, Context())
     monkeypatch.setenv(config.EXTRACT_CONNECTIONS, "3")
     opened.clear()
+    # (a staged window would be reused, not read again: this one is gone)
+    s3.delete_object(Bucket=BUCKET, Key=one["staging_key"])
     # WHEN the handler stages the same window again
     three = query_to_parquet.lambda_handler(event, Context())
     # THEN it opened its two extra connections, and staged the same rows
