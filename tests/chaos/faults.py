@@ -322,8 +322,13 @@ class FaultPlan:
         if any(ghost.is_alive() for ghost in ghosts):
             raise RuntimeError("ghost invocations did not finish")
 
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Put the faulty steps and S3 clients in place (inert while ``enabled`` is off)."""
+    def install(self, monkeypatch: pytest.MonkeyPatch, *, sub_windows: bool = True) -> None:
+        """Put the faulty steps and S3 clients in place (inert while ``enabled`` is off).
+
+        Without ``sub_windows`` (whole windows), the steps of sub-windows get no faults of
+        their own (planning inside QueryToParquet, CommitWindows, a reused window's check):
+        the whole-window chaos keeps the fault rate per step its sensitivity was measured at.
+        """
 
         def table_arg(args: tuple[Any, ...]) -> str:
             return str(args[1])  # Lake methods: (self, table, ...)
@@ -354,7 +359,10 @@ class FaultPlan:
             (Lake, "_finish", table_arg, LakeUnavailable, LakeUnavailable),
             (Lake, "verify_staged", window_table, LakeUnavailable, LakeUnavailable),
         ]
+        planning = {"plan_windows", "commit_windows", "verify_staged"}
         for owner, name, subject_of, before, after in steps:
+            if not sub_windows and name in planning:
+                continue
             original = getattr(owner, name)
             monkeypatch.setattr(
                 owner, name, self.wrap_step(name, original, subject_of, before, after)

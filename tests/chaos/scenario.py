@@ -251,7 +251,7 @@ def run_chaos(
     began = time.monotonic()
     rng = random.Random(seed_value)
     plan = FaultPlan(seed_value)
-    plan.install(monkeypatch)
+    plan.install(monkeypatch, sub_windows=windows is not None)
     tasks = TaskTally()
     writers = Writers(settings, seed_value, count=WRITERS)
     killer = SessionKiller(settings, plan, spare=writers.pids)

@@ -29,7 +29,7 @@ from totes_ingest.window import Window
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SECONDS = float(os.environ.get("TOTES_CHAOS_MUTANT_SECONDS", 30))
+SECONDS = float(os.environ.get("TOTES_CHAOS_MUTANT_SECONDS", 60))
 
 
 def _end_bound_at_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
