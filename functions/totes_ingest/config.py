@@ -40,6 +40,9 @@ MAX_CONCURRENCY: Final = "MAX_CONCURRENCY"
 # consecutive sub-windows (window_plan.py). One cursor value is never split: a value held
 # by more rows is a window of its own, above the bound (WARNING, OversizedWindowRows).
 MAX_WINDOW_ROWS: Final = "MAX_WINDOW_ROWS"
+# The extract's rate a StageWindow child assumes (rows a second) to stage within its time
+# budget: a sub-window holding more rows than fit is staged shorter, the rest handed on.
+EXTRACT_ROWS_PER_SECOND: Final = "EXTRACT_ROWS_PER_SECOND"
 # Sub-windows of one table staged at once by the Distributed Map (its MaxConcurrencyPath).
 STAGE_CONCURRENCY: Final = "STAGE_CONCURRENCY"
 # Seconds a step may spend before it hands the rest on (and never past the function's
@@ -103,6 +106,8 @@ DEFAULT_MAX_CONCURRENCY: Final = 4
 DEFAULT_MAX_WINDOW_ROWS: Final = 10_000_000
 DEFAULT_STEP_TIME_BUDGET_SECONDS: Final = 600.0
 DEFAULT_STAGE_CONCURRENCY: Final = 4
+# A third of the 1.5M rows/s measured on 2 vCPUs (make bench-scale): a Lambda has fewer.
+DEFAULT_EXTRACT_ROWS_PER_SECOND: Final = 500_000.0
 # What a step keeps, below its function's timeout, to return its hand-over.
 STEP_TIME_MARGIN_SECONDS: Final = 30.0
 DEFAULT_AUDIT_HORIZON_DAYS: Final = 7.0
@@ -201,6 +206,13 @@ def max_window_rows() -> int:
     value = int(os.environ.get(MAX_WINDOW_ROWS, DEFAULT_MAX_WINDOW_ROWS))
     if value < 1:
         raise ValueError(f"{MAX_WINDOW_ROWS} must be at least 1, not {value}")
+    return value
+
+
+def extract_rows_per_second() -> float:
+    value = float(os.environ.get(EXTRACT_ROWS_PER_SECOND, DEFAULT_EXTRACT_ROWS_PER_SECOND))
+    if not value > 0:
+        raise ValueError(f"{EXTRACT_ROWS_PER_SECOND} must be positive, not {value}")
     return value
 
 

@@ -92,6 +92,7 @@ class StageSettings:
     max_window_rows: int = config.DEFAULT_MAX_WINDOW_ROWS
     stage_concurrency: int = config.DEFAULT_STAGE_CONCURRENCY
     extract_connections: int = config.DEFAULT_EXTRACT_CONNECTIONS
+    rows_per_second: float = config.DEFAULT_EXTRACT_ROWS_PER_SECOND
 
     @classmethod
     def from_environment(cls) -> StageSettings:
@@ -103,6 +104,7 @@ class StageSettings:
             max_window_rows=config.max_window_rows(),
             stage_concurrency=config.stage_concurrency(),
             extract_connections=config.extract_connections(),
+            rows_per_second=config.extract_rows_per_second(),
         )
 
 
@@ -207,6 +209,7 @@ def stage_table(
     stage_concurrency: int = config.DEFAULT_STAGE_CONCURRENCY,
     extract_connections: int = config.DEFAULT_EXTRACT_CONNECTIONS,
     connect: Callable[[], Any] | None = None,
+    rows_per_second: float = config.DEFAULT_EXTRACT_ROWS_PER_SECOND,
     deadline: float | None = None,
 ) -> Payload:
     """Extract the window's rows to Parquet and upload it to the run's staging key.
@@ -216,8 +219,12 @@ def stage_table(
     saved as a plan for the Distributed Map (``sub_windows``), and the output says so
     (``windows`` > 1). A sub-window of a plan is staged even when it holds no rows, so
     that the plan's chain stays whole. ``deadline`` (``time.monotonic()``) bounds the
-    planning. Handlers pass ``**vars(StageSettings.from_environment())``; ``connect`` opens
-    the extract's extra connections when ``extract_connections`` > 1 (without it, one).
+    planning, and a sub-window: one holding more rows than ``rows_per_second`` extracts by
+    then is staged shorter, ending at a cursor value (:func:`_within_budget`), and the rest
+    is handed on (CommitWindows commits the shorter one and stops the chain there; the
+    next run plans the rest, reusing the staged sub-windows after it). Handlers pass
+    ``**vars(StageSettings.from_environment())``; ``connect`` opens the extract's extra
+    connections when ``extract_connections`` > 1 (without it, one).
     """
     window = Window.from_payload(payload)
     table = window.table
@@ -253,6 +260,8 @@ def stage_table(
         return {**payload, "rows": staged.rows, "bytes": 0, "staging_key": staged.key, "windows": 1}
     source = resolve_table(conn, table, schema)
     # A sub-window of a plan (plan_windows) comes with its cursor range fixed.
+    if PLAN_INDEX in payload and deadline is not None and window.cursor is not None:
+        window = _within_budget(conn, source, window, window.cursor, deadline, rows_per_second)
     rng = window.cursor or _cursor_range(conn, source, window, reread_lag_seconds)
     if not source.key and rng.reread_from is not None:
         logger.warning("No key: no re-read overlap", extra={"table": table})
@@ -427,6 +436,40 @@ def _reread_above(rng: CursorRange, low: datetime) -> CursorRange:
         return rng
     reread = max(rng.reread_from, low)
     return CursorRange(rng.start, rng.end, reread if reread < rng.start else None)
+
+
+def _handed_on(lake: Lake, window: Window) -> Payload | None:
+    """The shorter window a StageWindow child staged for ``window`` at its time budget
+    (same start, same run), as CommitTable's input fields; None if there is none."""
+    if window.cursor is None:
+        return None
+    found = lake.staged_window(window.table, window.start, window.cursor.start, window.end)
+    if found is None or found.run_id != window.staging_run or found.end >= window.end:
+        return None
+    shorter = replace(window, end=found.end).with_cursor(found.cursor)
+    return {**shorter.to_payload(), "rows": found.rows, "bytes": 0}
+
+
+def _within_budget(
+    conn: Any,
+    source: SourceTable,
+    window: Window,
+    rng: CursorRange,
+    deadline: float,
+    rows_per_second: float,
+) -> Window:
+    """``window`` (a planned sub-window, its cursor range ``rng``), or its first part if
+    the rest would not be extracted by ``deadline`` at ``rows_per_second``: cut at a
+    cursor value (one value at least, never split), as the plan cuts (WARNING)."""
+    fit = max(int((deadline - time.monotonic()) * rows_per_second), 1)
+    head, truncated = _cut(conn, source, window, rng, fit, max_windows=1, deadline=None)
+    if not truncated:
+        return window
+    logger.warning(
+        "Sub-window handed on at its time budget: staged shorter, the rest is the next run's",
+        extra={"table": window.table, "window": window.label, "staged": head[0].label},
+    )
+    return head[0]
 
 
 def _next_staged(staged: list[StagedWindow], window: Window) -> tuple[datetime, datetime] | None:
@@ -628,12 +671,21 @@ def commit_windows(
             try:
                 staged = lake.verify_staged(window)
             except LakeError as e:
-                raise LakeError(
-                    f"sub-window {i + 1} of {len(items)} was not staged (see the StageWindows "
-                    f"map run): {i} committed, the next run resumes there",
-                    table=table,
-                    window=window.label,
-                ) from e
+                shorter = _handed_on(lake, window)
+                if shorter is None:
+                    raise LakeError(
+                        f"sub-window {i + 1} of {len(items)} was not staged (see the "
+                        f"StageWindows map run): {i} committed, the next run resumes there",
+                        table=table,
+                        window=window.label,
+                    ) from e
+                # Staged shorter at its time budget: committed, and the chain stops here.
+                result = commit_table({**items[i], **shorter}, lake)
+                logger.warning(
+                    "A sub-window was handed on at its time budget: the next run goes on",
+                    extra={"table": table, "window": window.label, "key": result["key"]},
+                )
+                return {**result, "rows": rows + int(result["rows"])}
             rows_in, size = staged.rows, staged.size
         result = commit_table({**items[i], "rows": rows_in, "bytes": size}, lake)
         if result["status"] != "written":  # another run holds the chain from here

@@ -404,3 +404,56 @@ def test_two_gaps_are_planned_in_one_run_and_no_version_lands_twice(conn: Any, s
             assert pipeline.commit_table(out, lake)["status"] == "written"
     ids = [i for key in table_files(s3, "t") for i in read_file(s3, key).column("id").to_pylist()]
     assert sorted(ids) == list(range(1, 2501))
+
+
+def test_a_sub_window_past_its_time_budget_is_staged_shorter_and_the_rest_handed_on(
+    conn: Any, s3: Any
+) -> None:
+    import time
+
+    from tests.lakecheck import read_file, table_files
+    from totes_ingest import pipeline
+
+    lake, plan = _planned(conn, s3, 1500, 500)
+    items = _stage_all(conn, lake, plan, skip=(1,))
+    # GIVEN the second sub-window's child: 2 s left, at 100 rows a second
+    soon = time.monotonic() + 2
+    out = pipeline.stage_table(
+        items[1], conn, lake, row_group_rows=1024, rows_per_second=100, deadline=soon
+    )
+    assert 0 < out["rows"] <= 200  # what fits in its budget, cut at a cursor value
+    assert out["end_time"] < items[1]["end_time"]
+
+    # WHEN CommitWindows commits the plan
+    result = pipeline.commit_windows(plan, lake)
+
+    # THEN it commits the shorter window and stops the chain there
+    assert (result["status"], result["rows"]) == ("written", 500 + out["rows"])
+    assert len(table_files(s3, "t")) == 2
+    assert lake.resolve_watermark("t").key == result["key"]
+    # AND the next run plans the rest, reusing the third, and no row lands twice
+    again = {**plan, "run_id": "run-next", "end_time": "2026-01-03 00:00:00.000000"}
+    subs = pipeline.plan_windows(
+        pipeline.find_watermark(again, lake), conn, lake, max_window_rows=500
+    )
+    assert [s.get("staged_by") for s in subs][:2] == [None, "run-plan"]
+    for sub in subs:
+        staged = pipeline.stage_table(sub, conn, lake, row_group_rows=1024)
+        if staged["rows"]:
+            assert pipeline.commit_table(staged, lake)["status"] == "written"
+    ids = [i for key in table_files(s3, "t") for i in read_file(s3, key).column("id").to_pylist()]
+    assert sorted(ids) == list(range(1, 1501))
+
+
+def test_a_sub_window_within_its_budget_is_staged_whole(conn: Any, s3: Any) -> None:
+    import time
+
+    from totes_ingest import pipeline
+    from totes_ingest.sub_windows import load_plan
+
+    lake, plan = _planned(conn, s3, 1500, 500)
+    item = load_plan(lake, plan)[1]
+    out = pipeline.stage_table(
+        item, conn, lake, row_group_rows=1024, deadline=time.monotonic() + 60
+    )
+    assert (out["rows"], out["end_time"]) == (500, item["end_time"])
