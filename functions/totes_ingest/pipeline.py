@@ -462,7 +462,10 @@ def _within_budget(
     the rest would not be extracted by ``deadline`` at ``rows_per_second``: cut at a
     cursor value (one value at least, never split), as the plan cuts (WARNING)."""
     fit = max(int((deadline - time.monotonic()) * rows_per_second), 1)
-    head, truncated = _cut(conn, source, window, rng, fit, max_windows=1, deadline=None)
+    try:
+        head, truncated = _cut(conn, source, window, rng, fit, max_windows=1, deadline=None)
+    except ValueError:  # a window too short (in microseconds) to cut: staged whole
+        return window
     if not truncated:
         return window
     logger.warning(
