@@ -47,7 +47,7 @@ Payload = dict[str, Any]
 
 PLAN_INDEX: Final = "plan_index"  # a sub-window payload's place in its plan (from 0)
 _MAX_PLAN_BYTES: Final = 256 << 20
-_FOOTER_GUESS: Final = 64 << 10
+_FOOTER_BYTES: Final = 64 << 10  # one ranged GET reads most footers whole
 
 
 def save_plan(
@@ -118,19 +118,15 @@ def load_plan(lake: Lake, payload: Mapping[str, Any]) -> list[Payload]:
 
 def footer_schema(lake: Lake, key: str, table: str) -> pa.Schema:
     """The Arrow schema of the Parquet object ``key``, from its footer alone (ranged GETs)."""
+    import io
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def tail(size: int) -> bytes:
-        with lake_errors(f"read of {key}", table=table):
-            got = lake.s3.get_object(Bucket=lake.bucket, Key=key, Range=f"bytes=-{size}")
-            return bytes(got["Body"].read())
+    from totes_ingest.reread import S3RangeFile
 
-    data = tail(_FOOTER_GUESS)
-    if len(data) < 12 or data[-4:] != b"PAR1":
-        raise LakeError(f"{key} is not a Parquet file", table=table)
-    length = int.from_bytes(data[-8:-4], "little")
-    if length + 8 > len(data):
-        data = tail(length + 8)
-    # The footer after a magic number is a Parquet file as far as its schema goes.
-    return pq.read_schema(pa.BufferReader(b"PAR1" + data[-(length + 8) :]))
+    source = S3RangeFile(lake.s3, lake.bucket, key, table=table)
+    try:
+        return pq.read_schema(io.BufferedReader(source, buffer_size=_FOOTER_BYTES))
+    except pa.ArrowException as e:
+        raise LakeError(f"{key} is not a Parquet file: {e}", table=table) from e

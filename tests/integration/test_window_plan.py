@@ -240,6 +240,10 @@ def test_a_window_above_the_bound_is_saved_as_a_plan_and_committed_in_order(
     ids = [i for key in files for i in read_file(s3, key).column("id").to_pylist()]
     assert sorted(ids) == list(range(1, 2501))
     assert lake_keys(s3, "_staging/") == [plan["plan"]["key"]]  # staged objects committed
+    # the newest file's columns, from its footer alone, are what Glue is told of
+    from totes_ingest.sub_windows import footer_schema
+
+    assert footer_schema(lake, files[-1], "t") == read_file(s3, files[-1]).schema
 
 
 def test_a_sub_window_not_staged_stops_the_chain_there_and_the_next_run_resumes(
