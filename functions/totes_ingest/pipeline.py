@@ -228,7 +228,9 @@ def stage_table(
     """
     window = Window.from_payload(payload)
     table = window.table
+    source: SourceTable | None = None
     if not window.is_empty and window.cursor is None and window.staged_by is None:
+        source = resolve_table(conn, table, schema)
         subs = plan_windows(
             payload,
             conn,
@@ -238,10 +240,10 @@ def stage_table(
             schema=schema,
             max_windows=MAX_PLAN_WINDOWS,
             deadline=deadline,
+            source=source,
         )
         if len(subs) > 1:
-            key_columns = resolve_table(conn, table, schema).key
-            plan = save_plan(lake, payload, subs, key_columns)
+            plan = save_plan(lake, payload, subs, source.key)
             return {**plan, "stage_concurrency": stage_concurrency}
         payload = subs[0]
         window = Window.from_payload(payload)
@@ -258,7 +260,7 @@ def stage_table(
         staged = lake.verify_staged(window)
         # The reused window's own payload (its end, cursor, staged_by), not the run's.
         return {**payload, "rows": staged.rows, "bytes": 0, "staging_key": staged.key, "windows": 1}
-    source = resolve_table(conn, table, schema)
+    source = source or resolve_table(conn, table, schema)
     # A sub-window of a plan (plan_windows) comes with its cursor range fixed.
     if PLAN_INDEX in payload and deadline is not None and window.cursor is not None:
         window = _within_budget(conn, source, window, window.cursor, deadline, rows_per_second)
@@ -352,6 +354,7 @@ def plan_windows(
     schema: str = config.DEFAULT_SOURCE_SCHEMA,
     max_windows: int | None = None,
     deadline: float | None = None,
+    source: SourceTable | None = None,
 ) -> list[Payload]:
     """The window of ``payload`` (GetLastIngestTime's output) cut into consecutive
     sub-windows of at most ``max_window_rows`` rows each (window_plan), in chain order:
@@ -365,13 +368,13 @@ def plan_windows(
     range an earlier gap of this plan covers (its rows are in no object yet, and are read
     by its own extract); the sub-windows cut from one gap start where an earlier one
     ends, and have none. ``max_windows`` and ``deadline`` (``time.monotonic()``) end the
-    plan early: the rest is the next run's.
+    plan early: the rest is the next run's. ``source``: the table, if the caller resolved
+    it already (else it is resolved when a gap is planned).
     """
     window = Window.from_payload(payload)
     if window.is_empty:
         return [{**payload, **window.to_payload()}]
     staged = [] if lake is None else lake.staged_windows(window.table, window.start, window.end)
-    source: SourceTable | None = None
     subs: list[Payload] = []
     reused: list[tuple[str, datetime]] = []  # the reused staged objects, their cursor ends
     planned: datetime | None = None  # where the cursor range planned so far ends
