@@ -47,8 +47,9 @@ EXTRACT_ROWS_PER_SECOND: Final = "EXTRACT_ROWS_PER_SECOND"
 STAGE_CONCURRENCY: Final = "STAGE_CONCURRENCY"
 # Seconds a step may spend before it hands the rest on (and never past the function's
 # timeout less STEP_TIME_MARGIN): QueryToParquet's planning stops cutting (the run's chain
-# ends at the last cut, the next run goes on), CommitWindows stops committing (the state
-# machine invokes it again for the rest).
+# ends at the last cut, the next run goes on), a StageWindow child stages what fits (at
+# EXTRACT_ROWS_PER_SECOND), CommitWindows stops committing (the state machine invokes it
+# again for the rest).
 STEP_TIME_BUDGET_SECONDS: Final = "STEP_TIME_BUDGET_SECONDS"
 
 # The schema every table name is resolved in (never the search path).
