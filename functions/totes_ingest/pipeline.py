@@ -257,9 +257,13 @@ def stage_table(
         _freshness(table, window.start)
         return empty
     if window.staged_by is not None:  # staged by an earlier run: verified, not re-read
-        staged = lake.verify_staged(window)
+        # Claimed already (an overlapping run reusing it committed it since it was found,
+        # its staged object now gone): CommitTable's claim settles it, as in a plan.
+        claimed = lake.read_claim(claim_key(table, window.start), table=table)
+        staged_rows = claimed.rows if claimed is not None else lake.verify_staged(window).rows
+        key = staging_key(table, window.start, window.end, window.staging_run)
         # The reused window's own payload (its end, cursor, staged_by), not the run's.
-        return {**payload, "rows": staged.rows, "bytes": 0, "staging_key": staged.key, "windows": 1}
+        return {**payload, "rows": staged_rows, "bytes": 0, "staging_key": key, "windows": 1}
     source = source or resolve_table(conn, table, schema)
     # A sub-window of a plan (plan_windows) comes with its cursor range fixed.
     if PLAN_INDEX in payload and deadline is not None and window.cursor is not None:
@@ -374,7 +378,13 @@ def plan_windows(
     window = Window.from_payload(payload)
     if window.is_empty:
         return [{**payload, **window.to_payload()}]
-    staged = [] if lake is None else lake.staged_windows(window.table, window.start, window.end)
+    # An empty staged window is not reused: it saves no extract, and a plan ending in
+    # one would commit an empty file (see commit_windows).
+    staged = (
+        []
+        if lake is None
+        else [s for s in lake.staged_windows(window.table, window.start, window.end) if s.rows]
+    )
     subs: list[Payload] = []
     reused: list[tuple[str, datetime]] = []  # the reused staged objects, their cursor ends
     planned: datetime | None = None  # where the cursor range planned so far ends
@@ -657,14 +667,25 @@ def commit_windows(
     if not isinstance(first, int) or not 0 <= first < len(items):
         raise InvalidEvent("step input's committed is not an index of its plan", table=table)
     rows = int(payload.get("rows_committed", 0))
-    result: Payload = {"table": table, "status": "empty", "key": None, "rows": 0, "reason": None}
+    # What an earlier call of this plan (status partial) wrote last, if it wrote.
+    carried = payload.get("key") if payload.get("status") == "partial" else None
+    if carried is not None and not isinstance(carried, str):
+        raise InvalidEvent("step input's key is not a file key", table=table)
+    status = "empty" if carried is None else "written"
+    result: Payload = {"table": table, "status": status, "key": carried, "rows": 0, "reason": None}
     for i in range(first, len(items)):
         if deadline is not None and i > first and time.monotonic() > deadline:
             logger.info(
                 "Time budget reached: the next call commits the rest",
                 extra={"table": table, "committed": i, "windows": len(items)},
             )
-            return {**payload, "status": "partial", "committed": i, "rows_committed": rows}
+            return {
+                **payload,
+                "status": "partial",
+                "committed": i,
+                "rows_committed": rows,
+                "key": result["key"],
+            }
         window = Window.from_payload(items[i])
         # Already claimed: by this very window (a retried call, or an overlapping run
         # reusing the same staged window committed it, its staged object now gone) or
@@ -693,6 +714,12 @@ def commit_windows(
                 )
                 return {**result, "rows": rows + int(result["rows"])}
             rows_in, size = staged.rows, staged.size
+            if rows_in == 0 and i == len(items) - 1:
+                # Nothing new after the sub-windows before it (the rest of the window after
+                # reused ones, or emptied since planning): not committed, as a window
+                # without new rows commits nothing. The next run starts where they end.
+                logger.info("No new rows", extra={"table": table, "window": window.label})
+                break
         result = commit_table({**items[i], "rows": rows_in, "bytes": size}, lake)
         if result["status"] != "written":  # another run holds the chain from here
             return {**result, "rows": rows}

@@ -461,3 +461,87 @@ def test_a_sub_window_within_its_budget_is_staged_whole(conn: Any, s3: Any) -> N
         item, conn, lake, row_group_rows=1024, deadline=time.monotonic() + 60
     )
     assert (out["rows"], out["end_time"]) == (500, item["end_time"])
+
+
+def test_a_plan_ending_with_nothing_new_after_reused_windows_commits_no_empty_file(
+    conn: Any, s3: Any
+) -> None:
+    from tests.lakecheck import read_file, table_files
+    from totes_ingest import pipeline
+
+    # GIVEN a run's three sub-windows staged and never committed, and nothing new after
+    lake, plan = _planned(conn, s3, 1500, 500, run_id="run-a")
+    _stage_all(conn, lake, plan)
+    # WHEN a later run reuses them and stages the rest of its window (nothing new)
+    later = {**plan, "run_id": "run-b", "end_time": "2026-01-03 00:00:00.000000"}
+    again = pipeline.stage_table(
+        pipeline.find_watermark(later, lake), conn, lake, row_group_rows=1024, max_window_rows=500
+    )
+    items = _stage_all(conn, lake, again)
+    assert [i.get("staged_by") for i in items] == ["run-a", "run-a", "run-a", None]
+    result = pipeline.commit_windows(again, lake)
+    # THEN the reused windows are the chain's, the empty rest is not committed
+    files = table_files(s3, "t")
+    assert [read_file(s3, f).num_rows for f in files] == [500, 500, 500]
+    assert (result["status"], result["rows"], result["key"]) == ("written", 1500, files[-1])
+    assert pipeline.commit_windows(again, lake) == result  # a retry answers the same
+    # and the next run starts where they end: its staged empty window is not reused
+    after = {**plan, "run_id": "run-c", "end_time": "2026-01-04 00:00:00.000000"}
+    found = pipeline.find_watermark(after, lake)
+    assert found["start_time"] == items[2]["end_time"]
+    subs = pipeline.plan_windows(found, conn, lake, max_window_rows=500)
+    assert [s.get("staged_by") for s in subs] == [None]
+
+
+def test_a_partial_commit_whose_rest_holds_nothing_new_names_the_key_written_before(
+    conn: Any, s3: Any
+) -> None:
+    from tests.lakecheck import table_files
+    from totes_ingest import pipeline
+    from totes_ingest.sub_windows import load_plan
+
+    # GIVEN a plan of three staged sub-windows whose last was emptied after planning
+    lake, plan = _planned(conn, s3, 1500, 500)
+    last = load_plan(lake, plan)[2]["cursor"]
+    conn.run("DELETE FROM t WHERE last_updated >= CAST(:a AS timestamp)", a=last["start"])
+    _stage_all(conn, lake, plan)
+    # WHEN CommitWindows reaches its time budget after each commit
+    partial = pipeline.commit_windows(plan, lake, deadline=0.0)
+    partial = pipeline.commit_windows(partial, lake, deadline=0.0)
+    assert (partial["status"], partial["committed"]) == ("partial", 2)
+    done = pipeline.commit_windows(partial, lake, deadline=0.0)
+    # THEN the last call, committing nothing, still names the table's newest key
+    files = table_files(s3, "t")
+    assert len(files) == 2
+    assert (done["status"], done["rows"], done["key"]) == ("written", 1000, files[-1])
+
+
+def test_a_reused_window_committed_by_its_own_run_meanwhile_is_still_committed_once(
+    conn: Any, s3: Any
+) -> None:
+    from tests.conftest import BUCKET
+    from tests.lakecheck import read_file, table_files
+    from totes_ingest import pipeline
+    from totes_ingest.lake import Lake
+
+    # GIVEN a window staged by one run, and found for reuse by an overlapping run
+    _table(conn, [T0 + timedelta(seconds=i) for i in range(20)])
+    lake = Lake(s3, BUCKET)
+    base = {"table": "t", "source_timezone": "UTC", "hold": None}
+    first = {**base, "run_id": "run-a", "end_time": "2026-01-02 00:00:00.000000"}
+    staged = pipeline.stage_table(
+        pipeline.find_watermark(first, lake), conn, lake, row_group_rows=64
+    )
+    second = {**first, "run_id": "run-b"}
+    (reuse,) = pipeline.plan_windows(
+        pipeline.find_watermark(second, lake), conn, lake, max_window_rows=1000
+    )
+    assert reuse["staged_by"] == "run-a"
+    # WHEN the first run commits it (its staged object gone) before the second stages it
+    assert pipeline.commit_table(staged, lake)["status"] == "written"
+    reused = pipeline.stage_table(reuse, conn, lake, row_group_rows=64)
+    # THEN the second run's commit finds the claim its own: one file, every row once
+    assert reused["rows"] == 20
+    assert pipeline.commit_table(reused, lake)["status"] == "written"
+    (key,) = table_files(s3, "t")
+    assert read_file(s3, key).num_rows == 20
