@@ -97,6 +97,7 @@ DELETED_AT: Final = "deleted_at"
 LAST_VERSION: Final = "last_version"
 _EXAMPLES: Final = 5
 _INTEGER_KEYS = (pa.int16(), pa.int32(), pa.int64())
+_DELETED_AT_TYPE: Final = pa.timestamp("us", tz="UTC")
 
 
 class AuditError(IngestError):
@@ -147,6 +148,9 @@ class TableAudit:
     newer_in_lake: int = 0
     deleted: int = 0  # keys found deleted with no tombstone yet
     tombstoned: int = 0
+    # Keys live at the source that a tombstone hides (a row restored with the version
+    # its tombstone names): each gets a marker lifting the key's tombstones.
+    revived: int = 0
     stray: int = 0  # objects under the table's prefix no commit and no audit wrote
     repair_keys: list[str] = field(default_factory=list)
     tombstone_key: str | None = None
@@ -343,21 +347,24 @@ class _Audit:
 
     # -- the lake, spilled ------------------------------------------------------------
 
-    def _spill(self, kind: str, batches: Iterator[pa.Table], value: str) -> int:
-        names = [*self.source.key, value]
-        schema = pa.schema(
-            [
-                *(pa.field(n, pa.string()) for n in self.source.key),
-                pa.field(value, self.cursor_type),
-            ]
-        )
+    def _values(self, kind: str) -> list[pa.Field]:
+        """The columns a spill of ``kind`` holds beside the key (as text)."""
+        cursor = pa.field(CURSOR_COLUMN, self.cursor_type)
+        if kind == "lake":
+            return [cursor]
+        return [pa.field(LAST_VERSION, self.cursor_type), pa.field(DELETED_AT, _DELETED_AT_TYPE)]
+
+    def _spill(self, kind: str, batches: Iterator[pa.Table]) -> int:
+        values = self._values(kind)
+        names = [*self.source.key, *(f.name for f in values)]
+        schema = pa.schema([*(pa.field(n, pa.string()) for n in self.source.key), *values])
         writers: dict[int, ipc.RecordBatchStreamWriter] = {}
         rows = 0
         try:
             for batch in batches:
-                batch = pa.Table.from_arrays(
-                    [*(batch.column(n) for n in self.source.key), batch.column(value)], names=names
-                ).cast(schema)
+                batch = pa.Table.from_arrays([batch.column(n) for n in names], names=names).cast(
+                    schema
+                )
                 rows += batch.num_rows
                 parts = self._partition_of(batch.column(self.source.key[0]).combine_chunks())
                 for part in np.unique(parts):
@@ -370,14 +377,14 @@ class _Audit:
                 writer.close()
         return rows
 
-    def _spilled(self, kind: str, partition: int, value: str) -> pa.Table:
+    def _spilled(self, kind: str, partition: int) -> pa.Table:
         path = self.workdir / f"{kind}-{partition}.arrows"
         if path.exists():
             with ipc.open_stream(str(path)) as reader:
                 return reader.read_all()
         return pa.table(
             {n: pa.array([], pa.string()) for n in self.source.key}
-            | {value: pa.array([], self.cursor_type)}
+            | {f.name: pa.array([], f.type) for f in self._values(kind)}
         )
 
     def _listed(self, prefix: str) -> list[str]:
@@ -395,10 +402,11 @@ class _Audit:
                 continue
             with lake_errors(f"read of {key}", table=self.table):
                 body = self.lake.s3.get_object(Bucket=self.lake.bucket, Key=key)["Body"].read()
-            read = pq.read_table(pa.py_buffer(body), columns=[*self.source.key, LAST_VERSION])
+            names = [*self.source.key, LAST_VERSION, DELETED_AT]
+            read = pq.read_table(pa.py_buffer(body), columns=names)
             keys = [key_text(read.column(n).combine_chunks(), self.table) for n in self.source.key]
             yield pa.Table.from_arrays(
-                [*keys, read.column(LAST_VERSION)], names=[*self.source.key, LAST_VERSION]
+                [*keys, read.column(LAST_VERSION), read.column(DELETED_AT)], names=names
             )
 
     # -- the audit ----------------------------------------------------------------------
@@ -447,10 +455,8 @@ class _Audit:
         )
         # One spill of both: each partition's file is written once (a second spill of a
         # kind would start its files again, dropping the committed versions).
-        self.report.lake_versions = self._spill(
-            "lake", itertools.chain(history, repaired), CURSOR_COLUMN
-        )
-        self._spill("tomb", self._tombstones(), LAST_VERSION)
+        self.report.lake_versions = self._spill("lake", itertools.chain(history, repaired))
+        self._spill("tomb", self._tombstones())
         db = _Snapshot(self.conn, self.table, self.label)
         with db:
             observed = db.observed()
@@ -474,7 +480,7 @@ class _Audit:
         ((csv,),) = db.run(pairs_query(self.source, self._predicate(partition)))
         source = source_pairs((csv or "").encode(), self.source, self.cursor_type)
         self.report.source_rows += source.num_rows
-        lake = self._spilled("lake", partition, CURSOR_COLUMN)
+        lake = self._spilled("lake", partition)
         cursor = source.column(CURSOR_COLUMN)
         judged = pc.less(cursor, _scalar(bound, self.cursor_type))
         if since is not None:
@@ -495,13 +501,18 @@ class _Audit:
                 "newer_in_lake",
                 f"{_key_text(row, key)}: lake {row['lake_newest']}, source {row[CURSOR_COLUMN]}",
             )
-        gone = newest.join(source, keys=key, join_type="left anti", use_threads=False)
-        tombstoned = self._spilled("tomb", partition, LAST_VERSION)
-        marked = _renamed(
-            tombstoned.group_by(key).aggregate([(LAST_VERSION, "max")]),
-            f"{LAST_VERSION}_max",
-            "tombstoned",
+        marked = _in_force(self._spilled("tomb", partition), key)
+        # Live at the source, yet hidden: its newest lake version is at or below its
+        # tombstone (restored from a backup as it was, its version the tombstone's).
+        hidden = both.join(marked, keys=key, join_type="inner", use_threads=False)
+        hidden = hidden.filter(
+            pc.greater_equal(hidden.column("tombstoned"), hidden.column("lake_newest"))
         )
+        self.report.revived += hidden.num_rows
+        for row in hidden.slice(0, _EXAMPLES).to_pylist():
+            self.report.example("revived", _key_text(row, key))
+        tombstones.revive(hidden)
+        gone = newest.join(source, keys=key, join_type="left anti", use_threads=False)
         gone = gone.join(marked, keys=key, join_type="left outer", use_threads=False)
         fresh = gone.filter(
             pc.or_kleene(
@@ -597,29 +608,36 @@ class _Tombstones:
         self.schema = pa.schema(
             [
                 *fields,
-                pa.field(DELETED_AT, pa.timestamp("us", tz="UTC")),
+                pa.field(DELETED_AT, _DELETED_AT_TYPE),
                 pa.field(LAST_VERSION, audit.cursor_type),
             ]
         )
         self.path = audit.workdir / "tombstones.parquet"
         self.writer: pq.ParquetWriter | None = None
         self.rows = 0
+        self.revived = 0
 
     def add(self, gone: pa.Table) -> None:
-        if not gone.num_rows or not self.audit.settings.repair:
+        """A tombstone for each key of ``gone``, at its newest lake version."""
+        self._write(gone, gone.column("lake_newest").cast(self.audit.cursor_type))
+
+    def revive(self, hidden: pa.Table) -> None:
+        """A marker for each key of ``hidden`` (``last_version`` null) lifting its
+        tombstones: from this audit's instant on, the key is live again."""
+        self._write(hidden, pa.nulls(hidden.num_rows, self.audit.cursor_type))
+        self.revived += hidden.num_rows if self.audit.settings.repair else 0
+
+    def _write(self, found: pa.Table, last_version: pa.Array) -> None:
+        if not found.num_rows or not self.audit.settings.repair:
             return
         keys = [
-            _typed(gone.column(name), self.schema.field(name).type, self.audit.table)
+            _typed(found.column(name), self.schema.field(name).type, self.audit.table)
             for name in self.audit.source.key
         ]
         deleted_at = pa.array(
-            np.full(gone.num_rows, np.datetime64(self.observed, "us")),
-            pa.timestamp("us", tz="UTC"),
+            np.full(found.num_rows, np.datetime64(self.observed, "us")), _DELETED_AT_TYPE
         )
-        table = pa.Table.from_arrays(
-            [*keys, deleted_at, gone.column("lake_newest").cast(self.audit.cursor_type)],
-            schema=self.schema,
-        )
+        table = pa.Table.from_arrays([*keys, deleted_at, last_version], schema=self.schema)
         if self.writer is None:
             self.writer = pq.ParquetWriter(
                 str(self.path), self.schema, **writer_options(self.schema)
@@ -633,7 +651,7 @@ class _Tombstones:
         self.writer.close()
         key = tombstone_key(self.audit.table, self.observed)
         _put_once(self.audit.lake, key, self.path, {META_ROWS: str(self.rows)}, self.audit.table)
-        self.audit.report.tombstoned = self.rows
+        self.audit.report.tombstoned = self.rows - self.revived
         return key
 
 
@@ -676,10 +694,31 @@ def _renamed(table: pa.Table, old: str, new: str) -> pa.Table:
 
 
 def _status(report: TableAudit, repair: bool) -> Status:
-    unrepaired = not repair and (report.missing > 0 or report.deleted > 0)
+    unrepaired = not repair and (report.missing > 0 or report.deleted > 0 or report.revived > 0)
     if report.newer_in_lake > 0 or report.stray > 0 or unrepaired:
         return "not whole"
-    return "repaired" if report.repaired or report.tombstoned else "whole"
+    return "repaired" if report.repaired or report.tombstoned or report.revived else "whole"
+
+
+def _in_force(tombstones: pa.Table, key: list[str]) -> pa.Table:
+    """Each tombstoned key's ``tombstoned``: the greatest ``last_version`` of its
+    tombstones written after its latest revival marker (``last_version`` null), if any
+    (see ``lake_views.current_view_sql``, which reads them the same way)."""
+    revivals = tombstones.filter(pc.is_null(tombstones.column(LAST_VERSION)))
+    revived = _renamed(
+        revivals.group_by(key).aggregate([(DELETED_AT, "max")]), f"{DELETED_AT}_max", "revived_at"
+    )
+    marks = tombstones.filter(pc.is_valid(tombstones.column(LAST_VERSION)))
+    marks = marks.join(revived, keys=key, join_type="left outer", use_threads=False)
+    marks = marks.filter(
+        pc.or_kleene(
+            pc.is_null(marks.column("revived_at")),
+            pc.greater(marks.column(DELETED_AT), marks.column("revived_at")),
+        )
+    )
+    return _renamed(
+        marks.group_by(key).aggregate([(LAST_VERSION, "max")]), f"{LAST_VERSION}_max", "tombstoned"
+    )
 
 
 def _publish(report: TableAudit) -> None:
@@ -688,6 +727,7 @@ def _publish(report: TableAudit) -> None:
         ("MissingVersions", report.missing),
         ("RepairedVersions", report.repaired),
         ("DeletedKeys", report.deleted),
+        ("RevivedKeys", report.revived),
         ("NewerInLakeKeys", report.newer_in_lake),
         ("StrayObjects", report.stray),
     ):
@@ -702,5 +742,7 @@ def _publish(report: TableAudit) -> None:
         logger.critical("Objects under the table's prefix no commit wrote", extra=extra)
     elif report.deleted:
         logger.warning("Keys deleted at the source", extra=extra)
+    elif report.revived:
+        logger.warning("Tombstoned keys live again at the source", extra=extra)
     else:
         logger.info("Audited", extra=extra)

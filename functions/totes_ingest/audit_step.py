@@ -27,6 +27,7 @@ SUMMARY_FIELDS: Final = (
     "newer_in_lake",
     "deleted",
     "tombstoned",
+    "revived",
     "source_rows",
     "lake_versions",
     "judged_from",

@@ -17,7 +17,7 @@ from totes_ingest.run_summary import _reason
 
 Payload = dict[str, Any]
 
-COUNTS: Final = ("missing", "repaired", "newer_in_lake", "deleted", "tombstoned")
+COUNTS: Final = ("missing", "repaired", "newer_in_lake", "deleted", "tombstoned", "revived")
 # Statuses of a table the audit judged whole (after any repair): see audit.TableAudit.
 WHOLE: Final = frozenset({"whole", "repaired", "skipped"})
 

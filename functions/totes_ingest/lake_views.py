@@ -34,6 +34,7 @@ TOMBSTONES_PREFIX: Final = "_tombstones/"
 DELETED_AT: Final = "deleted_at"
 LAST_VERSION: Final = "last_version"
 _RANK: Final = "_version_rank"
+_REVIVED_AT: Final = "_revived_at"  # the key's latest revival marker, in the tombstones
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,10 @@ def current_view_sql(columns: TableColumns) -> str:
     outer = ", ".join(f"v.{quote(name)}" for name in columns.names)
     key = ", ".join(quote(name) for name in columns.key)
     joined = " AND ".join(f"d.{quote(name)} = v.{quote(name)}" for name in columns.key)
-    last = quote(LAST_VERSION)
+    last, at, revived = quote(LAST_VERSION), quote(DELETED_AT), quote(_REVIVED_AT)
+    # A tombstone is in force unless a revival marker (``last_version`` null: the audit
+    # found the key live again) came after it; the key's tombstones in force hide its
+    # versions up to the greatest of their ``last_version``.
     # Every identifier is quoted by ``quote``; no value is interpolated.
     return (
         f"SELECT {outer}\n"  # nosec B608
@@ -89,7 +93,13 @@ def current_view_sql(columns: TableColumns) -> str:
         f") AS v\n"
         f"LEFT JOIN (\n"
         f"  SELECT {key}, max({last}) AS {last}\n"
-        f"  FROM {quote(table + TOMBSTONES_SUFFIX)}\n"
+        f"  FROM (\n"
+        f"    SELECT {key}, {last}, {at},\n"
+        f"      max(CASE WHEN {last} IS NULL THEN {at} END) OVER (PARTITION BY {key})"
+        f" AS {revived}\n"
+        f"    FROM {quote(table + TOMBSTONES_SUFFIX)}\n"
+        f"  ) AS t\n"
+        f"  WHERE {last} IS NOT NULL AND ({revived} IS NULL OR {at} > {revived})\n"
         f"  GROUP BY {key}\n"
         f") AS d ON {joined}\n"
         f"WHERE v.{quote(_RANK)} = 1 AND (d.{last} IS NULL OR d.{last} < v.{cursor})"

@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -235,11 +236,6 @@ def test_a_table_emptied_completely_is_tombstoned_once_and_its_current_view_is_e
     _assert_whole_and_silent(conn, lake, s3, "item")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lake_views.current_view_sql hides a key whose tombstone's last_version equals "
-    "its live version's cursor: a row restored with its original last_updated stays hidden",
-)
 def test_a_row_restored_from_a_backup_with_its_own_last_updated_is_current_again(
     conn: Any, db_settings: dict[str, Any], s3: Any, tmp_path: Path
 ) -> None:
@@ -251,12 +247,40 @@ def test_a_row_restored_from_a_backup_with_its_own_last_updated_is_current_again
     conn.run("CREATE TABLE item_backup AS SELECT * FROM item")
     conn.run("DELETE FROM item WHERE id = 2")
     assert _audit(conn, lake, "item").tombstoned == 1
+    assert _current_ids(s3, tmp_path / "l") == [1]
     # WHEN the operator restores it from the backup, as it was (its own last_updated)
     conn.run("INSERT INTO item SELECT * FROM item_backup WHERE id = 2")
-    _run(conn, lake, "item")
-    # THEN the audit calls the lake whole ... and the current view must show the live row
-    _assert_whole_and_silent(conn, lake, s3, "item")
+    _run(conn, lake, "item")  # (nothing to write: the lake holds that version)
+    # THEN the next audit finds it hidden and lifts its tombstone, writing nothing else
+    found = _audit(conn, lake, "item")
+    assert (found.revived, found.tombstoned, found.missing, found.deleted) == (1, 0, 0, 0)
+    assert (found.status, found.examples["revived"]) == ("repaired", ["id=2"])
     assert _current_ids(s3, tmp_path / "l") == [1, 2] == _ids(conn)
+    _assert_whole_and_silent(conn, lake, s3, "item")
+    # and deleted again, it is tombstoned again and hidden again
+    conn.run("DELETE FROM item WHERE id = 2")
+    assert _audit(conn, lake, "item").tombstoned == 1
+    assert _current_ids(s3, tmp_path / "l") == [1] == _ids(conn)
+    _assert_whole_and_silent(conn, lake, s3, "item")
+
+
+def test_a_revival_left_unwritten_under_no_repair_makes_the_table_not_whole(
+    conn: Any, db_settings: dict[str, Any], s3: Any
+) -> None:
+    # GIVEN a tombstoned key restored as it was
+    _item(conn, db_settings)
+    lake = Lake(s3, BUCKET)
+    conn.run("INSERT INTO item (id, v) VALUES (1, 'a')")
+    _run(conn, lake, "item")
+    conn.run("CREATE TABLE item_backup AS SELECT * FROM item")
+    conn.run("DELETE FROM item")
+    assert _audit(conn, lake, "item").tombstoned == 1
+    conn.run("INSERT INTO item SELECT * FROM item_backup")
+    # WHEN audited without repairs THEN it is reported, not written
+    before = _objects(s3)
+    found = _audit(conn, lake, "item", replace(AUDIT, repair=False))
+    assert (found.revived, found.status) == (1, "not whole")
+    assert _objects(s3) == before
 
 
 def test_a_live_row_whose_cursor_was_set_null_is_not_tombstoned(
