@@ -502,12 +502,13 @@ class _Audit:
                 f"{_key_text(row, key)}: lake {row['lake_newest']}, source {row[CURSOR_COLUMN]}",
             )
         marked = _in_force(self._spilled("tomb", partition), key)
-        # Live at the source, yet hidden: its newest lake version is at or below its
-        # tombstone (restored from a backup as it was, its version the tombstone's).
+        # Live at the source as the lake holds it, yet hidden: its newest lake version is
+        # at or below its tombstone (a row restored from a backup as it was). A source
+        # version newer than the lake's is not: once ingested, it is above the tombstone.
         hidden = both.join(marked, keys=key, join_type="inner", use_threads=False)
-        hidden = hidden.filter(
-            pc.greater_equal(hidden.column("tombstoned"), hidden.column("lake_newest"))
-        )
+        newest_hidden = pc.greater_equal(hidden.column("tombstoned"), hidden.column("lake_newest"))
+        held = pc.less_equal(hidden.column(CURSOR_COLUMN), hidden.column("lake_newest"))
+        hidden = hidden.filter(pc.and_(newest_hidden, held))
         self.report.revived += hidden.num_rows
         for row in hidden.slice(0, _EXAMPLES).to_pylist():
             self.report.example("revived", _key_text(row, key))

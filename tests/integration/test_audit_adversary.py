@@ -264,6 +264,28 @@ def test_a_row_restored_from_a_backup_with_its_own_last_updated_is_current_again
     _assert_whole_and_silent(conn, lake, s3, "item")
 
 
+def test_a_tombstoned_key_inserted_again_is_not_revived_before_its_new_version_lands(
+    conn: Any, db_settings: dict[str, Any], s3: Any, tmp_path: Path
+) -> None:
+    # GIVEN a key ingested, deleted and tombstoned, then inserted again (a new version)
+    _item(conn, db_settings)
+    lake = Lake(s3, BUCKET)
+    conn.run("INSERT INTO item (id, v) VALUES (1, 'a'), (2, 'b')")
+    _run(conn, lake, "item")
+    conn.run("DELETE FROM item WHERE id = 2")
+    assert _audit(conn, lake, "item").tombstoned == 1
+    conn.run("INSERT INTO item (id, v) VALUES (2, 'new')")
+    # WHEN audited before the new version is ingested
+    found = _audit(conn, lake, "item")
+    # THEN no marker lifts the old version's tombstone: the new version is the one repaired
+    assert (found.revived, found.tombstoned, found.repaired) == (0, 0, 1)
+    assert _current_ids(s3, tmp_path / "l") == [1, 2]
+    con = duckdb.connect()
+    for statement in duckdb_statements(str(tmp_path / "l"), ITEM_COLUMNS, True):
+        con.execute(statement)
+    assert con.execute("SELECT v FROM item_current WHERE id = 2").fetchall() == [("new",)]
+
+
 def test_a_revival_left_unwritten_under_no_repair_makes_the_table_not_whole(
     conn: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:
