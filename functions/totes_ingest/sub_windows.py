@@ -1,7 +1,7 @@
 """A window cut into sub-windows: its plan in the lake, staged in parallel, committed in order.
 
 When a table's pending range holds more than ``MAX_WINDOW_ROWS`` rows, QueryToParquet
-cuts it (``pipeline.plan_windows``) and, instead of extracting it, writes the plan: a JSON
+cuts it (``window_plan.plan_windows``) and, instead of extracting it, writes the plan: a JSON
 array of the sub-windows' step payloads at ``plan_key(table, run_id)``, under
 ``_staging/`` (so the staging lifecycle rule expires it). The state machine's
 Distributed Map reads that array as its items (ItemReader) and stages each sub-window in
@@ -12,7 +12,7 @@ a child execution; CommitWindows then commits them in chain order
   (``Lake.verify_staged``); one that is missing (its staging failed) stops the chain
   there, with a LakeError naming it: the sub-windows before it stay committed and the
   next run resumes from it, reusing the staged objects after it that still continue the
-  chain (``plan_windows``);
+  chain (``window_plan.plan_windows``);
 - a commit skipped because another run committed from the same watermark stops it too;
   a sub-window whose claim is already its own (a retried call, an overlapping run that
   reused the same staged window) is committed: the claim settles it, not the staged

@@ -3,8 +3,9 @@
 Three kinds:
 
 - **step faults**: a pipeline step or a commit-protocol operation (``pipeline.start_run``,
-  ``pipeline.find_watermark``, ``pipeline.stage_table``, ``pipeline.plan_windows``,
-  ``pipeline.commit_windows``, ``Lake.commit``, ``Lake._finish``, ``Lake.verify_staged``)
+  ``pipeline.find_watermark``, ``pipeline.stage_table``, ``pipeline.plan_windows`` (the
+  window_plan function, as stage_table calls it), ``pipeline.commit_windows``,
+  ``Lake.commit``, ``Lake._finish``, ``Lake.verify_staged``)
   raises either *before* doing its work or *after* it succeeded (the work is done, the
   caller never hears of it). The error is one the ASL retries (SourceUnavailable,
   LakeUnavailable) or :class:`ChaosCrash`, which it does not. With windows cut into

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from totes_ingest import window_plan
 from totes_ingest.cursor import CursorRange
 from totes_ingest.source import resolve_table
 from totes_ingest.window_plan import cut_instants, cut_points
@@ -110,7 +111,7 @@ def test_a_planned_chain_stages_and_commits_every_row_once_under_one_key_per_win
         "hold": None,
     }
     payload = pipeline.find_watermark(payload, lake)
-    subs = pipeline.plan_windows(payload, conn, max_window_rows=1000)
+    subs = window_plan.plan_windows(payload, conn, max_window_rows=1000)
     assert len(subs) >= len(values) // 1000
     keys = []
     for sub in subs:  # staged in any order, committed in chain order
@@ -143,7 +144,7 @@ def test_a_kill_between_two_sub_window_commits_resumes_without_re_extracting(
     lake = Lake(s3, BUCKET)
     base = {"table": "t", "source_timezone": "UTC", "hold": None}
     first = {**base, "run_id": "run-a", "end_time": "2026-01-02 00:00:00.000000"}
-    subs = pipeline.plan_windows(pipeline.find_watermark(first, lake), conn, max_window_rows=500)
+    subs = window_plan.plan_windows(pipeline.find_watermark(first, lake), conn, max_window_rows=500)
     assert len(subs) == 5
     staged = [pipeline.stage_table(sub, conn, lake, row_group_rows=1024) for sub in subs]
     for done in staged[:2]:
@@ -151,7 +152,7 @@ def test_a_kill_between_two_sub_window_commits_resumes_without_re_extracting(
     # killed here: three windows staged, not committed. The next run resumes from them.
     second = {**base, "run_id": "run-b", "end_time": "2026-01-03 00:00:00.000000"}
     conn.run("INSERT INTO t (last_updated) VALUES (TIMESTAMP '2026-01-02 12:00:00')")
-    resumed = pipeline.plan_windows(
+    resumed = window_plan.plan_windows(
         pipeline.find_watermark(second, lake), conn, lake, max_window_rows=500
     )
     assert [r.get("staged_by") for r in resumed] == ["run-a"] * 3 + [None]
@@ -266,7 +267,7 @@ def test_a_sub_window_not_staged_stops_the_chain_there_and_the_next_run_resumes(
     # the next run plans from there, reusing the two staged sub-windows after the gap
     again = {**plan, "run_id": "run-next", "end_time": "2026-01-03 00:00:00.000000"}
     again = pipeline.find_watermark(again, lake)
-    subs = pipeline.plan_windows(again, conn, lake, max_window_rows=500)
+    subs = window_plan.plan_windows(again, conn, lake, max_window_rows=500)
     assert [s.get("staged_by") for s in subs] == [None, "run-plan", "run-plan", None]
     gap = subs[0]["cursor"]  # the gap, planned again (with the run's re-read overlap)
     assert (gap["start"], gap["end"]) == (items[2]["cursor"]["start"], items[2]["cursor"]["end"])
@@ -390,7 +391,7 @@ def test_two_gaps_are_planned_in_one_run_and_no_version_lands_twice(conn: Any, s
         pipeline.commit_windows(plan, lake)
     again = {**plan, "run_id": "run-next", "end_time": "2026-01-03 00:00:00.000000"}
 
-    subs = pipeline.plan_windows(
+    subs = window_plan.plan_windows(
         pipeline.find_watermark(again, lake), conn, lake, max_window_rows=500
     )
 
@@ -437,7 +438,7 @@ def test_a_sub_window_past_its_time_budget_is_staged_shorter_and_the_rest_handed
     assert lake.resolve_watermark("t").key == result["key"]
     # AND the next run plans the rest, reusing the third, and no row lands twice
     again = {**plan, "run_id": "run-next", "end_time": "2026-01-03 00:00:00.000000"}
-    subs = pipeline.plan_windows(
+    subs = window_plan.plan_windows(
         pipeline.find_watermark(again, lake), conn, lake, max_window_rows=500
     )
     assert [s.get("staged_by") for s in subs][:2] == [None, "run-plan"]
@@ -489,7 +490,7 @@ def test_a_plan_ending_with_nothing_new_after_reused_windows_commits_no_empty_fi
     after = {**plan, "run_id": "run-c", "end_time": "2026-01-04 00:00:00.000000"}
     found = pipeline.find_watermark(after, lake)
     assert found["start_time"] == items[2]["end_time"]
-    subs = pipeline.plan_windows(found, conn, lake, max_window_rows=500)
+    subs = window_plan.plan_windows(found, conn, lake, max_window_rows=500)
     assert [s.get("staged_by") for s in subs] == [None]
 
 
@@ -533,7 +534,7 @@ def test_a_reused_window_committed_by_its_own_run_meanwhile_is_still_committed_o
         pipeline.find_watermark(first, lake), conn, lake, row_group_rows=64
     )
     second = {**first, "run_id": "run-b"}
-    (reuse,) = pipeline.plan_windows(
+    (reuse,) = window_plan.plan_windows(
         pipeline.find_watermark(second, lake), conn, lake, max_window_rows=1000
     )
     assert reuse["staged_by"] == "run-a"
