@@ -236,10 +236,8 @@ def test_a_table_emptied_completely_is_tombstoned_once_and_its_current_view_is_e
     _assert_whole_and_silent(conn, lake, s3, "item")
 
 
-def test_a_row_restored_from_a_backup_with_its_own_last_updated_is_current_again(
-    conn: Any, db_settings: dict[str, Any], s3: Any, tmp_path: Path
-) -> None:
-    # GIVEN a row ingested, deleted by mistake and tombstoned by the audit
+def _ingested_then_tombstoned(conn: Any, db_settings: dict[str, Any], s3: Any) -> Lake:
+    """Keys 1 and 2 ingested, a backup of them taken, key 2 deleted and tombstoned."""
     _item(conn, db_settings)
     lake = Lake(s3, BUCKET)
     conn.run("INSERT INTO item (id, v) VALUES (1, 'a'), (2, 'b')")
@@ -247,6 +245,14 @@ def test_a_row_restored_from_a_backup_with_its_own_last_updated_is_current_again
     conn.run("CREATE TABLE item_backup AS SELECT * FROM item")
     conn.run("DELETE FROM item WHERE id = 2")
     assert _audit(conn, lake, "item").tombstoned == 1
+    return lake
+
+
+def test_a_row_restored_from_a_backup_with_its_own_last_updated_is_current_again(
+    conn: Any, db_settings: dict[str, Any], s3: Any, tmp_path: Path
+) -> None:
+    # GIVEN a row ingested, deleted by mistake and tombstoned by the audit
+    lake = _ingested_then_tombstoned(conn, db_settings, s3)
     assert _current_ids(s3, tmp_path / "l") == [1]
     # WHEN the operator restores it from the backup, as it was (its own last_updated)
     conn.run("INSERT INTO item SELECT * FROM item_backup WHERE id = 2")
@@ -268,12 +274,7 @@ def test_a_tombstoned_key_inserted_again_is_not_revived_before_its_new_version_l
     conn: Any, db_settings: dict[str, Any], s3: Any, tmp_path: Path
 ) -> None:
     # GIVEN a key ingested, deleted and tombstoned, then inserted again (a new version)
-    _item(conn, db_settings)
-    lake = Lake(s3, BUCKET)
-    conn.run("INSERT INTO item (id, v) VALUES (1, 'a'), (2, 'b')")
-    _run(conn, lake, "item")
-    conn.run("DELETE FROM item WHERE id = 2")
-    assert _audit(conn, lake, "item").tombstoned == 1
+    lake = _ingested_then_tombstoned(conn, db_settings, s3)
     conn.run("INSERT INTO item (id, v) VALUES (2, 'new')")
     # WHEN audited before the new version is ingested
     found = _audit(conn, lake, "item")
@@ -290,14 +291,8 @@ def test_a_revival_left_unwritten_under_no_repair_makes_the_table_not_whole(
     conn: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:
     # GIVEN a tombstoned key restored as it was
-    _item(conn, db_settings)
-    lake = Lake(s3, BUCKET)
-    conn.run("INSERT INTO item (id, v) VALUES (1, 'a')")
-    _run(conn, lake, "item")
-    conn.run("CREATE TABLE item_backup AS SELECT * FROM item")
-    conn.run("DELETE FROM item")
-    assert _audit(conn, lake, "item").tombstoned == 1
-    conn.run("INSERT INTO item SELECT * FROM item_backup")
+    lake = _ingested_then_tombstoned(conn, db_settings, s3)
+    conn.run("INSERT INTO item SELECT * FROM item_backup WHERE id = 2")
     # WHEN audited without repairs THEN it is reported, not written
     before = _objects(s3)
     found = _audit(conn, lake, "item", replace(AUDIT, repair=False))
