@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any, Final, Literal, TypeVar
 
 from boto3.exceptions import S3TransferFailedError
+from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from totes_ingest.aws import as_lake_error, error_code, lake_errors
@@ -51,6 +52,7 @@ from totes_ingest.generate_file_key import (
 from totes_ingest.observability import logger
 from totes_ingest.read_ahead import read_ahead
 from totes_ingest.window import Window
+from totes_ingest.write_to_s3 import SINGLE_PUT_BYTES
 
 T = TypeVar("T")
 
@@ -59,6 +61,9 @@ _CLAIM_TAKEN = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "4
 # A claim chain longer than this in one lookup means something is writing in a loop.
 _MAX_ROLL_FORWARDS = 100
 _MAX_CLAIM_BYTES = 64 << 10
+# A staged object up to the size write_to_s3 puts in one request is committed by one
+# CopyObject (a server-side copy, no bytes through the function); larger ones in parts.
+_COPY_CONFIG: Final = TransferConfig(multipart_threshold=SINGLE_PUT_BYTES)
 CLAIM_VERSION: Final = 2
 
 # User metadata of staged (and so of committed) objects: which window and run made them.
@@ -564,7 +569,10 @@ class Lake:
             )
         try:
             self.s3.copy(
-                {"Bucket": self.bucket, "Key": claim.staging_key}, self.bucket, claim.final_key
+                {"Bucket": self.bucket, "Key": claim.staging_key},
+                self.bucket,
+                claim.final_key,
+                Config=_COPY_CONFIG,
             )
         except (ClientError, BotoCoreError, S3TransferFailedError) as e:
             # Another run may have finished this commit between our checks: success.

@@ -17,9 +17,11 @@ from typing import Any
 
 import pg8000.native
 import pytest
+from boto3.s3.transfer import TransferConfig
 
 from tests.conftest import BUCKET
-from totes_ingest import pipeline
+from totes_ingest import lake as lake_module
+from totes_ingest import pipeline, write_to_s3
 from totes_ingest.audit import AuditSettings
 from totes_ingest.audit_step import audit_one
 from totes_ingest.cursor import CursorRange
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.infra
 
 T0 = datetime(2026, 11, 25, 9, 0, 0, 1)
 T1 = datetime(2026, 11, 25, 9, 5, 0, 2)
-BIG = b"x" * (9 * 1024 * 1024)  # past boto3's 8 MB threshold: multipart upload and copy
+BIG = b"x" * (9 * 1024 * 1024)  # past 8 MB: multipart copy, where the fixture below allows it
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "eu-west-2", "AWS::AccountId": "123456789012"}
 
 # (IAM action, resource ARN, s3:prefix of the request: the listed prefix, or for a HEAD or
@@ -182,6 +184,14 @@ def payload(table: str, **more: Any) -> dict[str, Any]:
     return {"table": table, "end_time": format_time(T1), "run_id": "run-sim", **more}
 
 
+@pytest.fixture
+def multipart_above_8mb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uploads and commits of more than 8 MB go in parts (the SDK's default threshold),
+    as files above write_to_s3.SINGLE_PUT_BYTES do: the roles must allow that path too."""
+    monkeypatch.setattr(write_to_s3, "SINGLE_PUT_BYTES", 8 << 20)
+    monkeypatch.setattr(lake_module, "_COPY_CONFIG", TransferConfig())
+
+
 def staged(
     s3: Any, table: str, start: datetime | None, end: datetime, run: str, body: bytes
 ) -> Window:
@@ -214,6 +224,7 @@ def test_get_last_ingest_time_may_read_an_empty_tables_watermark(
     assert denied(transformed, "GetLastIngestTime", recorder) == []
 
 
+@pytest.mark.usefixtures("multipart_above_8mb")
 def test_get_last_ingest_time_may_finish_an_interrupted_multipart_commit(
     s3: Any, recorder: Recorder, transformed: dict[str, Any]
 ) -> None:
@@ -263,6 +274,7 @@ def test_get_last_ingest_time_may_remove_a_void_claim(
     assert denied(transformed, "GetLastIngestTime", recorder) == []
 
 
+@pytest.mark.usefixtures("multipart_above_8mb")
 def test_commit_table_may_commit_a_multipart_window(
     s3: Any, recorder: Recorder, transformed: dict[str, Any]
 ) -> None:
