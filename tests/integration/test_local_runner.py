@@ -18,12 +18,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from totes_ingest.local.runner import (
     TEMPLATE_PATH,
     FunctionRef,
+    InProcessLambda,
     Stack,
     TaskReport,
     TemplateError,
@@ -388,13 +391,31 @@ def test_runner_can_be_called_twice_in_one_mock(aws_env: None, stack: Stack) -> 
     assert second.output["results"] == [{"item": "y", "doubled": "yy"}]
 
 
-def test_dispatch_works_with_motos_simple_lambda_backend_too(aws_env: None, stack: Stack) -> None:
+def test_the_functions_run_in_process_without_a_moto_function_or_role(
+    aws_env: None, stack: Stack
+) -> None:
     with mock_aws(config={"lambda": {"use_docker": False}}):
         result = run_state_machine(_event("a", "boom"), timeout_s=30, stack=stack)
+        functions = boto3.client("lambda").list_functions()["Functions"]
+        roles = boto3.client("iam").list_roles()["Roles"]
 
     assert result.succeeded, result.describe()
     assert result.output["results"][0] == {"item": "a", "doubled": "aa"}
     assert result.output["results"][1]["caught"] == "BoomError"
+    assert functions == []
+    assert roles == []
+
+
+def test_invoking_a_function_outside_the_stack_is_lambdas_not_found(stack: Stack) -> None:
+    lambda_ = InProcessLambda({spec.logical_id: spec for spec in stack.functions.values()}, None)
+    arn = "arn:aws:lambda:eu-west-2:123456789012:function:"
+
+    with pytest.raises(ClientError) as raised:
+        lambda_.invoke(FunctionName=f"{arn}Nope", Payload=b"{}")
+    assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    with pytest.raises(ClientError) as raised:
+        lambda_.invoke(FunctionName=f"{arn}StartFunction", InvocationType="Event")
+    assert raised.value.response["Error"]["Code"] == "InvalidParameterValueException"
 
 
 def test_runner_refuses_to_run_outside_mock_aws(stack: Stack) -> None:

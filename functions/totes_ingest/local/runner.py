@@ -3,12 +3,11 @@
 The definition executed is ``statemachine/ingest.asl.json``, wired as ``template.yaml``
 wires it (DefinitionSubstitutions to function ARNs). moto interprets the ASL
 (``mock_aws(config={"stepfunctions": {"execute_state_machine": True}})``) and calls
-``lambda.invoke`` for each ``arn:aws:states:::lambda:invoke`` task; this module creates one
-moto Lambda function per ``AWS::Serverless::Function`` of the template and answers those
-invocations in-process by importing the template's ``Handler`` and calling it (moto's Lambda
-backend ``invoke`` is patched while the deployment is open). A handler's exception comes
-back as Lambda reports it (FunctionError ``Unhandled``, payload with ``errorType``), so the
-ASL's Retry and Catch see the exception's class name.
+``lambda.invoke`` for each ``arn:aws:states:::lambda:invoke`` task; this module answers
+those invocations in-process (:class:`InProcessLambda`) by importing the template's
+``Handler`` and calling it: no function is created in moto's Lambda, nor an IAM role for
+one. A handler's exception comes back as Lambda reports it (FunctionError ``Unhandled``,
+payload with ``errorType``), so the ASL's Retry and Catch see the exception's class name.
 
 :class:`LocalDeployment` is that set-up, done once, for any number of executions (the
 chaos tests run several at once); :func:`run_state_machine` is one deployment, one
@@ -28,9 +27,8 @@ import threading
 import time
 import traceback
 import uuid
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -47,7 +45,6 @@ TEMPLATE_PATH: Final = REPO_ROOT / "template.yaml"
 # The state machine a template with several is run by default (the audit's is chosen by
 # name: ``load_stack(state_machine_id="AuditStateMachine")``).
 DEFAULT_STATE_MACHINE: Final = "IngestStateMachine"
-_LAMBDA_ROLE: Final = "totes-ingest-local-lambda"
 _STATES_ROLE: Final = "totes-ingest-local-states"
 _POLL_INTERVAL_S: Final = 0.05
 
@@ -311,31 +308,38 @@ def invoke_handler(spec: FunctionSpec, arn: str, event: Any) -> tuple[Any, dict[
     return result, None
 
 
-def _dispatcher(
-    specs: Mapping[str, FunctionSpec],
-    original: Callable[..., str | bytes | None],
-    on_task: Callable[[TaskReport], None] | None,
-) -> Callable[..., str | bytes | None]:
-    """A replacement for moto's Lambda backend ``invoke`` that runs our handlers.
+class InProcessLambda:
+    """The Lambda service as moto's interpreter calls it: ``invoke`` runs the handler of
+    one of the stack's functions in this process and answers as Lambda's Invoke does.
 
-    Functions not created from the stack keep moto's behaviour.
+    A handler's exception comes back as Lambda reports it (``FunctionError: Unhandled``,
+    payload with ``errorType``), a result JSON cannot encode as ``Runtime.MarshalError``;
+    an unknown function is Lambda's ``ResourceNotFoundException``. No function exists in
+    moto (nor the IAM role Lambda would need): nothing but the interpreter invokes them.
     """
 
-    def invoke(
-        backend: Any,
-        function_name: str,
-        qualifier: str | None,
-        body: str,
-        headers: Any,
-        response_headers: Any,
-    ) -> str | bytes | None:
-        fn = backend.get_function(function_name, qualifier)
-        spec = specs.get(fn.function_name)
+    def __init__(
+        self, specs: Mapping[str, FunctionSpec], on_task: Callable[[TaskReport], None] | None
+    ) -> None:
+        self.specs = specs
+        self.on_task = on_task
+
+    def invoke(self, **parameters: Any) -> dict[str, Any]:
+        name = str(parameters.get("FunctionName", ""))
+        parts = name.split(":")  # arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]
+        spec = self.specs.get(parts[6] if len(parts) >= 7 and parts[5] == "function" else name)
         if spec is None:
-            return original(backend, function_name, qualifier, body, headers, response_headers)
+            raise ClientError(
+                {"Error": {"Code": "ResourceNotFoundException", "Message": f"{name} not found"}},
+                "Invoke",
+            )
+        if parameters.get("InvocationType", "RequestResponse") != "RequestResponse":
+            refused = {"Code": "InvalidParameterValueException", "Message": "synchronous only"}
+            raise ClientError({"Error": refused}, "Invoke")
+        body = parameters.get("Payload")
         event = json.loads(body) if body else {}
         started = time.monotonic()
-        result, error = invoke_handler(spec, fn.function_arn, event)
+        result, error = invoke_handler(spec, name, event)
         if error is None:
             try:
                 payload = json.dumps(result, default=_json_default)
@@ -348,33 +352,36 @@ def _dispatcher(
                     },
                 )
         if error is not None:
-            response_headers["x-amz-function-error"] = "Unhandled"
             payload = json.dumps(error)
-        if on_task is not None:
-            on_task(TaskReport(spec.logical_id, event, result, error, time.monotonic() - started))
-        encoded = payload.encode("utf-8")
-        response_headers["Content-Length"] = str(len(encoded))
-        return encoded
-
-    return invoke
+        if self.on_task is not None:
+            report = TaskReport(spec.logical_id, event, result, error, time.monotonic() - started)
+            self.on_task(report)
+        response: dict[str, Any] = {
+            "StatusCode": 200,
+            "ExecutedVersion": "$LATEST",
+            "Payload": io.BytesIO(payload.encode("utf-8")),
+        }
+        if error is not None:
+            response["FunctionError"] = "Unhandled"
+        return response
 
 
 @contextmanager
-def _lambda_dispatch(
-    specs: Mapping[str, FunctionSpec], on_task: Callable[[TaskReport], None] | None
-) -> Iterator[None]:
-    """Route invocations of the stack's functions to their handlers, in this process.
+def _lambda_in_process(lambda_: InProcessLambda) -> Iterator[None]:
+    """While open, moto's interpreter invokes ``lambda_`` for every Lambda task.
 
-    Both of moto's Lambda backends are patched: the Docker one (default) and the
-    "simple" one that ``mock_aws(config={"lambda": {"use_docker": False}})`` selects.
+    The interpreter asks ``boto_client_for`` for a Lambda client at every task (5-10 ms
+    of CPU each, two dozen in a run of eleven tables); it gets the one in-process Lambda.
     """
-    from moto.awslambda.models import LambdaBackend
-    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for as original
 
-    with ExitStack() as patches:
-        for backend in (LambdaBackend, LambdaSimpleBackend):
-            replacement = _dispatcher(specs, backend.invoke, on_task)
-            patches.enter_context(mock.patch.object(backend, "invoke", replacement))
+    def client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        if service == "lambda":
+            return lambda_
+        return original(region=region, service=service, state_credentials=state_credentials)
+
+    with mock.patch.object(lambda_eval_utils, "boto_client_for", client_for):
         yield
 
 
@@ -443,6 +450,13 @@ def format_event(event: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _account() -> str:
+    """The mocked account's ID (moto's default unless ``MOTO_ACCOUNT_ID`` is set)."""
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+
+    return os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID)
+
+
 def _aws_is_mocked() -> bool:
     from moto.core.models import botocore_stubber
 
@@ -506,77 +520,6 @@ def _quiet_interpreter() -> Iterator[None]:
         yield
     finally:
         interpreter.setLevel(level)
-
-
-@contextmanager
-def _shared_lambda_clients() -> Iterator[None]:
-    """One client per region for the interpreter's Lambda tasks, instead of one per task.
-
-    moto's interpreter builds a boto3 client for every Lambda task it runs (5-10 ms of
-    CPU each, two dozen in a run of eleven tables). A client is thread-safe, and these
-    hold nothing of the task: moto's ``boto_client_for`` gives every one the same fixed
-    credentials and settings, whatever the state's.
-    """
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
-    from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for as original
-
-    clients: dict[tuple[str, str], Any] = {}
-    lock = threading.Lock()
-
-    def shared(region: str, service: str, state_credentials: Any = None) -> Any:
-        with lock:
-            if (region, service) not in clients:
-                clients[region, service] = original(
-                    region=region, service=service, state_credentials=state_credentials
-                )
-            return clients[region, service]
-
-    with mock.patch.object(lambda_eval_utils, "boto_client_for", shared):
-        yield
-
-
-def _role_arn(iam: Any, name: str, service: str) -> str:
-    try:
-        return str(iam.get_role(RoleName=name)["Role"]["Arn"])
-    except ClientError:
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
-            ],
-        }
-        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(policy))
-        return str(role["Role"]["Arn"])
-
-
-def _code_zip() -> bytes:
-    """Placeholder deployment package: the code that runs is the handler in this process."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("README.txt", "dispatched in-process by totes_ingest.local.runner\n")
-    return buffer.getvalue()
-
-
-def _deploy_functions(lambda_: Any, iam: Any, stack: Stack) -> dict[str, str]:
-    """Create (or re-create) one moto function per template function; their ARNs."""
-    role = _role_arn(iam, _LAMBDA_ROLE, "lambda.amazonaws.com")
-    code = _code_zip()
-    arns: dict[str, str] = {}
-    for spec in stack.functions.values():
-        with suppress(ClientError):
-            lambda_.delete_function(FunctionName=spec.logical_id)
-        created = lambda_.create_function(
-            FunctionName=spec.logical_id,
-            Runtime="python3.12",
-            Role=role,
-            Handler=spec.handler,
-            Code={"ZipFile": code},
-            Timeout=spec.timeout_s,
-            MemorySize=spec.memory_mb,
-            Environment={"Variables": spec.environment},
-        )
-        arns[spec.logical_id] = str(created["FunctionArn"])
-    return arns
 
 
 def _history(sfn: Any, execution_arn: str) -> list[dict[str, Any]]:
@@ -675,9 +618,12 @@ class LocalDeployment:
             opening.enter_context(environment_applied(self._handler_environment()))
             opening.enter_context(_quiet_interpreter())
             opening.enter_context(serialized_s3())
-            iam = boto3.client("iam")
             self._sfn = boto3.client("stepfunctions")
-            arns = _deploy_functions(boto3.client("lambda"), iam, self.stack)
+            region = self._sfn.meta.region_name
+            arns = {
+                spec.logical_id: f"arn:aws:lambda:{region}:{_account()}:function:{spec.logical_id}"
+                for spec in self.stack.functions.values()
+            }
             values = {
                 key: (arns[value.logical_id] if value.attribute == "Arn" else value.logical_id)
                 if isinstance(value, FunctionRef)
@@ -687,11 +633,10 @@ class LocalDeployment:
             self._machine_arn = self._sfn.create_state_machine(
                 name=f"{self.stack.state_machine_id}-{uuid.uuid4().hex[:8]}",
                 definition=substitute(self.stack.definition, values),
-                roleArn=_role_arn(iam, _STATES_ROLE, "states.amazonaws.com"),
+                roleArn=f"arn:aws:iam::{_account()}:role/{_STATES_ROLE}",
             )["stateMachineArn"]
             specs = {spec.logical_id: spec for spec in self.stack.functions.values()}
-            opening.enter_context(_lambda_dispatch(specs, self.on_task))
-            opening.enter_context(_shared_lambda_clients())
+            opening.enter_context(_lambda_in_process(InProcessLambda(specs, self.on_task)))
             self._exit = opening.pop_all()
         return self
 
