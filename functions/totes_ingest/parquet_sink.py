@@ -127,6 +127,9 @@ class ParquetSink:
         finally:
             for joined in (*decoders, thread):
                 joined.join()
+            # The row groups' buffers go back to the system, not to the pool: what runs
+            # next (the upload, in a 256 MB function) has the memory the extract used.
+            pa.default_memory_pool().release_unused()
         if self.error is not None:
             raise self._translated(self.error) from self.error
         return self.rows, then_result
