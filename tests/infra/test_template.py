@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from cfnlint.api import ManualArgs, lint_file
 
@@ -358,3 +359,12 @@ def test_every_function_is_built_by_its_makefile_target(template: dict[str, Any]
             check=False,
         )
         assert dry_run.returncode == 0, dry_run.stderr
+
+
+def test_pyarrow_allocates_from_the_system_allocator(template: dict[str, Any]) -> None:
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    pool = variables["ARROW_DEFAULT_MEMORY_POOL"]
+
+    # pyarrow falls back to its default pool, with a warning, on a name it does not know
+    assert pool == "system"
+    assert pool in pa.supported_memory_backends()
