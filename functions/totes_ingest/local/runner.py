@@ -573,8 +573,9 @@ class LocalDeployment:
     Opening it nests a mock in the caller's (same mocked account, Step Functions
     interpreter switched on), creates the state machine (its Lambda ARNs named after the
     template's functions, none created in moto), and routes the functions' invocations
-    to their handlers in this process (:class:`InProcessLambda`) until it is closed. Any number of executions can then run, side by side:
-    moto runs each execution, and each Map iteration, in its own thread.
+    to their handlers in this process (:class:`InProcessLambda`) until it is closed. Any
+    number of executions can then run, side by side: moto runs each execution, and each
+    Map iteration, in its own thread.
 
     Handlers read ``os.environ``, set while the deployment is open from, in increasing
     priority: the template's resolvable variables (parameter defaults), the current
