@@ -26,7 +26,8 @@ def write_to_s3(
 ) -> None:
     """Write ``data`` to ``s3://bucket_name/file_key`` (with optional user metadata).
 
-    An object of up to SINGLE_PUT_BYTES is one PutObject carrying the CRC32 of its bytes
+    A file object is written whole, from its first byte wherever it stands (the SDK
+    rewinds a body to 0 to retry a request). An object of up to SINGLE_PUT_BYTES is one PutObject carrying the CRC32 of its bytes
     as read here: S3 refuses the upload if what arrives differs, and the body streams
     from the file as it is (the SDK, left to compute the checksum itself, re-chunks the
     body in memory as it sends it). A larger file goes up in parts (``upload_fileobj``),
@@ -35,9 +36,10 @@ def write_to_s3(
     if isinstance(data, str):
         data = data.encode()
     stream: BinaryIO = io.BytesIO(data) if isinstance(data, bytes) else data
+    stream.seek(0)
     extra = {"Metadata": metadata} if metadata else {}
     with lake_errors(f"write of {file_key}"):
-        if _remaining_bytes(stream) <= SINGLE_PUT_BYTES:
+        if _size(stream) <= SINGLE_PUT_BYTES:
             s3_client.put_object(
                 Bucket=bucket_name,
                 Key=file_key,
@@ -49,23 +51,20 @@ def write_to_s3(
             s3_client.upload_fileobj(stream, bucket_name, file_key, ExtraArgs=extra or None)
 
 
-def _remaining_bytes(stream: BinaryIO) -> int:
-    """Bytes from ``stream``'s position to its end (it stays where it was)."""
-    here = stream.tell()
+def _size(stream: BinaryIO) -> int:
+    """The bytes of ``stream``, a file or an in-memory buffer (left at 0)."""
     try:
-        return os.fstat(stream.fileno()).st_size - here
+        return os.fstat(stream.fileno()).st_size
     except (AttributeError, OSError, io.UnsupportedOperation):
-        end = stream.seek(0, io.SEEK_END)
-        stream.seek(here)
-        return end - here
+        size = stream.seek(0, io.SEEK_END)
+        stream.seek(0)
+        return size
 
 
 def _crc32(stream: BinaryIO) -> str:
-    """The base64 CRC32 (big-endian, as S3 takes it) of the rest of ``stream``, which is
-    left where it was."""
-    here = stream.tell()
+    """The base64 CRC32 (big-endian, as S3 takes it) of all of ``stream`` (left at 0)."""
     crc = 0
     while block := stream.read(_BLOCK_BYTES):
         crc = zlib.crc32(block, crc)
-    stream.seek(here)
+    stream.seek(0)
     return base64.b64encode(crc.to_bytes(4, "big")).decode()

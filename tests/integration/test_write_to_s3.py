@@ -4,6 +4,7 @@ to commit it; parts only for a huge one."""
 from __future__ import annotations
 
 import base64
+import io
 import os
 import zlib
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.awsrequest import AWSResponse
 
 from tests.conftest import BUCKET
 from totes_ingest import write_to_s3 as upload
@@ -73,12 +75,48 @@ def test_bytes_and_text_are_put_with_their_crc32(
     assert s3.get_object(Bucket=BUCKET, Key="t/s")["Body"].read() == "é".encode()
 
 
-def test_the_rest_of_a_stream_is_what_goes_up(s3: Any, tmp_path: Path) -> None:
+def test_a_file_goes_up_whole_wherever_it_stands(s3: Any, tmp_path: Path) -> None:
+    # the SDK rewinds a body to its first byte to retry: so the first try starts there too
     path, data = _file(tmp_path, 1000)
     with path.open("rb") as staged:
         staged.seek(10)
-        write_to_s3(s3, BUCKET, "t/rest", staged)
-    assert s3.get_object(Bucket=BUCKET, Key="t/rest")["Body"].read() == data[10:]
+        write_to_s3(s3, BUCKET, "t/whole", staged)
+    assert s3.get_object(Bucket=BUCKET, Key="t/whole")["Body"].read() == data
+
+
+def test_a_put_retried_after_reading_its_body_sends_the_whole_file_again(
+    s3: Any, tmp_path: Path
+) -> None:
+    # GIVEN S3 answers the first PutObject, its body read, with a transient 500
+    path, data = _file(tmp_path, (1 << 20) + 3)
+    answered: list[int] = []
+
+    def fail_once(request: Any, **_: Any) -> AWSResponse | None:
+        if answered:
+            return None  # moto's turn
+        request.body.read()
+        answered.append(500)
+        error = b"<Error><Code>InternalError</Code><Message>m</Message></Error>"
+        return AWSResponse(request.url, 500, {}, _Raw(error))
+
+    s3.meta.events.register_first("before-send.s3.PutObject", fail_once)
+    try:
+        # WHEN the file is written: the SDK retries
+        with path.open("rb") as staged:
+            write_to_s3(s3, BUCKET, "t/retried", staged)
+    finally:
+        s3.meta.events.unregister("before-send.s3.PutObject", fail_once)
+
+    # THEN the second attempt sent the whole file, under the same checksum
+    assert answered == [500]
+    assert s3.get_object(Bucket=BUCKET, Key="t/retried")["Body"].read() == data
+
+
+class _Raw(io.BytesIO):
+    """An HTTP response body as botocore reads one."""
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.getvalue()
 
 
 def test_a_file_above_the_single_put_size_goes_up_in_parts(
