@@ -27,11 +27,12 @@ def write_to_s3(
     """Write ``data`` to ``s3://bucket_name/file_key`` (with optional user metadata).
 
     A file object is written whole, from its first byte wherever it stands (the SDK
-    rewinds a body to 0 to retry a request). An object of up to SINGLE_PUT_BYTES is one PutObject carrying the CRC32 of its bytes
-    as read here: S3 refuses the upload if what arrives differs, and the body streams
-    from the file as it is (the SDK, left to compute the checksum itself, re-chunks the
-    body in memory as it sends it). A larger file goes up in parts (``upload_fileobj``),
-    so a table of any size never has to fit in memory.
+    rewinds a body to 0 to retry a request). An object of up to SINGLE_PUT_BYTES is one
+    PutObject carrying the CRC32 of its bytes as read here: S3 refuses the upload if what
+    arrives differs, and the body streams from the file as it is (the SDK, left to
+    compute the checksum itself, re-chunks the body in memory as it sends it). A larger
+    file goes up in parts (``upload_fileobj``), so a table of any size never has to fit
+    in memory.
     """
     if isinstance(data, str):
         data = data.encode()
