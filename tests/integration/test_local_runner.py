@@ -490,3 +490,59 @@ def test_the_real_deployment_opens_without_motos_batch_ec2_and_ecs_backends(
     # THEN moto's Batch, EC2 and ECS backends were never imported, and moto.batch is
     # still importable, whole, afterwards
     assert opened.stdout == "[] True\n", opened.stderr
+
+
+def test_a_task_on_a_function_outside_the_stack_fails_with_lambdas_catchable_error(
+    aws_env: None, tmp_path: Path
+) -> None:
+    """AWS fails the task with ``Lambda.ResourceNotFoundException`` (Catch can name it).
+    moto's interpreter builds that error from the ClientError's ``ResponseMetadata``
+    (HTTPStatusCode, RequestId), which every ClientError botocore raises carries."""
+    template = TEMPLATE.replace("{handlers}", HANDLERS).replace(
+        "        Label: !Ref Label\n",
+        "        Label: !Ref Label\n"
+        "        Missing: arn:aws:lambda:eu-west-2:123456789012:function:Nope\n",
+    )
+    asl = {
+        "StartAt": "Call",
+        "States": {
+            "Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {"FunctionName": "${Missing}", "Payload.$": "$"},
+                "Catch": [
+                    {
+                        "ErrorEquals": ["Lambda.ResourceNotFoundException"],
+                        "ResultPath": "$.error",
+                        "Next": "NotFound",
+                    }
+                ],
+                "End": True,
+            },
+            "NotFound": {
+                "Type": "Pass",
+                "Parameters": {"caught.$": "$.error.Error"},
+                "End": True,
+            },
+        },
+    }
+    (tmp_path / "template.yaml").write_text(template)
+    (tmp_path / "machine.asl.json").write_text(json.dumps(asl))
+    stack = load_stack(tmp_path / "template.yaml")
+
+    with mock_aws():
+        result = run_state_machine({"items": []}, timeout_s=15, stack=stack)
+
+    assert result.succeeded, result.describe()
+    assert result.output == {"caught": "Lambda.ResourceNotFoundException"}
+
+
+def test_in_process_lambdas_client_errors_carry_response_metadata(stack: Stack) -> None:
+    lambda_ = InProcessLambda({spec.logical_id: spec for spec in stack.functions.values()}, None)
+    arn = "arn:aws:lambda:eu-west-2:123456789012:function:"
+
+    with pytest.raises(ClientError) as raised:
+        lambda_.invoke(FunctionName=f"{arn}Nope", Payload=b"{}")
+    metadata = raised.value.response.get("ResponseMetadata", {})
+    assert metadata.get("HTTPStatusCode") == 404
+    assert "RequestId" in metadata

@@ -329,13 +329,9 @@ class InProcessLambda:
         parts = name.split(":")  # arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]
         spec = self.specs.get(parts[6] if len(parts) >= 7 and parts[5] == "function" else name)
         if spec is None:
-            raise ClientError(
-                {"Error": {"Code": "ResourceNotFoundException", "Message": f"{name} not found"}},
-                "Invoke",
-            )
+            raise _lambda_error(404, "ResourceNotFoundException", f"{name} not found")
         if parameters.get("InvocationType", "RequestResponse") != "RequestResponse":
-            refused = {"Code": "InvalidParameterValueException", "Message": "synchronous only"}
-            raise ClientError({"Error": refused}, "Invoke")
+            raise _lambda_error(400, "InvalidParameterValueException", "synchronous only")
         body = parameters.get("Payload")
         event = json.loads(body) if body else {}
         started = time.monotonic()
@@ -364,6 +360,15 @@ class InProcessLambda:
         if error is not None:
             response["FunctionError"] = "Unhandled"
         return response
+
+
+def _lambda_error(status: int, code: str, message: str) -> ClientError:
+    """Lambda's error response, with the metadata the interpreter reads to name it."""
+    metadata = {"HTTPStatusCode": status, "RequestId": str(uuid.uuid4()), "HTTPHeaders": {}}
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": metadata},  # type: ignore[typeddict-item]
+        "Invoke",
+    )
 
 
 @contextmanager
