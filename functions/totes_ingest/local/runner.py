@@ -366,7 +366,7 @@ def _lambda_error(status: int, code: str, message: str) -> ClientError:
     """Lambda's error response, with the metadata the interpreter reads to name it."""
     metadata = {"HTTPStatusCode": status, "RequestId": str(uuid.uuid4()), "HTTPHeaders": {}}
     return ClientError(
-        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": metadata},  # type: ignore[typeddict-item]
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": metadata},
         "Invoke",
     )
 
