@@ -17,10 +17,13 @@ they are missing at run time, rows simply arrive one by one (correct, slower).
 
 from __future__ import annotations
 
+import fcntl
 import io
 import socket
 import ssl
 import struct
+import termios
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +49,12 @@ _COPY_DATA = ord("d")
 _LENGTH = struct.Struct("!i")
 _VECTOR_MIN_BYTES = 4 << 10  # below this, numpy's per-call cost outweighs the loop's
 _READ_BUFFER_BYTES = 1 << 20
+# When a peek frames less than this, the stream lets the socket fill before the next one
+# (see CopyStream._await_data): fewer, larger batches, the per-batch cost paid less often.
+_FILL_BYTES = 256 << 10
+_WAIT_SECONDS = 0.0005
+_WAITS = 8  # at most 4 ms a batch, and only while the data keeps arriving
+_NATIVE_INT = struct.Struct("i")  # FIONREAD's answer
 _widened: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -110,6 +119,11 @@ class CopyStream:
         sock = getattr(conn, "_sock", None)
         usable = callable(getattr(sock, "peek", None)) and callable(getattr(sock, "read", None))
         self._sock: Any = sock if usable else None
+        usock = getattr(conn, "_usock", None)
+        self._fd: int | None = None  # a plain socket's: the stream may wait for it to fill
+        if usable and isinstance(usock, socket.socket) and not isinstance(usock, ssl.SSLSocket):
+            self._fd = usock.fileno()
+        self._queued = bytearray(_NATIVE_INT.size)
 
     def write(self, data: bytes) -> None:
         """One CopyData payload from pg8000 (the first of a COPY carries the header)."""
@@ -170,6 +184,28 @@ class CopyStream:
                 sock.read(pos)  # already buffered: consumes exactly the framed messages
             if self._size >= self._chunk_bytes:
                 self.flush()
+            if end < _FILL_BYTES and self._fd is not None:
+                self._await_data(self._fd)
+
+    def _await_data(self, fd: int) -> None:
+        """Sleep (a few times ``_WAIT_SECONDS`` at most) until the kernel holds
+        ``_FILL_BYTES`` for this socket, or stops receiving more.
+
+        A client faster than the server would otherwise frame each of the server's 8 KB
+        flushes on its own, paying the per-batch cost (peeks, numpy calls) every 8 KB:
+        in a 4M-row extract, 16,000 batches. The wait ends at once when nothing more
+        arrives between two looks (the COPY has ended, or the server waits on a full
+        receive buffer), so it neither stalls the server nor delays the COPY's end by
+        more than one ``_WAIT_SECONDS``.
+        """
+        before = -1
+        for _ in range(_WAITS):
+            fcntl.ioctl(fd, termios.FIONREAD, self._queued)  # bytes the kernel holds for us
+            (queued,) = _NATIVE_INT.unpack(self._queued)
+            if queued >= _FILL_BYTES or queued == before:
+                return
+            before = queued
+            time.sleep(_WAIT_SECONDS)
 
 
 def _leading_copy_data(buffered: bytes, field_count: int) -> tuple[int, Int64s]:

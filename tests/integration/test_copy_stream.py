@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import io
 import socket
+from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pg8000.native
 import pyarrow as pa
 import pytest
 
+from totes_ingest import copy_stream
 from totes_ingest.copy_stream import Chunk, CopyStream, in_transaction, widen_read_buffer
 from totes_ingest.pg_binary import fields, fixed, variable
 
@@ -92,3 +95,71 @@ def test_several_copies_follow_on_in_one_stream(conn: pg8000.native.Connection) 
         "SELECT g, 'b' FROM generate_series(1, 3) g",
     )
     assert rows == [(g, "a") for g in range(1, 20001)] + [(g, "b") for g in range(1, 4)]
+
+
+class _Sleeps:
+    """Counts the stream's sleeps, sending ``arriving`` bytes into the socket at each."""
+
+    def __init__(self, sender: socket.socket, arriving: int = 0) -> None:
+        self.sender, self.arriving, self.count = sender, arriving, 0
+
+    def __call__(self, seconds: float) -> None:
+        self.count += 1
+        if self.arriving:
+            self.sender.sendall(bytes(self.arriving))
+
+
+@pytest.fixture
+def stream_over_socket() -> Iterator[tuple[CopyStream, socket.socket]]:
+    """A stream reading a real socket as pg8000 would (a buffered file over it), and the
+    socket's other end."""
+    ours, theirs = socket.socketpair()
+    connection = SimpleNamespace(_sock=ours.makefile("rwb"), _usock=ours)
+    yield CopyStream(connection, lambda chunk: None, 1), theirs  # type: ignore[arg-type]
+    ours.close()
+    theirs.close()
+
+
+def test_the_stream_waits_only_while_data_keeps_arriving(
+    stream_over_socket: tuple[CopyStream, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream, theirs = stream_over_socket
+    assert stream._fd is not None  # a plain socket: the stream may wait on it
+    # GIVEN nothing arrives (the COPY has ended, or the server waits on us): one look more
+    sleeps = _Sleeps(theirs)
+    monkeypatch.setattr(copy_stream.time, "sleep", sleeps)
+    stream._await_data(stream._fd)
+    assert sleeps.count == 1
+    # GIVEN data keeps trickling in: the stream waits, but never past its limit
+    sleeps = _Sleeps(theirs, arriving=1000)
+    monkeypatch.setattr(copy_stream.time, "sleep", sleeps)
+    stream._await_data(stream._fd)
+    assert sleeps.count == copy_stream._WAITS
+    # GIVEN the socket already holds a full batch: no wait at all
+    monkeypatch.setattr(copy_stream, "_FILL_BYTES", 4096)  # what a socketpair can hold
+    theirs.sendall(bytes(4096))
+    sleeps = _Sleeps(theirs)
+    monkeypatch.setattr(copy_stream.time, "sleep", sleeps)
+    stream._await_data(stream._fd)
+    assert sleeps.count == 0
+
+
+def test_a_large_copy_is_framed_in_batches_larger_than_the_servers_flushes(
+    conn: pg8000.native.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a widened connection, and time for the socket to fill however slow the server
+    widen_read_buffer(conn)
+    monkeypatch.setattr(copy_stream, "_WAITS", 200)
+    batches: list[int] = []
+    framed = copy_stream._leading_copy_data
+    monkeypatch.setattr(
+        copy_stream,
+        "_leading_copy_data",
+        lambda buffered, count: (batches.append(len(buffered)), framed(buffered, count))[1],
+    )
+    # WHEN a COPY of about 9 MB runs into the stream
+    rows, _ = _copied(conn, "SELECT g, repeat('x', 80) FROM generate_series(1, 100000) g")
+    # THEN the rows are exact, and were framed in batches of 128 KB and more on average
+    # (without the wait: about 30 KB, the server's 8 KB flushes a few at a time)
+    assert rows == [(g, "x" * 80) for g in range(1, 100001)]
+    assert len(batches) < sum(batches) / (128 << 10)
