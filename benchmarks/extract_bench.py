@@ -233,15 +233,16 @@ def _work(approach: str, url: str, table: str, out: Path, compression: str | Non
     window = f"SELECT * FROM {table} WHERE last_updated < TIMESTAMP '{END_TIME}'"
     connections = _connections(approach)
     if connections is not None:
-        import pg8000.native
-
         from totes_ingest import extract, parquet_sink
+        from totes_ingest.db_connections import open_connection
         from totes_ingest.local.dburl import settings_from_url
 
         if compression:
             parquet_sink.COMPRESSION = compression  # type: ignore[assignment]
         settings = {k: v for k, v in settings_from_url(url).items() if v != ""}
-        conn = pg8000.native.Connection(**settings)
+        # As a local run connects (DB_SSL_MODE=disable); pg8000's own default would build
+        # a TLS context (loading the system's CAs) a connection before asking the server.
+        conn = open_connection(settings, "disable")
         extract.extract_to_parquet(
             conn,
             table,
@@ -249,7 +250,7 @@ def _work(approach: str, url: str, table: str, out: Path, compression: str | Non
             END_TIME,
             out,
             connections=connections,
-            connect=lambda: pg8000.native.Connection(**settings),
+            connect=lambda: open_connection(settings, "disable"),
         )
         conn.close()
     elif approach == "duckdb":
