@@ -72,6 +72,28 @@ class Values:
         return be_at(self.data, dtype, self.positions + offset)
 
 
+def gathered(values: Values) -> Values:
+    """``values`` with each value's bytes gathered into a row of its own, as wide as the
+    widest value (one gather), so that reading several fields of every value
+    (``big_endian`` at several offsets) costs strided views instead of a gather each.
+
+    Every read of a row stays inside it, whatever the value's length: a NULL's row is
+    read from the buffer's start (its bytes mean nothing), and if the widest row would
+    reach past PADDING, the gather reads a padded copy of the buffer.
+    """
+    if values.rows is not None or not len(values):
+        return values
+    width = int(values.lengths.max())
+    if width <= 0:
+        return values
+    starts = np.where(values.nulls, 0, values.positions)
+    data = values.data
+    if int(starts.max()) + width > len(data):  # a short value near the end: rare
+        data = np.concatenate([data, np.zeros(width, dtype=np.uint8)])
+    rows = rows_at(data, starts, width).view(np.uint8).reshape(-1, width)
+    return Values(values.data, values.positions, values.lengths, rows)
+
+
 def be_at(data: npt.NDArray[np.uint8], dtype: str, positions: Int64s) -> npt.NDArray[Any]:
     """The big-endian ``dtype`` values at byte ``positions`` of ``data``, in native order.
 

@@ -81,6 +81,7 @@ from totes_ingest.pg_binary import (
     array_elements,
     fixed,
     from_numpy,
+    gathered,
     validity,
     variable,
 )
@@ -396,6 +397,7 @@ def _small_decimal(arrow_type: pa.DataType, values: Values) -> pa.Array:
     unscaled int64 (exact: every value of the column has at most p digits, s after the
     point), then widened to Arrow's 128-bit decimal. NaN and infinities are refused."""
     valid = ~values.nulls
+    values = gathered(values)  # then the header and each digit are strided views
     # The header, in one gather: digit count, weight, sign and display scale (16 bits each).
     header = values.big_endian(">u8")
     digits = np.where(valid, header >> 48, 0).astype(np.int64)

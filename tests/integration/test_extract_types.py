@@ -657,3 +657,20 @@ def test_fixed_width_columns_are_exact_in_chunks_with_and_without_nulls(
     expected = conn.run(f"SELECT {exact} FROM t ORDER BY id")  # float4 widened exactly
     columns = [got.column(name).to_pylist() for name in names]
     assert [list(row) for row in zip(*columns, strict=True)] == expected
+
+
+def test_a_wide_numeric_last_column_whose_last_row_is_null_is_extracted(
+    conn: pg8000.native.Connection, tmp_path: Path
+) -> None:
+    # GIVEN numeric(18, 0) as the table's last column, a five-digit-group value, then a NULL
+    # in the last row: the NULL sits at the very end of the COPY's buffer
+    conn.run(
+        "CREATE TABLE t (id serial PRIMARY KEY, last_updated timestamp NOT NULL"
+        " DEFAULT '2024-01-01', v numeric(18, 0))"
+    )
+    conn.run("INSERT INTO t (v) VALUES (123456789012345678), (NULL)")
+    path = tmp_path / "t.parquet"
+    # WHEN it is extracted THEN both rows are there, exact (it used to fail: IndexError)
+    extract_to_parquet(conn, "t", None, END, path)
+    got = pq.read_table(path).sort_by("id").column("v").to_pylist()
+    assert got == [Decimal(123456789012345678), None]

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from totes_ingest.errors import UnsupportedColumnType
-from totes_ingest.pg_binary import PADDING, Values
+from totes_ingest.pg_binary import PADDING, Values, gathered
 from totes_ingest.pg_types import (
     INTERVAL,
     PG_TYPE_KEY,
@@ -203,6 +203,25 @@ def test_a_numeric_of_up_to_18_digits_is_decoded_from_its_binary_form() -> None:
     )
     expected = [Decimal("1.50"), Decimal("-12345.67"), Decimal("0.00"), None]
     assert planned.decode(values).to_pylist() == expected
+
+
+def test_a_wide_numeric_column_ending_in_a_null_is_decoded_digit_for_digit() -> None:
+    # GIVEN numeric(18, 0) values of up to five base-10000 digits (18 bytes), the last a
+    # NULL at the buffer's very end (reading 18 bytes there would pass the padding)
+    planned = plan(_mapped(_NUMERIC, "numeric", _typmod(18, 0)), "x")
+    values = _values(
+        _numeric(4, 0, 0, 12, 3456, 7890, 1234, 5678),  # 123456789012345678
+        _numeric(0, 0x4000, 0, 7),  # -7
+        _numeric(0, 0, 0),  # 0: 8 bytes, the shortest
+        None,
+    )
+    # THEN each value is exact
+    expected = [Decimal(123456789012345678), Decimal(-7), Decimal(0), None]
+    assert planned.decode(values).to_pylist() == expected
+    # AND a short value last: its row reads a padded copy, to the same values
+    short_last = _values(_numeric(4, 0, 0, 12, 3456, 7890, 1234, 5678), None, _numeric(0, 0, 0))
+    assert gathered(short_last).rows is not None
+    assert planned.decode(short_last).to_pylist() == [expected[0], None, Decimal(0)]
 
 
 def test_nan_in_a_numeric_of_up_to_18_digits_is_refused() -> None:
