@@ -3,9 +3,10 @@
 The public face of the extract. Inside one REPEATABLE READ, READ ONLY transaction it
 reads the table's columns from the catalog, streams ``COPY (SELECT ...) TO STDOUT (FORMAT
 binary)`` of the window's cursor range (and of the re-read rows the lake lacks, by ctid,
-into the same file) through the Parquet sink, and counts the window in the same
-snapshot: a file holding a different number of rows is a ReconciliationError. The
-pieces live in their own modules:
+into the same file) through the Parquet sink, and reconciles the file with the window:
+a file holding a different number of rows than the server sent (its own count of each
+COPY's rows) or, read on several connections, than a ``count(*)`` of the window in the
+same snapshot finds, is a ReconciliationError. The pieces live in their own modules:
 
 - ``pg_types``: the type mapping (each column's SELECT expression and decoding);
 - ``catalog``: a table's columns, read from the catalog;
@@ -181,13 +182,20 @@ def extract_window(
             widen_read_buffer(each.conn)
         sink = ParquetSink(conn, path, schema, plans, group_rows, table, label)
         count = f"SELECT count(*) FROM {source.relation} AS {_SRC} WHERE {predicate}"  # nosec B608
-        written, ((counted,),) = sink.run_parallel(
-            [(each.conn, each.copier(sqls)) for each, sqls in zip(readers, copies, strict=True)],
-            # the same snapshot, counted while the writer thread finishes the file
-            then=lambda: db.run(count),
+        sent: list[int] = []  # rows each COPY sent, by the server's count (its command tag)
+        written, counts = sink.run_parallel(
+            [
+                (each.conn, each.copier(sqls, sent if each is db else None))
+                for each, sqls in zip(readers, copies, strict=True)
+            ],
+            # Several ctid ranges: the same snapshot counted (while the writer thread
+            # finishes the file), which checks that the ranges cover the table. One
+            # COPY of the window: the server's own count of the rows it sent.
+            then=(lambda: db.run(count)) if others else lambda: [[sent[0]]],
         )
         for each in (*others, db):
             each.run("COMMIT")
+        ((counted,),) = counts
         counted += len(extra)
         if written != counted:
             raise ReconciliationError(
@@ -352,9 +360,17 @@ class _Db:
         with source_errors("extract", table=self.table, window=self.window):
             return self.conn.run(sql, **kwargs)
 
-    def copier(self, sqls: list[str]) -> Callable[[CopyStream], object]:
-        """Run ``sqls`` (COPY statements) into the stream, one after another."""
-        return lambda stream: [self.run(sql, stream=stream) for sql in sqls]
+    def copier(self, sqls: list[str], sent: list[int] | None) -> Callable[[CopyStream], object]:
+        """Run ``sqls`` (COPY statements) into the stream, one after another; append to
+        ``sent`` (if given) how many rows each sent, as the server counted them."""
+
+        def copy(stream: CopyStream) -> None:
+            for sql in sqls:
+                self.run(sql, stream=stream)
+                if sent is not None:
+                    sent.append(int(self.conn.row_count))
+
+        return copy
 
     def close_quietly(self) -> None:
         """Close the connection (an extra one the extract opened), whatever its state."""

@@ -11,6 +11,7 @@ pipeline's own steps against a real PostgreSQL, where it once was lost.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -21,8 +22,8 @@ import pytest
 from tests.clock import fall_back_zone
 from tests.conftest import BUCKET
 from tests.lakecheck import read_table
-from totes_ingest import pipeline
-from totes_ingest.errors import InvalidEvent
+from totes_ingest import pipeline, reread
+from totes_ingest.errors import InvalidEvent, ReconciliationError
 from totes_ingest.lake import Lake
 from totes_ingest.local.dburl import connect
 
@@ -296,3 +297,24 @@ def test_a_timestamptz_cursor_is_reread_as_instants(
     assert _run(conn, lake, "item")["rows"] == 1
     assert _run(conn, lake, "item")["rows"] == 0
     assert len(read_table(s3, "item")) == len([*first, late])
+
+
+def test_a_reread_row_the_server_does_not_send_fails_the_window(
+    items: Any, db_settings: dict[str, Any], s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a late version to re-read, and a re-read list naming one row more than exists
+    # (one connection: the file is reconciled with the rows each COPY sent)
+    writer, lake = connect(db_settings), Lake(s3, BUCKET)
+    _insert(writer, 3)
+    _run(items, lake, "item")
+    _write(writer, "INSERT INTO item (v, last_updated) VALUES ('late', now() - '30 s'::interval)")
+    found = reread.missing_ctids
+
+    def one_more(*args: Any) -> list[str]:
+        ctids = found(*args)
+        return [*ctids, re.sub(r"^\(\d+,", "(4000000,", ctids[0])]
+
+    monkeypatch.setattr(reread, "missing_ctids", one_more)
+    # WHEN the next run re-reads THEN the window fails instead of committing
+    with pytest.raises(ReconciliationError, match=r"wrote 1 rows but the window holds 2"):
+        _run(items, lake, "item")
