@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import socket
-from collections.abc import Iterator
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import pg8000.native
@@ -109,15 +112,37 @@ class _Sleeps:
             self.sender.sendall(bytes(self.arriving))
 
 
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        theirs = socket.create_connection(server.getsockname())
+        ours, _ = server.accept()
+    return ours, theirs
+
+
+def _stream_on(
+    sock: socket.socket, emit: Callable[[Chunk], None] = lambda chunk: None
+) -> CopyStream:
+    """A stream reading ``sock`` as pg8000 would, through a buffered file over it (as wide
+    as ``widen_read_buffer`` makes it)."""
+    connection = SimpleNamespace(_sock=sock.makefile("rwb", buffering=1 << 20), _usock=sock)
+    return CopyStream(connection, emit, 1)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def stream_over_socket() -> Iterator[tuple[CopyStream, socket.socket]]:
-    """A stream reading a real socket as pg8000 would (a buffered file over it), and the
-    socket's other end."""
-    ours, theirs = socket.socketpair()
-    connection = SimpleNamespace(_sock=ours.makefile("rwb"), _usock=ours)
-    yield CopyStream(connection, lambda chunk: None, 1), theirs  # type: ignore[arg-type]
+    """A stream reading a real TCP socket, and the socket's other end."""
+    ours, theirs = _tcp_pair()
+    yield _stream_on(ours), theirs
     ours.close()
     theirs.close()
+
+
+def test_the_stream_never_waits_on_a_unix_socket() -> None:
+    # a unix socket holds less than a batch (about 192 KiB here): waiting for one would
+    # only stall the server on a full socket, batch after batch
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        assert _stream_on(ours)._fd is None
 
 
 def test_the_stream_waits_only_while_data_keeps_arriving(
@@ -136,7 +161,7 @@ def test_the_stream_waits_only_while_data_keeps_arriving(
     stream._await_data(stream._fd)
     assert sleeps.count == copy_stream._WAITS
     # GIVEN the socket already holds a full batch: no wait at all
-    monkeypatch.setattr(copy_stream, "_FILL_BYTES", 4096)  # what a socketpair can hold
+    monkeypatch.setattr(copy_stream, "_FILL_BYTES", 4096)
     theirs.sendall(bytes(4096))
     sleeps = _Sleeps(theirs)
     monkeypatch.setattr(copy_stream.time, "sleep", sleeps)
@@ -144,12 +169,23 @@ def test_the_stream_waits_only_while_data_keeps_arriving(
     assert sleeps.count == 0
 
 
-def test_a_large_copy_is_framed_in_batches_larger_than_the_servers_flushes(
-    conn: pg8000.native.Connection, monkeypatch: pytest.MonkeyPatch
+def _serve_copy(sock: socket.socket, messages: bytes) -> None:
+    """Send ``messages`` as PostgreSQL sends a COPY: 8 KB flushes, paced (80 MB/s)."""
+    for at in range(0, len(messages), 8192):
+        sock.sendall(messages[at : at + 8192])
+        time.sleep(0.0001)
+
+
+def test_a_large_copy_over_tcp_is_framed_in_batches_larger_than_the_servers_flushes(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # GIVEN a widened connection, and time for the socket to fill however slow the server
-    widen_read_buffer(conn)
+    # GIVEN a server sending a COPY of 100,000 one-field tuples (9 MB) then CopyDone, in
+    # 8 KB flushes over TCP, and time for the socket to fill however slow the sender
     monkeypatch.setattr(copy_stream, "_WAITS", 200)
+    monkeypatch.setattr(copy_stream, "_WAIT_AFTER", 0)
+    tuples = [struct.pack(">hi", 1, 80) + b"%080d" % g for g in range(100000)]
+    copy_done = b"c" + struct.pack(">i", 4)
+    messages = b"".join(b"d" + struct.pack(">i", 4 + len(t)) + t for t in tuples[1:])
     batches: list[int] = []
     framed = copy_stream._leading_copy_data
     monkeypatch.setattr(
@@ -157,9 +193,35 @@ def test_a_large_copy_is_framed_in_batches_larger_than_the_servers_flushes(
         "_leading_copy_data",
         lambda buffered, count: (batches.append(len(buffered)), framed(buffered, count))[1],
     )
-    # WHEN a COPY of about 9 MB runs into the stream
-    rows, _ = _copied(conn, "SELECT g, repeat('x', 80) FROM generate_series(1, 100000) g")
-    # THEN the rows are exact, and were framed in batches of 128 KB and more on average
-    # (without the wait: about 30 KB, the server's 8 KB flushes a few at a time)
-    assert rows == [(g, "x" * 80) for g in range(1, 100001)]
-    assert len(batches) < sum(batches) / (128 << 10)
+    ours, theirs = _tcp_pair()
+    chunks: list[Chunk] = []
+    stream = _stream_on(ours, chunks.append)
+    sender = threading.Thread(target=_serve_copy, args=(theirs, messages + copy_done))
+    sender.start()
+    # WHEN pg8000 hands over the first tuple and the stream drains the rest
+    stream.write(tuples[0])
+    stream.flush()
+    sender.join()
+    # THEN every tuple arrives, in order, CopyDone is left for pg8000, and the tuples
+    # were framed in batches of 32 KB and more on average (measured: about 86 KB; without
+    # the wait, the sender's 8 KB flushes one or two at a time: about 11 KB)
+    got = [bytes(c.data[s : s + len(tuples[0])]) for c in chunks for s in c.starts.tolist()]
+    assert got == tuples
+    assert stream._sock.peek(1)[:5] == copy_done
+    assert len(batches) < sum(batches) / (32 << 10)
+    ours.close()
+    theirs.close()
+
+
+def test_a_small_copy_never_waits(
+    conn: pg8000.native.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a widened connection WHEN COPYs of up to 3,000 rows (well under 1 MiB) run
+    widen_read_buffer(conn)
+    sleeps = _Sleeps(socket.socket())
+    monkeypatch.setattr(copy_stream.time, "sleep", sleeps)
+    for rows in (0, 10, 1000, 3000):
+        got, _ = _copied(conn, f"SELECT g, 'r' FROM generate_series(1, {rows}) g")
+        assert got == [(g, "r") for g in range(1, rows + 1)]
+    # THEN the stream never slept: a small COPY pays no wait, its end none either
+    assert sleeps.count == 0
