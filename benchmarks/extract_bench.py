@@ -233,16 +233,19 @@ def _work(approach: str, url: str, table: str, out: Path, compression: str | Non
     window = f"SELECT * FROM {table} WHERE last_updated < TIMESTAMP '{END_TIME}'"
     connections = _connections(approach)
     if connections is not None:
+        import pg8000.native
+
         from totes_ingest import extract, parquet_sink
-        from totes_ingest.db_connections import open_connection
         from totes_ingest.local.dburl import settings_from_url
 
         if compression:
             parquet_sink.COMPRESSION = compression  # type: ignore[assignment]
+        # Without TLS, as a local run connects (DB_SSL_MODE=disable): pg8000's own default
+        # builds a TLS context (loading the system's CAs) for every connection before it
+        # asks the server. Not through db_connections, which imports boto3 for secrets.
         settings = {k: v for k, v in settings_from_url(url).items() if v != ""}
-        # As a local run connects (DB_SSL_MODE=disable); pg8000's own default would build
-        # a TLS context (loading the system's CAs) a connection before asking the server.
-        conn = open_connection(settings, "disable")
+        settings["ssl_context"] = False
+        conn = pg8000.native.Connection(**settings)
         extract.extract_to_parquet(
             conn,
             table,
@@ -250,7 +253,7 @@ def _work(approach: str, url: str, table: str, out: Path, compression: str | Non
             END_TIME,
             out,
             connections=connections,
-            connect=lambda: open_connection(settings, "disable"),
+            connect=lambda: pg8000.native.Connection(**settings),
         )
         conn.close()
     elif approach == "duckdb":
