@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import BUCKET
 from tests.lambda_context import EVENTS, Context
-from totes_ingest import config, copy_stream, parquet_sink
+from totes_ingest import config, copy_stream, extract, parquet_sink
 from totes_ingest.db_connections import connect_to_db
 from totes_ingest.errors import ReconciliationError, SourceError, SourceUnavailable
 from totes_ingest.extract import ExtractResult, extract_to_parquet
@@ -185,6 +185,32 @@ def test_rows_lost_on_parallel_reads_still_raise_reconciliation_error(
         return decoded(self, chunk).slice(1)
 
     monkeypatch.setattr(parquet_sink.ParquetSink, "_decoded", lossy)
+    _items(conn)
+    # WHEN the window is read on 2 connections THEN the count disagrees with the file
+    with pytest.raises(ReconciliationError, match=r"wrote \d+ rows.*holds 17999.*table=item"):
+        _extract(conn, tmp_path, 2, Opener(connect, db_settings))
+    assert not (tmp_path / "item-2.parquet").exists()
+    assert _extras_open(conn) == 0
+
+
+def test_ranges_that_miss_blocks_raise_reconciliation_error(
+    conn: pg8000.native.Connection,
+    db_settings: dict[str, Any],
+    connect: Connect,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN ctid ranges with a gap: blocks 100-109, rows of the window, are in none of
+    # them (each COPY sends all of its own range's rows: only the window's count shows it)
+    block_ranges = extract._block_ranges
+    ctid = f"{extract.source_alias()}.ctid"
+
+    def with_a_gap(*args: Any) -> list[str | None]:
+        first, *rest = block_ranges(*args)
+        gap = f"NOT ({ctid} >= '(100,0)'::tid AND {ctid} < '(110,0)'::tid)"
+        return [f"{first} AND {gap}", *rest]
+
+    monkeypatch.setattr(extract, "_block_ranges", with_a_gap)
     _items(conn)
     # WHEN the window is read on 2 connections THEN the count disagrees with the file
     with pytest.raises(ReconciliationError, match=r"wrote \d+ rows.*holds 17999.*table=item"):
