@@ -189,13 +189,13 @@ def extract_window(
                 for each, sqls in zip(readers, copies, strict=True)
             ],
             # Several ctid ranges: the same snapshot counted (while the writer thread
-            # finishes the file), which checks that the ranges cover the table. One
-            # COPY of the window: the server's own count of the rows it sent.
-            then=(lambda: db.run(count)) if others else lambda: [[sent[0]]],
+            # finishes the file), which checks that the ranges cover the table.
+            then=lambda: db.run(count) if others else None,
         )
         for each in (*others, db):
             each.run("COMMIT")
-        ((counted,),) = counts
+        # One COPY of the window: the server's own count of the rows it sent.
+        counted = int(counts[0][0]) if others else sent[0]
         counted += len(extra)
         if written != counted:
             raise ReconciliationError(

@@ -171,6 +171,15 @@ def test_a_writer_committing_during_the_extract_does_not_leak_into_the_file(
     assert conn.run("SELECT count(*) FROM item WHERE name = 'changed'") != [[0]]
 
 
+def _assert_unreconciled(conn: pg8000.native.Connection, path: Path, opener: Opener) -> None:
+    """The window of ``_items`` read on 2 connections fails its count, leaving no file and
+    no extra connection open."""
+    with pytest.raises(ReconciliationError, match=r"wrote \d+ rows.*holds 17999.*table=item"):
+        _extract(conn, path, 2, opener)
+    assert not (path / "item-2.parquet").exists()
+    assert _extras_open(conn) == 0
+
+
 def test_rows_lost_on_parallel_reads_still_raise_reconciliation_error(
     conn: pg8000.native.Connection,
     db_settings: dict[str, Any],
@@ -187,10 +196,7 @@ def test_rows_lost_on_parallel_reads_still_raise_reconciliation_error(
     monkeypatch.setattr(parquet_sink.ParquetSink, "_decoded", lossy)
     _items(conn)
     # WHEN the window is read on 2 connections THEN the count disagrees with the file
-    with pytest.raises(ReconciliationError, match=r"wrote \d+ rows.*holds 17999.*table=item"):
-        _extract(conn, tmp_path, 2, Opener(connect, db_settings))
-    assert not (tmp_path / "item-2.parquet").exists()
-    assert _extras_open(conn) == 0
+    _assert_unreconciled(conn, tmp_path, Opener(connect, db_settings))
 
 
 def test_ranges_that_miss_blocks_raise_reconciliation_error(
@@ -213,10 +219,7 @@ def test_ranges_that_miss_blocks_raise_reconciliation_error(
     monkeypatch.setattr(extract, "_block_ranges", with_a_gap)
     _items(conn)
     # WHEN the window is read on 2 connections THEN the count disagrees with the file
-    with pytest.raises(ReconciliationError, match=r"wrote \d+ rows.*holds 17999.*table=item"):
-        _extract(conn, tmp_path, 2, Opener(connect, db_settings))
-    assert not (tmp_path / "item-2.parquet").exists()
-    assert _extras_open(conn) == 0
+    _assert_unreconciled(conn, tmp_path, Opener(connect, db_settings))
 
 
 def test_a_partitioned_table_is_read_on_one_connection(
