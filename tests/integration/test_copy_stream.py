@@ -225,3 +225,33 @@ def test_a_small_copy_never_waits(
         assert got == [(g, "r") for g in range(1, rows + 1)]
     # THEN the stream never slept: a small COPY pays no wait, its end none either
     assert sleeps.count == 0
+
+
+def test_an_error_after_the_wait_has_engaged_is_left_for_pg8000(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a server sending 2 MiB of tuples in paced 8 KB flushes (past _WAIT_AFTER, so the
+    # stream waits for the socket), then an ErrorResponse instead of CopyDone
+    tuples = [struct.pack(">hi", 1, 80) + b"%080d" % g for g in range(24000)]
+    error = b"E" + struct.pack(">i", 4 + 8) + b"SERROR\x00\x00"
+    messages = b"".join(b"d" + struct.pack(">i", 4 + len(t)) + t for t in tuples[1:])
+    sleeps = _Sleeps(socket.socket())
+    slept = time.sleep
+    monkeypatch.setattr(copy_stream.time, "sleep", lambda s: (sleeps(s), slept(s)))
+    ours, theirs = _tcp_pair()
+    chunks: list[Chunk] = []
+    stream = _stream_on(ours, chunks.append)
+    sender = threading.Thread(target=_serve_copy, args=(theirs, messages + error))
+    sender.start()
+    # WHEN the stream drains the COPY
+    stream.write(tuples[0])
+    stream.flush()
+    sender.join()
+    # THEN it waited on the way, every tuple before the error arrived, and the error is
+    # the next message pg8000 reads, whole
+    got = [bytes(c.data[s : s + len(tuples[0])]) for c in chunks for s in c.starts.tolist()]
+    assert sleeps.count > 0
+    assert got == tuples
+    assert stream._sock.peek(1)[: len(error)] == error
+    ours.close()
+    theirs.close()
