@@ -7,6 +7,7 @@ session named like the ingest, and the ingest pointed at a hot standby.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,6 +138,50 @@ def test_when_other_sessions_are_hidden_the_bound_trails_by_the_fallback_lag(
         app.close()
         conn.run(f"DROP ROLE {ingest_role}")
         conn.run(f"DROP ROLE {app_role}")
+
+
+def test_connections_opening_meanwhile_do_not_pull_the_bound_back(
+    conn: Any, db_settings: dict[str, Any]
+) -> None:
+    # GIVEN clients connecting all the while: each new backend holds its startup
+    # transaction's lock before it shows in pg_stat_activity (this once sent about one
+    # bound in 25 back by the fallback lag: the CI's seed-run-simulate-run found nothing)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            connect(db_settings).close()
+
+    churners = [threading.Thread(target=churn) for _ in range(2)]
+    for thread in churners:
+        thread.start()
+    try:
+        bounds = [commit_safe_end_time(conn, fallback_lag_seconds=300) for _ in range(400)]
+    finally:
+        stop.set()
+        for thread in churners:
+            thread.join()
+    assert [b.invisible for b in bounds if b.fallback_lag_used] == []
+    assert max(b.lag_seconds for b in bounds) < 2
+
+
+def test_a_writer_that_began_after_an_earlier_read_of_the_activity_view_holds_the_bound(
+    conn: Any, db_settings: dict[str, Any]
+) -> None:
+    # GIVEN an ingest session inside a transaction that has read pg_stat_activity
+    # already (PostgreSQL keeps that snapshot until the transaction ends)
+    conn.run("BEGIN")
+    conn.run("SELECT count(*) FROM pg_stat_activity")
+    # WHEN a writer connects and begins after it
+    writer = _begun(db_settings)
+    time.sleep(0.05)
+    try:
+        bound = commit_safe_end_time(conn, fallback_lag_seconds=300, safety_margin_seconds=0)
+        # THEN the bound sees the writer, not the stale snapshot
+        assert bound.end_time == _started(writer)
+    finally:
+        conn.run("ROLLBACK")
+        writer.close()
 
 
 def test_the_bound_trails_the_clock_by_the_safety_margin(conn: Any) -> None:
