@@ -119,6 +119,30 @@ def resolve_tables(
     return tables
 
 
+# Bytes on disk of each table, by oid; of a partitioned one, of its partitions (its
+# partition tree holds itself and them; a plain table has no tree).
+_SIZES_SQL = """
+SELECT o.oid::int8, pg_catalog.pg_relation_size(o.oid)
+       + (SELECT coalesce(sum(pg_catalog.pg_relation_size(t.relid)), 0)::int8
+          FROM pg_catalog.pg_partition_tree(o.oid::regclass) AS t)
+FROM unnest(CAST(:oids AS oid[])) AS o(oid)
+"""
+
+
+def largest_first(conn: Any, tables: Sequence[SourceTable]) -> list[SourceTable]:
+    """``tables`` by their size on disk, largest first (ties in the given order).
+
+    The run's Map starts tables in this order, at most its concurrency at once: the
+    longest extracts begin first and the small tables fill the slots beside them, instead
+    of the largest starting last and running alone at the end.
+    """
+    if len(tables) < 2:
+        return list(tables)
+    with source_errors("table sizes"):
+        sizes = dict(conn.run(_SIZES_SQL, oids=[t.oid for t in tables]))
+    return sorted(tables, key=lambda t: -sizes.get(t.oid, 0))
+
+
 def resolve_table(conn: Any, name: str, schema: str, *, views: bool = False) -> SourceTable:
     """One table, once the run has started: one that went missing is a SourceError."""
     return resolve_tables(conn, [name], schema, views=views, error=SourceError)[name]

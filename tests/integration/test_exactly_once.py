@@ -166,6 +166,29 @@ def test_a_partition_is_refused_and_its_parent_named(conn: Any) -> None:
     assert pipeline.start_run({"tables_to_query": ["sales"]}, conn, SETTINGS)["tables"] == ["sales"]
 
 
+def test_the_run_starts_the_largest_tables_first(conn: Any) -> None:
+    # GIVEN a small table, a partitioned one whose rows are all in its partitions, a large
+    # one and two empty ones, named in the event in that order
+    conn.run(
+        "CREATE TABLE sales (id int, last_updated timestamp, PRIMARY KEY (id, last_updated))"
+        " PARTITION BY RANGE (last_updated)"
+    )
+    conn.run(
+        "CREATE TABLE sales_2026 PARTITION OF sales"
+        " FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"
+    )
+    for name in ("small", "large", "empty_b", "empty_a"):
+        conn.run(f"CREATE TABLE {name} (id int PRIMARY KEY, last_updated timestamp)")
+    insert = "INSERT INTO {} SELECT g, '2026-06-01' FROM generate_series(1, {}) AS g"
+    conn.run(insert.format("small", 10))
+    conn.run(insert.format("sales", 20_000))
+    conn.run(insert.format("large", 50_000))
+    event = {"tables_to_query": ["small", "sales", "large", "empty_b", "empty_a"]}
+    # THEN the Map gets them by size on disk, largest first; ties keep the event's order
+    tables = pipeline.start_run(event, conn, SETTINGS)["tables"]
+    assert tables == ["large", "sales", "small", "empty_b", "empty_a"]
+
+
 def test_a_table_named_like_a_catalog_view_is_read_from_the_source_schema(
     conn: Any, s3: Any
 ) -> None:
