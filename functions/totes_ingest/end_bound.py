@@ -10,19 +10,20 @@ Which transactions are open comes from ``pg_locks``: every transaction holds the
 its own virtual transaction id from its first moment, whether or not it has written yet,
 whatever its ``application_name``, its ``track_activities`` setting or its backend type
 (client, background or logical replication worker). Its start comes from
-``pg_stat_activity.xact_start``. Only what provably cannot write is left out: this
-session itself, autovacuum, and a lock whose backend has no ``pg_stat_activity`` row when
-it is read, after the clock. Such a backend is still starting (its startup transaction
-reads the catalogs and writes nothing; it reports itself before any transaction of its
-client), or it reported after the clock was read, so whatever it writes is stamped after
-the bound; or it ended after pg_locks was read, its transaction committed (visible to
-every later snapshot) or aborted. Counting it as invisible pulled every run's bound back
-by the fallback lag whenever any connection to the server was opening (one bound in
-25 under a steady stream of connections). Then:
+``pg_stat_activity.xact_start``. Only what provably cannot write below the bound is left
+out: this session itself, autovacuum, a transaction that ends while the bound is
+computed (committed, it is in every later snapshot), and a backend still connecting
+whose transaction began after the clock was read (its lock is absent from the pg_locks
+read before the clock, its row from ``pg_stat_activity``, read afresh after it: every
+transaction of its client comes later still). A connecting backend's startup
+transaction open before the clock is hidden: a ``session_preload_libraries`` hook may
+write in it, stamped with its start. Counting every connecting backend as hidden sent
+one bound in 25 back by the fallback lag while other clients connected. Then:
 
-- a transaction whose start is invisible (another role's session without
-  ``pg_read_all_stats``, or ``track_activities = off``) pulls the bound back to the clock
-  minus ``END_TIME_FALLBACK_LAG_SECONDS``, which must exceed its duration;
+- a transaction whose start is hidden (another role's session without
+  ``pg_read_all_stats``, ``track_activities = off``, a backend still connecting) and that
+  outlasts ``STARTUP_WAIT_SECONDS`` (0.1 s) pulls the bound back to the clock minus
+  ``END_TIME_FALLBACK_LAG_SECONDS``, which must exceed its duration;
 - a prepared (two-phase) transaction of this database has left its session but not
   committed, and its start is unknown: every table is held at its watermark until it ends
   (exact: it started after the bound of every earlier run, which it held back or
@@ -37,6 +38,7 @@ the clock is read first and pulled back by ``END_TIME_SAFETY_MARGIN_SECONDS`` (1
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,28 +46,44 @@ from typing import Any
 from totes_ingest.db_errors import source_errors
 from totes_ingest.errors import SourceError, SourceUnavailable
 
-# pg_stat_clear_snapshot(): the next statement reads pg_stat_activity afresh, after the
-# clock, even inside a transaction that read it before.
-_CLOCK_SQL = (
-    "SELECT clock_timestamp(), pg_is_in_recovery(), "
-    "CASE WHEN pg_is_in_recovery() THEN pg_last_xact_replay_timestamp() END "
-    "FROM pg_catalog.pg_stat_clear_snapshot()"
-)
-_OPEN_TRANSACTIONS_SQL = """
+# Each transaction's own virtual transaction id lock (l: pg_locks), but this session's.
+_VXID_LOCK = """l.locktype = 'virtualxid' AND l.granted AND l.mode = 'ExclusiveLock'
+  AND l.virtualxid = l.virtualtransaction AND l.pid <> pg_backend_pid()"""
+# With the clock, the transactions open before it is read (the aggregate in FROM is done
+# before the row's clock_timestamp()). pg_stat_clear_snapshot(): the next statement reads
+# pg_stat_activity afresh, after the clock, even inside a transaction that read it.
+_CLOCK_SQL = f"""
+SELECT clock_timestamp(), pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN pg_last_xact_replay_timestamp() END, early.vxids
+FROM (SELECT coalesce(array_agg(l.virtualtransaction), '{{}}')
+      FROM pg_catalog.pg_locks AS l WHERE {_VXID_LOCK}) AS early(vxids),
+     pg_catalog.pg_stat_clear_snapshot()
+"""
+_OPEN_TRANSACTIONS_SQL = f"""
 SELECT l.pid, a.xact_start, coalesce(a.application_name, ''), coalesce(a.state, ''),
-       coalesce(a.backend_type, ''), a.usename::text
+       coalesce(a.backend_type, ''), a.usename::text, l.virtualtransaction, a.pid IS NULL
 FROM pg_catalog.pg_locks AS l
-JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
-WHERE l.locktype = 'virtualxid' AND l.granted AND l.mode = 'ExclusiveLock'
-  AND l.virtualxid = l.virtualtransaction
-  AND l.pid <> pg_backend_pid()
+LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
+WHERE {_VXID_LOCK}
   AND (a.datname IS NULL OR a.datname = current_database())
   AND coalesce(a.backend_type, '') NOT IN ('autovacuum worker', 'autovacuum launcher')
 """
+_STILL_OPEN_SQL = f"""
+SELECT coalesce(array_agg(l.virtualtransaction), '{{}}') FROM pg_catalog.pg_locks AS l
+WHERE {_VXID_LOCK} AND l.virtualtransaction = ANY(CAST(:vxids AS text[]))
+"""
+# How long a transaction whose start is hidden is waited for before the bound falls back
+# (a connecting backend's startup transaction, a login, lasts milliseconds).
+STARTUP_WAIT_SECONDS = 0.1
 _PREPARED_SQL = """
 SELECT gid, prepared, owner::text FROM pg_catalog.pg_prepared_xacts
 WHERE database = current_database() ORDER BY prepared
 """
+
+
+# The state of a backend that was connecting (its startup transaction open: the
+# authentication, session_preload_libraries) before the clock was read.
+_STARTING = "starting"
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,7 @@ class OpenTransaction:
     state: str
     backend_type: str
     user: str | None
+    vxid: str = ""
 
     def describe(self, clock: datetime) -> dict[str, Any]:
         open_for = None if self.started is None else (clock - self.started).total_seconds()
@@ -143,15 +162,32 @@ def commit_safe_end_time(
 ) -> EndBound:
     """The exclusive end bound of this run's windows: an instant, naive UTC."""
     with source_errors("end bound query"):
-        ((clock_tz, in_recovery, replayed),) = conn.run(_CLOCK_SQL)
+        ((clock_tz, in_recovery, replayed, early),) = conn.run(_CLOCK_SQL)
         clock = _utc(clock_tz)
         fallback = clock - timedelta(seconds=fallback_lag_seconds)
         if in_recovery:
             return _standby_bound(clock, replayed, fallback_lag_seconds, allow_hot_standby)
-        transactions = [
-            OpenTransaction(pid, None if start is None else _utc(start), app, state, kind, user)
-            for pid, start, app, state, kind, user in conn.run(_OPEN_TRANSACTIONS_SQL)
-        ]
+        transactions = []
+        for pid, start, app, state, kind, user, vxid, unreported in conn.run(
+            _OPEN_TRANSACTIONS_SQL
+        ):
+            if unreported:
+                # Not in pg_stat_activity yet: a backend still connecting. One whose
+                # transaction began after the clock was read is left out: every
+                # transaction of its client comes later still. One open before it may
+                # be a session_preload_libraries hook's that writes: hidden.
+                if vxid not in early:
+                    continue
+                state = _STARTING
+            started = None if start is None else _utc(start)
+            transactions.append(OpenTransaction(pid, started, app, state, kind, user, vxid))
+        hidden = {t.vxid for t in transactions if t.started is None}
+        if hidden:
+            # A hidden transaction that ends within STARTUP_WAIT_SECONDS (a login, the
+            # startup transaction of a backend just reported) committed before the
+            # extract's snapshot, or rolled back: it does not hold the bound.
+            ended = hidden - _still_open(conn, hidden)
+            transactions = [t for t in transactions if t.vxid not in ended]
         prepared = tuple(
             PreparedTransaction(gid, _utc(at), owner) for gid, at, owner in conn.run(_PREPARED_SQL)
         )
@@ -172,6 +208,17 @@ def commit_safe_end_time(
         invisible=invisible,
         prepared=prepared,
     )
+
+
+def _still_open(conn: Any, vxids: set[str]) -> set[str]:
+    """Those of ``vxids`` still open after at most STARTUP_WAIT_SECONDS (an ended one
+    committed before the extract's snapshot, or rolled back)."""
+    deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+    while True:
+        ((still,),) = conn.run(_STILL_OPEN_SQL, vxids=sorted(vxids))
+        if not still or time.monotonic() >= deadline:
+            return set(still)
+        time.sleep(0.002)
 
 
 def _standby_bound(

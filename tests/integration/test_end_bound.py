@@ -165,6 +165,31 @@ def test_connections_opening_meanwhile_do_not_pull_the_bound_back(
     assert max(b.lag_seconds for b in bounds) < 2
 
 
+def test_a_backend_slow_to_connect_pulls_the_bound_back_by_the_fallback_lag(
+    conn: Any, db_settings: dict[str, Any]
+) -> None:
+    # GIVEN a backend whose startup transaction (its now() fixed when it began) lasts
+    # seconds before it shows in pg_stat_activity: a slow login, or a
+    # session_preload_libraries hook that may write (post_auth_delay stands in for both)
+    slow: dict[str, Any] = {}
+
+    def connect_slowly() -> None:
+        slow["conn"] = connect(db_settings, startup_params={"options": "-c post_auth_delay=3"})
+
+    connecting = threading.Thread(target=connect_slowly)
+    connecting.start()
+    try:
+        time.sleep(1.5)
+        bound = commit_safe_end_time(conn, fallback_lag_seconds=120)
+        # THEN its transaction counts as hidden: the bound falls back
+        assert bound.fallback_lag_used
+        assert [t.state for t in bound.invisible] == ["starting"]
+        assert bound.lag_seconds == pytest.approx(120, abs=5)
+    finally:
+        connecting.join()
+        slow["conn"].close()
+
+
 def test_a_writer_that_began_after_an_earlier_read_of_the_activity_view_holds_the_bound(
     conn: Any, db_settings: dict[str, Any]
 ) -> None:
