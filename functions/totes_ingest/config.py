@@ -154,7 +154,12 @@ def fallback_lag_seconds() -> float:
 
 
 def safety_margin_seconds() -> float:
-    return float(os.environ.get(END_TIME_SAFETY_MARGIN_SECONDS, DEFAULT_SAFETY_MARGIN_SECONDS))
+    """0 only where nothing writes beside the ingest (tests): the margin covers a writer's
+    timestamp taken a moment before its transaction shows in pg_locks."""
+    value = float(os.environ.get(END_TIME_SAFETY_MARGIN_SECONDS, DEFAULT_SAFETY_MARGIN_SECONDS))
+    if not value >= 0:
+        raise ValueError(f"{END_TIME_SAFETY_MARGIN_SECONDS} must not be negative, not {value}")
+    return value
 
 
 def row_group_rows() -> int:

@@ -22,7 +22,8 @@ one bound in 25 back by the fallback lag while other clients connected. Then:
 
 - a transaction whose start is hidden (another role's session without
   ``pg_read_all_stats``, ``track_activities = off``, a backend still connecting) and that
-  outlasts ``STARTUP_WAIT_SECONDS`` (0.1 s) pulls the bound back to the clock minus
+  outlasts ``HIDDEN_WAIT_SECONDS`` (0.1 s; a connecting one, ``STARTUP_WAIT_SECONDS``,
+  1 s) pulls the bound back to the clock minus
   ``END_TIME_FALLBACK_LAG_SECONDS``, which must exceed its duration;
 - a prepared (two-phase) transaction of this database has left its session but not
   committed, and its start is unknown: every table is held at its watermark until it ends
@@ -72,9 +73,12 @@ _STILL_OPEN_SQL = f"""
 SELECT coalesce(array_agg(l.virtualtransaction), '{{}}') FROM pg_catalog.pg_locks AS l
 WHERE {_VXID_LOCK} AND l.virtualtransaction = ANY(CAST(:vxids AS text[]))
 """
-# How long a transaction whose start is hidden is waited for before the bound falls back
-# (a connecting backend's startup transaction, a login, lasts milliseconds).
-STARTUP_WAIT_SECONDS = 0.1
+# How long a transaction whose start is hidden is waited for before the bound falls back;
+# a connecting backend's (its login), longer: a trust login takes milliseconds, a
+# password one over a WAN round trips. A client that stalls its login for longer (up to
+# the server's authentication_timeout) pulls the bound back: lag, never a loss.
+HIDDEN_WAIT_SECONDS = 0.1
+STARTUP_WAIT_SECONDS = 1.0
 _PREPARED_SQL = """
 SELECT gid, prepared, owner::text FROM pg_catalog.pg_prepared_xacts
 WHERE database = current_database() ORDER BY prepared
@@ -183,11 +187,13 @@ def commit_safe_end_time(
             transactions.append(OpenTransaction(pid, started, app, state, kind, user, vxid))
         hidden = {t.vxid for t in transactions if t.started is None}
         if hidden:
-            # A hidden transaction that ends within STARTUP_WAIT_SECONDS (a login, the
-            # startup transaction of a backend just reported) committed before the
+            # A hidden transaction that ends while it is waited for committed before the
             # extract's snapshot, or rolled back: it does not hold the bound.
-            ended = hidden - _still_open(conn, hidden)
-            transactions = [t for t in transactions if t.vxid not in ended]
+            still = _still_open(conn, hidden, HIDDEN_WAIT_SECONDS)
+            starting = {t.vxid for t in transactions if t.state == _STARTING} & still
+            if starting:  # a login: up to the margin (a password over a WAN, say)
+                still -= starting - _still_open(conn, starting, STARTUP_WAIT_SECONDS)
+            transactions = [t for t in transactions if t.started is not None or t.vxid in still]
         prepared = tuple(
             PreparedTransaction(gid, _utc(at), owner) for gid, at, owner in conn.run(_PREPARED_SQL)
         )
@@ -210,10 +216,9 @@ def commit_safe_end_time(
     )
 
 
-def _still_open(conn: Any, vxids: set[str]) -> set[str]:
-    """Those of ``vxids`` still open after at most STARTUP_WAIT_SECONDS (an ended one
-    committed before the extract's snapshot, or rolled back)."""
-    deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+def _still_open(conn: Any, vxids: set[str], wait_seconds: float) -> set[str]:
+    """Those of ``vxids`` still open after at most ``wait_seconds``."""
+    deadline = time.monotonic() + wait_seconds
     while True:
         ((still,),) = conn.run(_STILL_OPEN_SQL, vxids=sorted(vxids))
         if not still or time.monotonic() >= deadline:

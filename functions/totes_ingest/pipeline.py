@@ -31,7 +31,7 @@ from totes_ingest.generate_file_key import claim_key, staging_key
 from totes_ingest.lake import Lake, staged_metadata
 from totes_ingest.observability import logger, put_metric
 from totes_ingest.run_summary import aggregate as aggregate  # the step, re-exported
-from totes_ingest.source import SourceTable, largest_first, resolve_table
+from totes_ingest.source import SourceTable, largest_first, refuse_replicated, resolve_table
 from totes_ingest.sub_windows import PLAN_INDEX, footer_schema, load_plan, save_plan
 from totes_ingest.validation import validate_event
 from totes_ingest.window import Window
@@ -115,9 +115,9 @@ def start_run(event: object, conn: Any, settings: RunSettings) -> Payload:
     """Validate the execution input and fix the run's end bound from the database."""
     zone = settings.source_timezone or _database_zone(conn)
     _check_zone(conn, zone)
-    tables = [
-        t.name for t in largest_first(conn, validate_event(event, conn, settings.schema, zone))
-    ]
+    resolved = validate_event(event, conn, settings.schema, zone)
+    refuse_replicated(conn, resolved)
+    tables = [t.name for t in largest_first(conn, resolved)]
     bound = commit_safe_end_time(
         conn,
         settings.fallback_lag_seconds,

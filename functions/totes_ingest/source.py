@@ -129,6 +129,32 @@ FROM unnest(CAST(:oids AS oid[])) AS o(oid)
 """
 
 
+_REPLICATED_SQL = """
+SELECT DISTINCT c.relname::text, s.subname::text
+FROM pg_catalog.pg_subscription_rel AS r
+JOIN pg_catalog.pg_class AS c ON c.oid = r.srrelid
+JOIN pg_catalog.pg_subscription AS s ON s.oid = r.srsubid
+WHERE r.srrelid = ANY(CAST(:oids AS oid[]))
+ORDER BY 1, 2
+"""
+
+
+def refuse_replicated(conn: Any, tables: Sequence[SourceTable]) -> None:
+    """InvalidEvent naming each table a logical-replication subscription fills here.
+
+    Its rows carry the publisher's ``last_updated``, and the publisher's open transactions
+    hold no lock here: no end bound computed on this database can wait for them.
+    """
+    with source_errors("subscription lookup"):
+        rows = conn.run(_REPLICATED_SQL, oids=[t.oid for t in tables])
+    if rows:
+        named = "; ".join(f"{table}: replicated by subscription {sub}" for table, sub in rows)
+        raise InvalidEvent(
+            f"{named}. Its last_updated values are the publisher's, whose open transactions "
+            "cannot be seen here, so no end bound is safe: ingest from the publisher"
+        )
+
+
 def largest_first(conn: Any, tables: Sequence[SourceTable]) -> list[SourceTable]:
     """``tables`` by their size on disk, largest first (ties in the given order).
 

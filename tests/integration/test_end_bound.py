@@ -18,9 +18,10 @@ import pg8000.native
 import pytest
 
 from tests.pgcluster import PrivateCluster
+from totes_ingest import pipeline
 from totes_ingest.db_connections import APPLICATION_NAME
 from totes_ingest.end_bound import commit_safe_end_time
-from totes_ingest.errors import SourceError
+from totes_ingest.errors import InvalidEvent, SourceError
 from totes_ingest.local.dburl import connect
 
 pytestmark = pytest.mark.integration
@@ -314,3 +315,38 @@ def test_a_logical_replication_apply_worker_holds_the_bound() -> None:
         source.run("SELECT pg_drop_replication_slot('s')")
         source.close()
         target.close()
+
+
+def test_a_table_a_subscription_replicates_is_refused() -> None:
+    # GIVEN a subscriber: its copy of t carries the publisher's last_updated, stamped by
+    # publisher transactions that hold no lock here (review: a 3 s publisher transaction
+    # committed a row 1.5 s below a bound computed here, and it was lost)
+    with (
+        PrivateCluster(wal_level="logical") as publisher,
+        PrivateCluster() as subscriber,
+    ):
+        ddl = "CREATE TABLE {} (id int PRIMARY KEY, last_updated timestamp)"
+        source, target = publisher.connect(), subscriber.connect()
+        source.run(ddl.format("t"))
+        source.run("CREATE PUBLICATION p FOR TABLE t")
+        target.run(ddl.format("t"))
+        target.run(ddl.format("local_only"))
+        target.run(
+            f"CREATE SUBSCRIPTION s CONNECTION 'host={publisher.socket_dir} dbname=postgres "
+            "user=postgres' PUBLICATION p"
+        )
+        try:
+            settings = pipeline.RunSettings(300, 1, 1)
+            # THEN a run naming it is refused, and told where to ingest from
+            with pytest.raises(InvalidEvent, match=r"t: replicated by subscription s.*publisher"):
+                pipeline.start_run({"tables_to_query": ["local_only", "t"]}, target, settings)
+            # while a table written here is ingested as ever
+            run = pipeline.start_run({"tables_to_query": ["local_only"]}, target, settings)
+            assert run["tables"] == ["local_only"]
+        finally:
+            target.run("ALTER SUBSCRIPTION s DISABLE")
+            target.run("ALTER SUBSCRIPTION s SET (slot_name = NONE)")
+            target.run("DROP SUBSCRIPTION s")
+            source.run("SELECT pg_drop_replication_slot('s')")
+            source.close()
+            target.close()

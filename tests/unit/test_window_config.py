@@ -30,6 +30,8 @@ def test_the_settings_reach_the_stage_settings(monkeypatch: pytest.MonkeyPatch) 
         (config.STAGE_CONCURRENCY, "10001", config.stage_concurrency),
         (config.STEP_TIME_BUDGET_SECONDS, "0", config.step_time_budget_seconds),
         (config.EXTRACT_ROWS_PER_SECOND, "-1", config.extract_rows_per_second),
+        (config.END_TIME_SAFETY_MARGIN_SECONDS, "-0.5", config.safety_margin_seconds),
+        (config.END_TIME_SAFETY_MARGIN_SECONDS, "nan", config.safety_margin_seconds),
     ],
 )
 def test_a_value_out_of_range_is_refused_naming_the_setting(
