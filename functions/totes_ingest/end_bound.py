@@ -59,7 +59,7 @@ SELECT clock_timestamp(), pg_is_in_recovery(),
 FROM (SELECT coalesce(array_agg(l.virtualtransaction), '{{}}')
       FROM pg_catalog.pg_locks AS l WHERE {_VXID_LOCK}) AS early(vxids),
      pg_catalog.pg_stat_clear_snapshot()
-"""
+"""  # nosec B608 - built of the constants above, no input
 _OPEN_TRANSACTIONS_SQL = f"""
 SELECT l.pid, a.xact_start, coalesce(a.application_name, ''), coalesce(a.state, ''),
        coalesce(a.backend_type, ''), a.usename::text, l.virtualtransaction, a.pid IS NULL
@@ -68,11 +68,11 @@ LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
 WHERE {_VXID_LOCK}
   AND (a.datname IS NULL OR a.datname = current_database())
   AND coalesce(a.backend_type, '') NOT IN ('autovacuum worker', 'autovacuum launcher')
-"""
+"""  # nosec B608 - built of the constants above, no input
 _STILL_OPEN_SQL = f"""
 SELECT coalesce(array_agg(l.virtualtransaction), '{{}}') FROM pg_catalog.pg_locks AS l
 WHERE {_VXID_LOCK} AND l.virtualtransaction = ANY(CAST(:vxids AS text[]))
-"""
+"""  # nosec B608 - built of the constants above, no input
 # How long a transaction whose start is hidden is waited for before the bound falls back;
 # a connecting backend's (its login), longer: a trust login takes milliseconds, a
 # password one over a WAN round trips. A client that stalls its login for longer (up to
