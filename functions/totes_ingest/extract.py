@@ -115,7 +115,7 @@ def extract_window(
     path: pathlib.Path,
     *,
     row_group_rows: int | None = None,
-    in_lake: pa.Table | None = None,
+    in_lake: Callable[[], pa.Table] | None = None,
     type_profile: Profile = "portable",
     connections: int = 1,
     connect: Connect | None = None,
@@ -123,7 +123,8 @@ def extract_window(
     """Write the rows of ``window``'s cursor range to ``path`` as Parquet.
 
     Every row of the range ``[start, end)``; of its re-read range, the rows whose (key,
-    cursor) pair ``in_lake`` (see ``reread.lake_versions``) does not hold. Both are read,
+    cursor) pair the lake does not hold: ``in_lake`` reads them (``reread.lake_versions``),
+    only if the re-read range holds rows. Both ranges are read,
     and counted, in one snapshot. ``conn`` must not be inside a transaction: the extract
     runs its own read-only snapshot and leaves the session as it found it. On any error
     the file is removed. ``type_profile`` picks the type mapping (``pg_types``).
@@ -331,21 +332,24 @@ def _connected(connect: Connect, table: str, window: str) -> pg8000.native.Conne
 
 
 def _reread(
-    db: _Db, cursor: CursorRange, source: SourceTable, schema: pa.Schema, in_lake: pa.Table | None
+    db: _Db,
+    cursor: CursorRange,
+    source: SourceTable,
+    schema: pa.Schema,
+    in_lake: Callable[[], pa.Table] | None,
 ) -> list[str]:
     """The ``ctid`` of the re-read range's rows the lake does not hold (in the snapshot)."""
     predicate = cursor.reread_predicate(source, quote_ident(CURSOR_COLUMN))
     if predicate is None or not source.key:
         return []
-    from totes_ingest.reread import missing_ctids  # only now: it imports boto3 and the lake
-
     if in_lake is None:
         raise ValueError("a window with a re-read range needs the lake's versions")
-    from totes_ingest.reread import pairs_query
+    from totes_ingest.reread import missing_ctids, pairs_query  # only now: they import boto3
 
     ((pairs,),) = db.run(pairs_query(source, predicate))
-    cursor_type = schema.field(CURSOR_COLUMN).type
-    return missing_ctids((pairs or "").encode(), source, in_lake, cursor_type)
+    if not pairs:  # nothing in the re-read range: the lake's versions are not read
+        return []
+    return missing_ctids(pairs.encode(), source, in_lake(), schema.field(CURSOR_COLUMN).type)
 
 
 class _Db:

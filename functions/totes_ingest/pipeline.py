@@ -9,6 +9,7 @@ move between steps.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tempfile
 import time
@@ -278,7 +279,7 @@ def stage_table(
         logger.warning("No key: no re-read overlap", extra={"table": table})
         rng = CursorRange(rng.start, rng.end)
     window = window.with_cursor(rng)
-    in_lake = None
+    in_lake: Callable[[], Any] | None = None
     if rng.reread_from is not None and rng.start is not None:
         from totes_ingest.reread import lake_versions  # here: it imports pyarrow
 
@@ -288,7 +289,10 @@ def stage_table(
             for key in staged_too
         ):
             raise InvalidEvent(f"step input's {REREAD_STAGED} is malformed", table=table)
-        in_lake = lake_versions(lake, source, rng.reread_from, rng.start, staged=staged_too)
+        # Read by the extract only if the re-read range holds rows.
+        in_lake = functools.partial(
+            lake_versions, lake, source, rng.reread_from, rng.start, staged=staged_too
+        )
     from totes_ingest.extract import extract_window  # here: it imports pg8000
 
     with tempfile.TemporaryDirectory(prefix="totes-") as workdir:

@@ -108,6 +108,31 @@ def test_a_version_written_below_the_window_start_is_reread_once(
     assert _versions(s3, "item") == Counter([*written, late])
 
 
+def test_the_lake_is_read_for_the_overlap_only_when_the_source_has_rows_in_it(
+    items: Any, db_settings: dict[str, Any], s3: Any
+) -> None:
+    ranged: list[str] = []  # the lake's objects read (footers, row groups)
+    s3.meta.events.register(
+        "before-parameter-build.s3.GetObject",
+        lambda params, **_: ranged.append(params["Key"]) if "Range" in params else None,
+    )
+    writer, lake = connect(db_settings), Lake(s3, BUCKET)
+    writer.run("INSERT INTO item (v, last_updated) VALUES ('old', '2020-01-01')")
+    _run(items, lake, "item")
+    # GIVEN nothing in the overlap: the run reads none of the lake's files
+    assert _run(items, lake, "item")["rows"] == 0
+    assert ranged == []
+    # GIVEN a version in the overlap: the lake's newest file is read, and it lands once
+    late = _write(
+        writer, "INSERT INTO item (v, last_updated) VALUES ('late', now() - '30 s'::interval)"
+    )
+    assert _run(items, lake, "item")["rows"] == 1
+    assert ranged
+    assert all(key.startswith("item/") for key in ranged)
+    assert _run(items, lake, "item")["rows"] == 0
+    assert late in _versions(s3, "item")
+
+
 def test_without_the_overlap_that_version_would_be_lost(
     items: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:
