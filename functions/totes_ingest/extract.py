@@ -53,6 +53,10 @@ SESSION_SETTINGS = (
     "SET LOCAL IntervalStyle = 'postgres'",
     "SET LOCAL extra_float_digits = 3",
     "SET LOCAL bytea_output = 'hex'",
+    # The snapshot may wait, idle, while the lake's versions of the re-read overlap are
+    # read (seconds for a large newest file): a server's idle_in_transaction_session_timeout
+    # would end the session every retry, and the table would never advance.
+    "SET LOCAL idle_in_transaction_session_timeout = 0",
 )
 _SRC = "_totes_src"
 _BEGIN = "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; "

@@ -133,6 +133,34 @@ def test_the_lake_is_read_for_the_overlap_only_when_the_source_has_rows_in_it(
     assert late in _versions(s3, "item")
 
 
+def test_a_slow_lake_read_in_the_snapshot_outlasts_an_idle_in_transaction_timeout(
+    items: Any, db_settings: dict[str, Any], s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a server that ends sessions idle in a transaction for 1 s, and a lake read of
+    # the overlap that takes 1.5 s (a large newest file), made while the snapshot waits
+    # (review: every retry lost its connection, and the table never advanced)
+    writer, lake = connect(db_settings), Lake(s3, BUCKET)
+    writer.run("INSERT INTO item (v, last_updated) VALUES ('old', '2020-01-01')")
+    _run(items, lake, "item")
+    late = _write(
+        writer, "INSERT INTO item (v, last_updated) VALUES ('late', now() - '30 s'::interval)"
+    )
+    database = db_settings["database"]
+    items.run(f"ALTER DATABASE \"{database}\" SET idle_in_transaction_session_timeout = '1s'")
+    ingest = connect(db_settings)
+    real = reread.lake_versions
+
+    def slow_lake_versions(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reread, "lake_versions", slow_lake_versions)
+    # THEN the window lands: the extract's transaction turns the timeout off for itself
+    assert _run(ingest, lake, "item")["rows"] == 1
+    assert late in _versions(s3, "item")
+    ingest.close()
+
+
 def test_without_the_overlap_that_version_would_be_lost(
     items: Any, db_settings: dict[str, Any], s3: Any
 ) -> None:
