@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -274,8 +275,10 @@ def test_an_allowed_hot_standby_bounds_windows_by_its_last_replayed_commit() -> 
         writer.close()
 
 
-def test_a_logical_replication_apply_worker_holds_the_bound() -> None:
-    # GIVEN a subscriber whose apply worker is inside a transaction (a slow trigger fires)
+@contextmanager
+def _replicating(*subscriber_setup: str) -> Iterator[tuple[Any, Any]]:
+    """A publisher and a subscriber of its table t (id, last_updated); the subscriber runs
+    ``subscriber_setup`` before it subscribes. Yields (publisher, subscriber) sessions."""
     with (
         PrivateCluster(wal_level="logical") as publisher,
         PrivateCluster() as subscriber,
@@ -285,16 +288,31 @@ def test_a_logical_replication_apply_worker_holds_the_bound() -> None:
         source.run(ddl)
         source.run("CREATE PUBLICATION p FOR TABLE t")
         target.run(ddl)
-        target.run(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_sleep(4); RETURN NEW; END $$"
-        )
-        target.run("CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow()")
-        target.run("ALTER TABLE t ENABLE ALWAYS TRIGGER slow")
+        for statement in subscriber_setup:
+            target.run(statement)
         target.run(
             f"CREATE SUBSCRIPTION s CONNECTION 'host={publisher.socket_dir} dbname=postgres "
             "user=postgres' PUBLICATION p"
         )
+        try:
+            yield source, target
+        finally:
+            target.run("ALTER SUBSCRIPTION s DISABLE")
+            target.run("ALTER SUBSCRIPTION s SET (slot_name = NONE)")
+            target.run("DROP SUBSCRIPTION s")
+            source.run("SELECT pg_drop_replication_slot('s')")
+            source.close()
+            target.close()
+
+
+def test_a_logical_replication_apply_worker_holds_the_bound() -> None:
+    # GIVEN a subscriber whose apply worker is inside a transaction (a slow trigger fires)
+    with _replicating(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(4); RETURN NEW; END $$",
+        "CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow()",
+        "ALTER TABLE t ENABLE ALWAYS TRIGGER slow",
+    ) as (source, target):
         source.run("INSERT INTO t VALUES (1, now())")
         deadline = time.monotonic() + 30
         while not target.run(
@@ -309,44 +327,18 @@ def test_a_logical_replication_apply_worker_holds_the_bound() -> None:
         # THEN the worker's transaction holds it back
         assert bound.held_back_by is not None
         assert bound.held_back_by.backend_type == "logical replication worker"
-        target.run("ALTER SUBSCRIPTION s DISABLE")
-        target.run("ALTER SUBSCRIPTION s SET (slot_name = NONE)")
-        target.run("DROP SUBSCRIPTION s")
-        source.run("SELECT pg_drop_replication_slot('s')")
-        source.close()
-        target.close()
 
 
 def test_a_table_a_subscription_replicates_is_refused() -> None:
     # GIVEN a subscriber: its copy of t carries the publisher's last_updated, stamped by
     # publisher transactions that hold no lock here (review: a 3 s publisher transaction
     # committed a row 1.5 s below a bound computed here, and it was lost)
-    with (
-        PrivateCluster(wal_level="logical") as publisher,
-        PrivateCluster() as subscriber,
-    ):
-        ddl = "CREATE TABLE {} (id int PRIMARY KEY, last_updated timestamp)"
-        source, target = publisher.connect(), subscriber.connect()
-        source.run(ddl.format("t"))
-        source.run("CREATE PUBLICATION p FOR TABLE t")
-        target.run(ddl.format("t"))
-        target.run(ddl.format("local_only"))
-        target.run(
-            f"CREATE SUBSCRIPTION s CONNECTION 'host={publisher.socket_dir} dbname=postgres "
-            "user=postgres' PUBLICATION p"
-        )
-        try:
-            settings = pipeline.RunSettings(300, 1, 1)
-            # THEN a run naming it is refused, and told where to ingest from
-            with pytest.raises(InvalidEvent, match=r"t: replicated by subscription s.*publisher"):
-                pipeline.start_run({"tables_to_query": ["local_only", "t"]}, target, settings)
-            # while a table written here is ingested as ever
-            run = pipeline.start_run({"tables_to_query": ["local_only"]}, target, settings)
-            assert run["tables"] == ["local_only"]
-        finally:
-            target.run("ALTER SUBSCRIPTION s DISABLE")
-            target.run("ALTER SUBSCRIPTION s SET (slot_name = NONE)")
-            target.run("DROP SUBSCRIPTION s")
-            source.run("SELECT pg_drop_replication_slot('s')")
-            source.close()
-            target.close()
+    local = "CREATE TABLE local_only (id int PRIMARY KEY, last_updated timestamp)"
+    with _replicating(local) as (_, target):
+        settings = pipeline.RunSettings(300, 1, 1)
+        # THEN a run naming it is refused, and told where to ingest from
+        with pytest.raises(InvalidEvent, match=r"t: replicated by subscription s.*publisher"):
+            pipeline.start_run({"tables_to_query": ["local_only", "t"]}, target, settings)
+        # while a table written here is ingested as ever
+        run = pipeline.start_run({"tables_to_query": ["local_only"]}, target, settings)
+        assert run["tables"] == ["local_only"]

@@ -205,7 +205,8 @@ def test_a_cursor_that_is_not_a_timestamp_is_refused_before_anything_runs(conn: 
         pipeline.start_run({"tables_to_query": ["dated", "counted"]}, conn, SETTINGS)
 
 
-def test_a_partition_is_refused_and_its_parent_named(conn: Any) -> None:
+def _partitioned_sales(conn: Any) -> None:
+    """A partitioned table, sales, and its one partition, sales_2026."""
     conn.run(
         "CREATE TABLE sales (id int, last_updated timestamp, PRIMARY KEY (id, last_updated))"
         " PARTITION BY RANGE (last_updated)"
@@ -214,6 +215,10 @@ def test_a_partition_is_refused_and_its_parent_named(conn: Any) -> None:
         "CREATE TABLE sales_2026 PARTITION OF sales"
         " FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"
     )
+
+
+def test_a_partition_is_refused_and_its_parent_named(conn: Any) -> None:
+    _partitioned_sales(conn)
     with pytest.raises(InvalidEvent, match="sales_2026: a partition of sales"):
         pipeline.start_run({"tables_to_query": ["sales", "sales_2026"]}, conn, SETTINGS)
     assert pipeline.start_run({"tables_to_query": ["sales"]}, conn, SETTINGS)["tables"] == ["sales"]
@@ -222,14 +227,7 @@ def test_a_partition_is_refused_and_its_parent_named(conn: Any) -> None:
 def test_the_run_starts_the_largest_tables_first(conn: Any) -> None:
     # GIVEN a small table, a partitioned one whose rows are all in its partitions, a large
     # one and two empty ones, named in the event in that order
-    conn.run(
-        "CREATE TABLE sales (id int, last_updated timestamp, PRIMARY KEY (id, last_updated))"
-        " PARTITION BY RANGE (last_updated)"
-    )
-    conn.run(
-        "CREATE TABLE sales_2026 PARTITION OF sales"
-        " FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"
-    )
+    _partitioned_sales(conn)
     for name in ("small", "large", "empty_b", "empty_a"):
         conn.run(f"CREATE TABLE {name} (id int PRIMARY KEY, last_updated timestamp)")
     insert = "INSERT INTO {} SELECT g, '2026-06-01' FROM generate_series(1, {}) AS g"
