@@ -191,7 +191,7 @@ def commit_safe_end_time(
             # extract's snapshot, or rolled back: it does not hold the bound.
             still = _still_open(conn, hidden, HIDDEN_WAIT_SECONDS)
             starting = {t.vxid for t in transactions if t.state == _STARTING} & still
-            if starting:  # a login: up to the margin (a password over a WAN, say)
+            if starting:  # a login: longer (a password one over a WAN, say)
                 still -= starting - _still_open(conn, starting, STARTUP_WAIT_SECONDS)
             transactions = [t for t in transactions if t.started is not None or t.vxid in still]
         prepared = tuple(
@@ -223,7 +223,7 @@ def _still_open(conn: Any, vxids: set[str], wait_seconds: float) -> set[str]:
         ((still,),) = conn.run(_STILL_OPEN_SQL, vxids=sorted(vxids))
         if not still or time.monotonic() >= deadline:
             return set(still)
-        time.sleep(0.002)
+        time.sleep(0.005)
 
 
 def _standby_bound(

@@ -119,16 +119,6 @@ def resolve_tables(
     return tables
 
 
-# Bytes on disk of each table, by oid; of a partitioned one, of its partitions (its
-# partition tree holds itself and them; a plain table has no tree).
-_SIZES_SQL = """
-SELECT o.oid::int8, pg_catalog.pg_relation_size(o.oid)
-       + (SELECT coalesce(sum(pg_catalog.pg_relation_size(t.relid)), 0)::int8
-          FROM pg_catalog.pg_partition_tree(o.oid::regclass) AS t)
-FROM unnest(CAST(:oids AS oid[])) AS o(oid)
-"""
-
-
 _REPLICATED_SQL = """
 SELECT DISTINCT c.relname::text, s.subname::text
 FROM pg_catalog.pg_subscription_rel AS r
@@ -150,9 +140,20 @@ def refuse_replicated(conn: Any, tables: Sequence[SourceTable]) -> None:
     if rows:
         named = "; ".join(f"{table}: replicated by subscription {sub}" for table, sub in rows)
         raise InvalidEvent(
-            f"{named}. Its last_updated values are the publisher's, whose open transactions "
-            "cannot be seen here, so no end bound is safe: ingest from the publisher"
+            f"{named}. A replicated table's last_updated values are the publisher's, whose "
+            "open transactions cannot be seen here, so no end bound is safe: ingest it from "
+            "the publisher"
         )
+
+
+# Bytes on disk of each table (its TOAST too), by oid; of a partitioned one, of its
+# partitions (its partition tree holds itself and them; a plain table has no tree).
+_SIZES_SQL = """
+SELECT o.oid::int8, pg_catalog.pg_table_size(o.oid)
+       + (SELECT coalesce(sum(pg_catalog.pg_table_size(t.relid)), 0)::int8
+          FROM pg_catalog.pg_partition_tree(o.oid::regclass) AS t)
+FROM unnest(CAST(:oids AS oid[])) AS o(oid)
+"""
 
 
 def largest_first(conn: Any, tables: Sequence[SourceTable]) -> list[SourceTable]:
