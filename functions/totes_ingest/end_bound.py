@@ -15,10 +15,12 @@ out: this session itself, autovacuum, a transaction that ends while the bound is
 computed (committed, it is in every later snapshot), and a backend still connecting
 whose transaction began after the clock was read (its lock is absent from the pg_locks
 read before the clock, its row from ``pg_stat_activity``, read afresh after it: every
-transaction of its client comes later still). A connecting backend's startup
-transaction open before the clock is hidden: a ``session_preload_libraries`` hook may
-write in it, stamped with its start. Counting every connecting backend as hidden sent
-one bound in 25 back by the fallback lag while other clients connected. Then:
+transaction of its client comes later still), or connecting to another database (it
+holds or awaits its lock on that database, which a DROP DATABASE or a rename there can
+keep it waiting for). A connecting backend's startup transaction open before the clock
+is hidden: a ``session_preload_libraries`` hook may write in it, stamped with its start.
+Counting every connecting backend as hidden sent one bound in 25 back by the fallback
+lag while other clients connected. Then:
 
 - a transaction whose start is hidden (another role's session without
   ``pg_read_all_stats``, ``track_activities = off``, a backend still connecting) and that
@@ -62,7 +64,13 @@ FROM (SELECT coalesce(array_agg(l.virtualtransaction), '{{}}')
 """  # nosec B608 - built of the constants above, no input
 _OPEN_TRANSACTIONS_SQL = f"""
 SELECT l.pid, a.xact_start, coalesce(a.application_name, ''), coalesce(a.state, ''),
-       coalesce(a.backend_type, ''), a.usename::text, l.virtualtransaction, a.pid IS NULL
+       coalesce(a.backend_type, ''), a.usename::text, l.virtualtransaction, a.pid IS NULL,
+       a.pid IS NULL AND EXISTS (
+         SELECT FROM pg_catalog.pg_locks AS d
+         WHERE d.pid = l.pid AND d.locktype = 'object' AND d.objsubid = 0
+           AND d.classid = 'pg_catalog.pg_database'::regclass
+           AND d.objid <> (SELECT oid FROM pg_catalog.pg_database
+                           WHERE datname = current_database()))
 FROM pg_catalog.pg_locks AS l
 LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
 WHERE {_VXID_LOCK}
@@ -172,15 +180,17 @@ def commit_safe_end_time(
         if in_recovery:
             return _standby_bound(clock, replayed, fallback_lag_seconds, allow_hot_standby)
         transactions = []
-        for pid, start, app, state, kind, user, vxid, unreported in conn.run(
+        for pid, start, app, state, kind, user, vxid, unreported, elsewhere in conn.run(
             _OPEN_TRANSACTIONS_SQL
         ):
             if unreported:
                 # Not in pg_stat_activity yet: a backend still connecting. One whose
                 # transaction began after the clock was read is left out: every
-                # transaction of its client comes later still. One open before it may
-                # be a session_preload_libraries hook's that writes: hidden.
-                if vxid not in early:
+                # transaction of its client comes later still; so is one that holds or
+                # awaits the lock on another database (its own, taken as it connects:
+                # it cannot write here). One open before it may be a
+                # session_preload_libraries hook's that writes: hidden.
+                if vxid not in early or elsewhere:
                     continue
                 state = _STARTING
             started = None if start is None else _utc(start)
