@@ -183,14 +183,23 @@ def test_a_backend_slow_to_connect_pulls_the_bound_back_by_the_fallback_lag(
     slow: dict[str, Any] = {}
 
     def connect_slowly() -> None:
-        slow["conn"] = connect(db_settings, startup_params={"options": "-c post_auth_delay=3"})
+        slow["conn"] = connect(db_settings, startup_params={"options": "-c post_auth_delay=6"})
 
     connecting = threading.Thread(target=connect_slowly)
     connecting.start()
     try:
-        time.sleep(1.5)
+        deadline = time.monotonic() + 5
+        while not conn.run(  # its lock on this database taken, its row not yet there
+            "SELECT count(*) FROM pg_locks AS l LEFT JOIN pg_stat_activity AS a USING (pid) "
+            "WHERE l.locktype = 'object' AND l.classid = 'pg_database'::regclass "
+            "AND l.objid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND a.pid IS NULL"
+        )[0][0]:
+            assert time.monotonic() < deadline, "the backend never began connecting"
+            time.sleep(0.02)
         bound = commit_safe_end_time(conn, fallback_lag_seconds=120)
-        # THEN its transaction counts as hidden: the bound falls back
+        # THEN its transaction counts as hidden (it outlasts the 1 s wait): the bound
+        # falls back
         assert bound.fallback_lag_used
         assert [t.state for t in bound.invisible] == ["starting"]
         assert bound.lag_seconds == pytest.approx(120, abs=5)
